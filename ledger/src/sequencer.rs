@@ -1,0 +1,296 @@
+//! The two threads that own the ledger: the sequencer (batches and applies) and the committer
+//! (writes durably, then releases results).
+//!
+//! ```text
+//! submitters --bounded queue--> sequencer: drain <= batch_size_max events, stamp sequence and time,
+//!                                 prefetch stored transfers, apply in memory
+//!            --bounded (depth 2)--> committer: one synced WriteBatch, then complete every submission
+//! ```
+//! The sequencer runs one batch ahead of the disk, so applying batch N+1 overlaps the fsync of
+//! batch N. Results are released only after their batch is durable. If a write fails, memory is
+//! ahead of the disk and cannot be trusted: the ledger stops taking work (every later submission
+//! fails) until it is reopened from storage.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::clock::Clock;
+use crate::codec::HASH_SIZE;
+use crate::error::LedgerError;
+use crate::event::{Batch, Event};
+use crate::result::ResultCode;
+use crate::state::{Effects, Known, Prefetched, StateMachine};
+use crate::store::{Store, WriteScratch};
+
+/// The results of one submission: a window onto its batch's results (one allocation per batch,
+/// not per submission).
+#[derive(Clone, Debug)]
+pub struct Results {
+    batch: Arc<Vec<ResultCode>>,
+    start: usize,
+    end: usize,
+    /// The batch that committed these results.
+    pub sequence: u64,
+    /// Timestamp of the submission's first event.
+    pub timestamp: u64,
+}
+
+impl std::ops::Deref for Results {
+    type Target = [ResultCode];
+    fn deref(&self) -> &[ResultCode] {
+        &self.batch[self.start..self.end]
+    }
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<Results, LedgerError>>;
+
+pub(crate) struct Submission {
+    pub events: Vec<Event>,
+    pub reply: Reply,
+}
+
+/// What travels on the submission queue.
+pub(crate) enum Message {
+    Submit(Submission),
+    /// Commit everything queued so far, then stop.
+    Shutdown,
+}
+
+/// Counters shared between the threads and readers (metrics, benchmarks).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches_committed: AtomicU64,
+    pub events_committed: AtomicU64,
+    pub commit_nanoseconds_total: AtomicU64,
+    pub last_batch_events: AtomicUsize,
+}
+
+pub(crate) struct Shared {
+    pub store: Store,
+    pub events_in_flight: AtomicUsize,
+    pub committed_sequence: AtomicU64,
+    pub failed: AtomicBool,
+    pub failure: Mutex<Option<String>>,
+    pub stats: Stats,
+}
+
+impl Shared {
+    pub fn fail(&self, reason: String) {
+        tracing::error!(%reason, "ledger stopped: storage failure");
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(reason);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    pub fn failure(&self) -> LedgerError {
+        let reason = self.failure.lock().ok().and_then(|failure| failure.clone());
+        LedgerError::Failed(reason.unwrap_or_else(|| "unknown".into()))
+    }
+}
+
+pub(crate) struct Commit {
+    batch: Batch,
+    effects: Effects,
+    replies: Vec<(Reply, usize)>,
+}
+
+pub(crate) struct Sequencer {
+    pub state: StateMachine,
+    pub queue: Receiver<Message>,
+    pub commits: Sender<Commit>,
+    pub shared: Arc<Shared>,
+    pub clock: Box<dyn Clock>,
+    pub batch_size_max: usize,
+    /// Set by `Shutdown`: drain the queue without waiting, then stop.
+    pub stopping: bool,
+}
+
+pub(crate) fn commit_channel() -> (Sender<Commit>, Receiver<Commit>) {
+    // Depth 2: one batch being written, one applied and waiting. More would only add latency
+    // and memory; less would stop apply from overlapping the fsync.
+    crossbeam_channel::bounded(2)
+}
+
+impl Sequencer {
+    pub fn run(mut self) {
+        let mut carry: Option<Submission> = None;
+        let mut ids = Vec::new();
+        loop {
+            let first = match carry.take() {
+                Some(submission) => submission,
+                None => {
+                    let message = if self.stopping { self.queue.try_recv().ok() } else { self.queue.recv().ok() };
+                    match message {
+                        Some(Message::Submit(submission)) => submission,
+                        Some(Message::Shutdown) => {
+                            self.stopping = true;
+                            continue;
+                        }
+                        None => break, // drained after shutdown, or every handle dropped
+                    }
+                }
+            };
+            let (batch, replies) = self.gather(first, &mut carry);
+            if self.shared.failed.load(Ordering::SeqCst) {
+                let error = self.shared.failure();
+                fail_replies(replies, &error, &self.shared, batch.events.len());
+                continue;
+            }
+            let prefetched = match self.prefetch(&batch, &mut ids) {
+                Ok(prefetched) => prefetched,
+                Err(error) => {
+                    self.shared.fail(format!("reading stored transfers: {error}"));
+                    fail_replies(replies, &self.shared.failure(), &self.shared, batch.events.len());
+                    continue;
+                }
+            };
+            let effects = self.state.apply(&batch, &prefetched);
+            if self.commits.send(Commit { batch, effects, replies }).is_err() {
+                break; // the committer is gone; only at shutdown
+            }
+        }
+        // Dropping `commits` lets the committer drain what is in flight and stop.
+    }
+
+    /// Takes submissions from the queue until the batch is full or the queue is empty. A
+    /// submission never spans two batches (its chains and its results stay together).
+    fn gather(&mut self, first: Submission, carry: &mut Option<Submission>) -> (Batch, Vec<(Reply, usize)>) {
+        // Grows as needed; starting at the batch bound would map 1.4 MB for every lone payment.
+        let mut events = Vec::with_capacity(first.events.len().max(64));
+        let mut replies = Vec::new();
+        let mut add = |submission: Submission, events: &mut Vec<Event>| {
+            replies.push((submission.reply, submission.events.len()));
+            events.extend(submission.events);
+        };
+        add(first, &mut events);
+        while events.len() < self.batch_size_max {
+            let next = match self.queue.try_recv() {
+                Ok(Message::Submit(next)) => next,
+                Ok(Message::Shutdown) => {
+                    self.stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            };
+            if events.len() + next.events.len() > self.batch_size_max {
+                *carry = Some(next);
+                break;
+            }
+            add(next, &mut events);
+        }
+        let timestamp = self.clock.now_nanoseconds().max(self.state.next_timestamp());
+        let batch = Batch { sequence: self.state.last_sequence() + 1, timestamp, events };
+        (batch, replies)
+    }
+
+    /// Reads from storage the transfers the batch refers to that memory does not hold.
+    fn prefetch(&mut self, batch: &Batch, ids: &mut Vec<u128>) -> Result<Prefetched, LedgerError> {
+        self.state.evict_recent(self.shared.committed_sequence.load(Ordering::Acquire));
+        self.state.ids_to_prefetch(&batch.events, ids);
+        read_known(&self.shared.store, ids, |_| true)
+    }
+}
+
+/// Reads stored transfers (and, for pending ones, their resolutions) into a prefetch map,
+/// keeping only records `visible` says existed (replay uses this to hide later records).
+pub(crate) fn read_known(
+    store: &Store,
+    ids: &[u128],
+    visible: impl Fn(u64) -> bool,
+) -> Result<Prefetched, LedgerError> {
+    let mut prefetched = Prefetched::default();
+    if ids.is_empty() {
+        return Ok(prefetched);
+    }
+    let mut pending_ids = Vec::new();
+    for stored in store.transfers(ids)?.into_iter().flatten() {
+        if !visible(stored.transfer.timestamp) {
+            continue;
+        }
+        if stored.transfer.flags.pending() && stored.result == ResultCode::Ok {
+            pending_ids.push(stored.transfer.id);
+        }
+        prefetched.insert(stored.transfer.id, Known { stored, resolution: None });
+    }
+    for (id, resolution) in pending_ids.iter().zip(store.resolutions(&pending_ids)?) {
+        if let (Some(resolution), Some(known)) = (resolution, prefetched.get_mut(id)) {
+            if visible(resolution.timestamp) {
+                known.resolution = Some(resolution);
+            }
+        }
+    }
+    Ok(prefetched)
+}
+
+fn fail_replies(replies: Vec<(Reply, usize)>, error: &LedgerError, shared: &Shared, events: usize) {
+    for (reply, _) in replies {
+        // The submitter may have gone away; nothing to tell it then.
+        let _ = reply.send(Err(error.clone()));
+    }
+    shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
+}
+
+pub(crate) struct Committer {
+    pub commits: Receiver<Commit>,
+    pub shared: Arc<Shared>,
+    pub previous_hash: [u8; HASH_SIZE],
+}
+
+impl Committer {
+    pub fn run(mut self) {
+        let mut scratch = WriteScratch::default();
+        for commit in self.commits.iter() {
+            let events = commit.batch.events.len();
+            if self.shared.failed.load(Ordering::SeqCst) {
+                fail_replies(commit.replies, &self.shared.failure(), &self.shared, events);
+                continue;
+            }
+            let started = Instant::now();
+            match self.shared.store.write_batch(&commit.batch, &commit.effects, &self.previous_hash, &mut scratch) {
+                Ok(hash) => {
+                    self.previous_hash = hash;
+                    self.shared.committed_sequence.store(commit.batch.sequence, Ordering::Release);
+                    self.record_stats(events, started);
+                    release(commit);
+                    self.shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
+                }
+                Err(error) => {
+                    self.shared.fail(format!("writing batch {}: {error}", commit.batch.sequence));
+                    fail_replies(commit.replies, &self.shared.failure(), &self.shared, events);
+                }
+            }
+        }
+    }
+
+    fn record_stats(&self, events: usize, started: Instant) {
+        let stats = &self.shared.stats;
+        stats.batches_committed.fetch_add(1, Ordering::Relaxed);
+        stats.events_committed.fetch_add(events as u64, Ordering::Relaxed);
+        let nanoseconds = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        stats.commit_nanoseconds_total.fetch_add(nanoseconds, Ordering::Relaxed);
+        stats.last_batch_events.store(events, Ordering::Relaxed);
+    }
+}
+
+/// Hands each submission its window of the committed batch's results.
+fn release(commit: Commit) {
+    let Commit { batch, effects, replies } = commit;
+    let results = Arc::new(effects.results);
+    let mut start = 0;
+    for (reply, count) in replies {
+        let window = Results {
+            batch: Arc::clone(&results),
+            start,
+            end: start + count,
+            sequence: batch.sequence,
+            timestamp: batch.event_timestamp(start),
+        };
+        start += count;
+        let _ = reply.send(Ok(window));
+    }
+    assert_eq!(start, results.len(), "every result reaches its submission");
+}

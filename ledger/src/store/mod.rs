@@ -1,0 +1,408 @@
+//! RocksDB storage: the column-family layout, the atomic write of one batch, and reads.
+//!
+//! | column family       | key                                   | value                         | kind        |
+//! |---------------------|---------------------------------------|-------------------------------|-------------|
+//! | `log`               | sequence (u64 BE)                     | log entry (events, results, hash chain) | append-only record |
+//! | `transfers`         | transfer id (u128 BE)                 | transfer + result code        | append-only record |
+//! | `pending_status`    | pending transfer id                   | resolution (posted/voided/expired, when, by whom) | written once |
+//! | `accounts`          | account id                            | account with balances         | derived state |
+//! | `account_transfers` | account id ++ timestamp (u64 BE)      | transfer id                   | derived index |
+//! | `pending_open`      | pending transfer id                   | expires_at                    | derived index |
+//! | `meta`              | `head`                                | last sequence, its hash, next timestamp | derived state |
+//!
+//! Records are never updated or deleted. Derived state (balances, indexes, head) is rewritten as
+//! it changes and can always be recomputed from the log; `verify` does exactly that. Everything a
+//! batch changes goes into one `WriteBatch` written with `sync`, so after a crash storage holds a
+//! prefix of the committed batches, never part of one.
+
+mod options;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+
+use crate::codec::{self, CodecError, LogEntry, PendingResolution, StoredTransfer, HASH_SIZE};
+use crate::event::Batch;
+use crate::result::ResultCode;
+use crate::state::{Effects, OpenPending};
+use crate::types::Account;
+
+pub use options::StoreOptions;
+
+pub(crate) const CF_LOG: &str = "log";
+pub(crate) const CF_TRANSFERS: &str = "transfers";
+pub(crate) const CF_ACCOUNTS: &str = "accounts";
+pub(crate) const CF_ACCOUNT_TRANSFERS: &str = "account_transfers";
+pub(crate) const CF_PENDING_OPEN: &str = "pending_open";
+pub(crate) const CF_PENDING_STATUS: &str = "pending_status";
+pub(crate) const CF_META: &str = "meta";
+const HEAD_KEY: &[u8] = b"head";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt record in column family {family} at key {key}: {error}")]
+    Corrupt { family: &'static str, key: String, error: CodecError },
+    #[error("batch log does not match its head: {0}")]
+    BrokenChain(String),
+}
+
+/// Where the log ends: the last committed batch, its hash, and the first timestamp the next batch
+/// may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub sequence: u64,
+    pub hash: [u8; HASH_SIZE],
+    pub next_timestamp: u64,
+}
+
+impl Head {
+    pub const GENESIS: Head = Head { sequence: 0, hash: codec::GENESIS_HASH, next_timestamp: 1 };
+}
+
+/// A page of an account's transfers, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferPage {
+    pub transfers: Vec<crate::types::Transfer>,
+    /// Pass as `timestamp_min` to get the next page; `None` when the range is exhausted.
+    pub next_timestamp: Option<u64>,
+}
+
+/// Reusable buffers for building write batches without per-batch allocation.
+#[derive(Default)]
+pub struct WriteScratch {
+    log: Vec<u8>,
+    record: Vec<u8>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+fn corrupt(family: &'static str, key: &[u8], error: CodecError) -> StoreError {
+    StoreError::Corrupt { family, key: hex(key), error }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn u128_key(bytes: &[u8]) -> Result<u128, CodecError> {
+    let mut reader = codec::Reader::new(bytes);
+    let value = reader.u128()?;
+    reader.finish()?;
+    Ok(value)
+}
+
+fn index_key(account_id: u128, timestamp: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&account_id.to_be_bytes());
+    key[16..].copy_from_slice(&timestamp.to_be_bytes());
+    key
+}
+
+impl Store {
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let db = DB::open_cf_descriptors(&options::db_options(), path, options::column_families(options))?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    fn cf(&self, name: &'static str) -> &ColumnFamily {
+        // Every family is created at open (create_missing_column_families), so it exists.
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// Writes one applied batch atomically and durably (synced). Returns the batch's hash.
+    pub fn write_batch(
+        &self,
+        batch: &Batch,
+        effects: &Effects,
+        previous_hash: &[u8; HASH_SIZE],
+        scratch: &mut WriteScratch,
+    ) -> Result<[u8; HASH_SIZE], StoreError> {
+        let mut write = WriteBatch::default();
+        let hash = codec::encode_log_entry(batch, &effects.results, previous_hash, &mut scratch.log);
+        write.put_cf(self.cf(CF_LOG), batch.sequence.to_be_bytes(), &scratch.log);
+
+        let (transfers, index) = (self.cf(CF_TRANSFERS), self.cf(CF_ACCOUNT_TRANSFERS));
+        for stored in &effects.transfers {
+            let transfer = &stored.transfer;
+            codec::encode_stored_transfer(stored, &mut scratch.record);
+            write.put_cf(transfers, transfer.id.to_be_bytes(), &scratch.record);
+            if stored.result == ResultCode::Ok {
+                let id = transfer.id.to_be_bytes();
+                write.put_cf(index, index_key(transfer.debit_account_id, transfer.timestamp), id);
+                write.put_cf(index, index_key(transfer.credit_account_id, transfer.timestamp), id);
+            }
+        }
+        let accounts = self.cf(CF_ACCOUNTS);
+        for account in &effects.accounts {
+            write.put_cf(accounts, account.id.to_be_bytes(), codec::encode_account(account));
+        }
+        let (pending_open, pending_status) = (self.cf(CF_PENDING_OPEN), self.cf(CF_PENDING_STATUS));
+        // Opens before closes: a pending transfer opened and resolved in one batch ends closed.
+        for open in &effects.pending_opened {
+            write.put_cf(pending_open, open.transfer.id.to_be_bytes(), open.expires_at.to_be_bytes());
+        }
+        for (id, resolution) in &effects.resolutions {
+            write.delete_cf(pending_open, id.to_be_bytes());
+            write.put_cf(pending_status, id.to_be_bytes(), codec::encode_resolution(resolution));
+        }
+        let head = Head { sequence: batch.sequence, hash, next_timestamp: batch.next_timestamp() };
+        write.put_cf(self.cf(CF_META), HEAD_KEY, encode_head(&head));
+
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(write, &options)?;
+        Ok(hash)
+    }
+
+    pub fn head(&self) -> Result<Head, StoreError> {
+        match self.db.get_pinned_cf(self.cf(CF_META), HEAD_KEY)? {
+            None => Ok(Head::GENESIS),
+            Some(bytes) => decode_head(&bytes).map_err(|error| corrupt(CF_META, HEAD_KEY, error)),
+        }
+    }
+
+    /// The log entry of batch `sequence`, hash-checked.
+    pub fn log_entry(&self, sequence: u64) -> Result<Option<LogEntry>, StoreError> {
+        let key = sequence.to_be_bytes();
+        match self.db.get_pinned_cf(self.cf(CF_LOG), key)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode_log_entry(&bytes).map(Some).map_err(|error| corrupt(CF_LOG, &key, error)),
+        }
+    }
+
+    /// The highest sequence present in the log (0 when empty).
+    pub fn last_log_sequence(&self) -> Result<u64, StoreError> {
+        let mut iterator = self.db.raw_iterator_cf(self.cf(CF_LOG));
+        iterator.seek_to_last();
+        iterator.status()?;
+        match iterator.key() {
+            None => Ok(0),
+            Some(key) => {
+                let mut reader = codec::Reader::new(key);
+                let sequence = reader.u64().map_err(|error| corrupt(CF_LOG, key, error))?;
+                Ok(sequence)
+            }
+        }
+    }
+
+    /// Calls `visit` with every log entry from `first_sequence` on, in order, stopping at the
+    /// first error (of storage, decoding, or of `visit`).
+    pub fn scan_log<E: From<StoreError>>(
+        &self,
+        first_sequence: u64,
+        mut visit: impl FnMut(LogEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let start = first_sequence.to_be_bytes();
+        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item.map_err(StoreError::from)?;
+            let entry = codec::decode_log_entry(&value).map_err(|error| corrupt(CF_LOG, &key, error))?;
+            visit(entry)?;
+        }
+        Ok(())
+    }
+
+    /// Stored transfers by id, in the order asked. One batched read for all of them.
+    pub fn transfers(&self, ids: &[u128]) -> Result<Vec<Option<StoredTransfer>>, StoreError> {
+        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        let values = self.db.batched_multi_get_cf(self.cf(CF_TRANSFERS), &keys, false);
+        values
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| match value? {
+                None => Ok(None),
+                Some(bytes) => {
+                    codec::decode_stored_transfer(&bytes).map(Some).map_err(|error| corrupt(CF_TRANSFERS, key, error))
+                }
+            })
+            .collect()
+    }
+
+    /// How pending transfers were resolved, by id, in the order asked.
+    pub fn resolutions(&self, ids: &[u128]) -> Result<Vec<Option<PendingResolution>>, StoreError> {
+        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        let values = self.db.batched_multi_get_cf(self.cf(CF_PENDING_STATUS), &keys, false);
+        values
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| match value? {
+                None => Ok(None),
+                Some(bytes) => {
+                    codec::decode_resolution(&bytes).map(Some).map_err(|error| corrupt(CF_PENDING_STATUS, key, error))
+                }
+            })
+            .collect()
+    }
+
+    /// Accounts by id, in the order asked.
+    pub fn accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, StoreError> {
+        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+        let values = self.db.batched_multi_get_cf(self.cf(CF_ACCOUNTS), &keys, false);
+        values
+            .into_iter()
+            .zip(&keys)
+            .map(|(value, key)| match value? {
+                None => Ok(None),
+                Some(bytes) => {
+                    codec::decode_account(&bytes).map(Some).map_err(|error| corrupt(CF_ACCOUNTS, key, error))
+                }
+            })
+            .collect()
+    }
+
+    /// Every account, in id order.
+    pub fn all_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let mut accounts = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_ACCOUNTS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let account = codec::decode_account(&value).map_err(|error| corrupt(CF_ACCOUNTS, &key, error))?;
+            let id = u128_key(&key).map_err(|error| corrupt(CF_ACCOUNTS, &key, error))?;
+            if id != account.id {
+                return Err(corrupt(CF_ACCOUNTS, &key, CodecError::Unknown { what: "account id under key", value: 0 }));
+            }
+            accounts.push(account);
+        }
+        Ok(accounts)
+    }
+
+    /// Every open pending transfer with its expiry.
+    pub fn open_pending(&self) -> Result<Vec<OpenPending>, StoreError> {
+        let mut ids = Vec::new();
+        let mut expiries = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_PENDING_OPEN), IteratorMode::Start) {
+            let (key, value) = item?;
+            ids.push(u128_key(&key).map_err(|error| corrupt(CF_PENDING_OPEN, &key, error))?);
+            let mut reader = codec::Reader::new(&value);
+            let expires_at = reader.u64().map_err(|error| corrupt(CF_PENDING_OPEN, &key, error))?;
+            expiries.push(expires_at);
+        }
+        let mut open = Vec::with_capacity(ids.len());
+        for ((id, expires_at), stored) in ids.iter().zip(expiries).zip(self.transfers(&ids)?) {
+            let Some(stored) = stored else {
+                let error = CodecError::Unknown { what: "open pending transfer without a record", value: 0 };
+                return Err(corrupt(CF_PENDING_OPEN, &id.to_be_bytes(), error));
+            };
+            open.push(OpenPending { transfer: stored.transfer, expires_at });
+        }
+        Ok(open)
+    }
+
+    /// Successful transfers that debited or credited `account_id` with timestamps in
+    /// `timestamp_min..=timestamp_max`, oldest first, at most `limit`.
+    pub fn account_transfers(
+        &self,
+        account_id: u128,
+        timestamp_min: u64,
+        timestamp_max: u64,
+        limit: usize,
+    ) -> Result<TransferPage, StoreError> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(index_key(account_id, timestamp_min).to_vec());
+        // The upper bound is exclusive; u64::MAX itself is never a transfer timestamp.
+        options.set_iterate_upper_bound(index_key(account_id, timestamp_max.saturating_add(1)).to_vec());
+        options.set_prefix_same_as_start(true);
+        let mut iterator = self.db.raw_iterator_cf_opt(self.cf(CF_ACCOUNT_TRANSFERS), options);
+        iterator.seek(index_key(account_id, timestamp_min));
+        let mut ids = Vec::new();
+        let mut next_timestamp = None;
+        while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+            let mut reader = codec::Reader::new(key);
+            let timestamp = reader
+                .take(16)
+                .and_then(|_| reader.u64())
+                .map_err(|error| corrupt(CF_ACCOUNT_TRANSFERS, key, error))?;
+            if ids.len() == limit {
+                next_timestamp = Some(timestamp);
+                break;
+            }
+            ids.push(u128_key(value).map_err(|error| corrupt(CF_ACCOUNT_TRANSFERS, key, error))?);
+            iterator.next();
+        }
+        iterator.status()?;
+        let mut transfers = Vec::with_capacity(ids.len());
+        for (id, stored) in ids.iter().zip(self.transfers(&ids)?) {
+            let Some(stored) = stored else {
+                let error = CodecError::Unknown { what: "indexed transfer without a record", value: 0 };
+                return Err(corrupt(CF_ACCOUNT_TRANSFERS, &id.to_be_bytes(), error));
+            };
+            transfers.push(stored.transfer);
+        }
+        Ok(TransferPage { transfers, next_timestamp })
+    }
+
+    /// Number of stored transfer records (successes and recorded failures); an estimate from
+    /// RocksDB unless `exact`.
+    pub fn transfer_count(&self, exact: bool) -> Result<u64, StoreError> {
+        if !exact {
+            let estimate = self.db.property_int_value_cf(self.cf(CF_TRANSFERS), "rocksdb.estimate-num-keys")?;
+            return Ok(estimate.unwrap_or(0));
+        }
+        let mut count = 0;
+        let mut iterator = self.db.raw_iterator_cf(self.cf(CF_TRANSFERS));
+        iterator.seek_to_first();
+        while iterator.valid() {
+            count += 1;
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(count)
+    }
+
+    /// Calls `visit` with every stored transfer, in id order.
+    pub fn scan_transfers(&self, mut visit: impl FnMut(StoredTransfer)) -> Result<(), StoreError> {
+        for item in self.db.iterator_cf(self.cf(CF_TRANSFERS), IteratorMode::Start) {
+            let (key, value) = item?;
+            visit(codec::decode_stored_transfer(&value).map_err(|error| corrupt(CF_TRANSFERS, &key, error))?);
+        }
+        Ok(())
+    }
+
+    /// A RocksDB integer property summed over the ledger's column families (for metrics).
+    pub fn property_sum(&self, name: &str) -> Result<u64, StoreError> {
+        let mut sum = 0u64;
+        for family in
+            [CF_LOG, CF_TRANSFERS, CF_ACCOUNTS, CF_ACCOUNT_TRANSFERS, CF_PENDING_OPEN, CF_PENDING_STATUS, CF_META]
+        {
+            sum = sum.saturating_add(self.db.property_int_value_cf(self.cf(family), name)?.unwrap_or(0));
+        }
+        Ok(sum)
+    }
+
+    /// Writes raw bytes under a log key. Only for tests that simulate disk corruption.
+    #[doc(hidden)]
+    pub fn corrupt_log_entry_for_test(&self, sequence: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        let mut write = WriteBatch::default();
+        write.put_cf(self.cf(CF_LOG), sequence.to_be_bytes(), bytes);
+        self.db.write_opt(write, &options)?;
+        Ok(())
+    }
+
+    /// Reads raw bytes of a log entry. Only for tests that simulate disk corruption.
+    #[doc(hidden)]
+    pub fn raw_log_entry_for_test(&self, sequence: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_LOG), sequence.to_be_bytes())?)
+    }
+}
+
+fn encode_head(head: &Head) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + HASH_SIZE + 8);
+    let mut writer = codec::Writer(&mut bytes);
+    writer.u64(head.sequence);
+    writer.bytes(&head.hash);
+    writer.u64(head.next_timestamp);
+    bytes
+}
+
+fn decode_head(bytes: &[u8]) -> Result<Head, CodecError> {
+    let mut reader = codec::Reader::new(bytes);
+    let head = Head { sequence: reader.u64()?, hash: reader.hash()?, next_timestamp: reader.u64()? };
+    reader.finish()?;
+    Ok(head)
+}

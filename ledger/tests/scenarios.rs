@@ -1,0 +1,481 @@
+//! Scenario tests for every ledger rule, each ending with an audit (replay, hash chain,
+//! zero-sum) and a reopen that must give back the same balances.
+
+mod common;
+
+use common::*;
+use ledger::{Event, PendingStatus, ResultCode, Transfer, TransferFlags};
+
+fn two_accounts(ledger: &TestLedger) {
+    assert_eq!(ledger.execute(vec![create(account(1)), create(account(2))]), vec![ResultCode::Ok; 2]);
+}
+
+#[test]
+fn single_phase_transfer_moves_posted_balances() {
+    let mut ledger = TestLedger::new();
+    two_accounts(&ledger);
+    assert_eq!(ledger.one(send(transfer(100, 1, 2, 250))), ResultCode::Ok);
+    let (debit, credit) = (ledger.account(1), ledger.account(2));
+    assert_eq!((debit.debits_posted, debit.credits_posted), (250, 0));
+    assert_eq!((credit.debits_posted, credit.credits_posted), (0, 250));
+    let record = ledger.transfer(100).expect("recorded");
+    assert_eq!(record.stored.result, ResultCode::Ok);
+    assert!(record.stored.transfer.timestamp >= START, "the ledger stamps transfers");
+    ledger.reopen_and_verify();
+    assert_eq!(ledger.account(1).debits_posted, 250);
+}
+
+#[test]
+fn retries_return_the_original_outcome_and_never_apply_twice() {
+    let mut ledger = TestLedger::new();
+    two_accounts(&ledger);
+    let original = transfer(100, 1, 2, 250);
+    assert_eq!(ledger.one(send(original)), ResultCode::Ok);
+    assert_eq!(ledger.one(send(original)), ResultCode::Exists);
+    let cases = [
+        (Transfer { amount: 251, ..original }, ResultCode::ExistsWithDifferentAmount),
+        (Transfer { credit_account_id: 3, ..original }, ResultCode::ExistsWithDifferentCreditAccountId),
+        (Transfer { debit_account_id: 3, ..original }, ResultCode::ExistsWithDifferentDebitAccountId),
+        (Transfer { user_data_128: 1, ..original }, ResultCode::ExistsWithDifferentUserData128),
+        (Transfer { user_data_64: 1, ..original }, ResultCode::ExistsWithDifferentUserData64),
+        (Transfer { user_data_32: 1, ..original }, ResultCode::ExistsWithDifferentUserData32),
+        (Transfer { code: 2, ..original }, ResultCode::ExistsWithDifferentCode),
+        (Transfer { ledger: 7, ..original }, ResultCode::ExistsWithDifferentLedger),
+        (Transfer { flags: TransferFlags(TransferFlags::PENDING), ..original }, ResultCode::ExistsWithDifferentFlags),
+    ];
+    for (retry, expected) in cases {
+        assert_eq!(ledger.one(send(retry)), expected, "{retry:?}");
+    }
+    // A retry in the same batch as the original is caught too.
+    let twice = transfer(101, 1, 2, 5);
+    assert_eq!(ledger.execute(vec![send(twice), send(twice)]), vec![ResultCode::Ok, ResultCode::Exists]);
+    assert_eq!(ledger.account(1).debits_posted, 255);
+    ledger.reopen_and_verify();
+    // After a restart the retry is answered from storage.
+    assert_eq!(ledger.one(send(original)), ResultCode::Exists);
+    assert_eq!(ledger.account(1).debits_posted, 255);
+}
+
+#[test]
+fn state_failures_are_recorded_and_never_flip() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(ledger.execute(vec![create(capped_account(1, 100)), create(account(2))]), vec![ResultCode::Ok; 2]);
+    let too_much = transfer(100, 1, 2, 101);
+    assert_eq!(ledger.one(send(too_much)), ResultCode::ExceedsCredits);
+    let recorded_at = ledger.transfer(100).expect("failure is recorded").stored.transfer.timestamp;
+    // Raising the cap would let a new transfer through, but not the same id.
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 1_000 }), ResultCode::Ok);
+    assert_eq!(ledger.one(send(too_much)), ResultCode::ExceedsCredits);
+    assert_eq!(ledger.one(send(Transfer { id: 101, ..too_much })), ResultCode::Ok);
+    let record = ledger.transfer(100).expect("failure is recorded");
+    assert_eq!(record.stored.result, ResultCode::ExceedsCredits);
+    assert_eq!(record.stored.transfer.timestamp, recorded_at, "a retry never rewrites the record");
+    // An unknown account now, created later: the id keeps its failure.
+    let early = transfer(102, 1, 3, 1);
+    assert_eq!(ledger.one(send(early)), ResultCode::CreditAccountNotFound);
+    assert_eq!(ledger.one(create(account(3))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(early)), ResultCode::CreditAccountNotFound);
+    ledger.reopen_and_verify();
+    assert_eq!(ledger.one(send(too_much)), ResultCode::ExceedsCredits);
+    assert_eq!(ledger.account(1).debits_posted, 101);
+}
+
+#[test]
+fn net_debit_cap_allows_negative_positions_down_to_the_cap() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(ledger.execute(vec![create(capped_account(1, 500)), create(account(2))]), vec![ResultCode::Ok; 2]);
+    assert_eq!(ledger.one(send(transfer(10, 1, 2, 300))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(11, 1, 2, 200))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(12, 1, 2, 1))), ResultCode::ExceedsCredits);
+    assert_eq!(ledger.account(1).net_posted(), -500);
+    // Incoming credit makes room again.
+    assert_eq!(ledger.one(send(transfer(13, 2, 1, 50))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(14, 1, 2, 50))), ResultCode::Ok);
+    // The cap cannot be cut below what is already owed; it can be cut to exactly that.
+    assert_eq!(
+        ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 499 }),
+        ResultCode::DebitLimitBelowCurrentDebits
+    );
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 500 }), ResultCode::Ok);
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 2, debit_limit: 5 }), ResultCode::AccountHasNoDebitLimit);
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 9, debit_limit: 5 }), ResultCode::AccountNotFound);
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 0, debit_limit: 5 }), ResultCode::IdReserved);
+    ledger.reopen_and_verify();
+    assert_eq!(ledger.account(1).debit_limit, 500);
+}
+
+#[test]
+fn credits_must_not_exceed_debits() {
+    let mut ledger = TestLedger::new();
+    let limited = ledger::Account {
+        flags: ledger::AccountFlags(ledger::AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS),
+        ..account(2)
+    };
+    assert_eq!(ledger.execute(vec![create(account(1)), create(limited)]), vec![ResultCode::Ok; 2]);
+    assert_eq!(ledger.one(send(transfer(10, 1, 2, 1))), ResultCode::ExceedsDebits);
+    assert_eq!(ledger.one(send(transfer(11, 2, 1, 5))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(12, 1, 2, 5))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(13, 1, 2, 1))), ResultCode::ExceedsDebits);
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn pending_reserves_against_the_cap_then_posts_in_full() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(ledger.execute(vec![create(capped_account(1, 100)), create(account(2))]), vec![ResultCode::Ok; 2]);
+    assert_eq!(ledger.one(send(pending(10, 1, 2, 80, 0))), ResultCode::Ok);
+    assert_eq!((ledger.account(1).debits_pending, ledger.account(2).credits_pending), (80, 80));
+    // The reservation counts against the cap.
+    assert_eq!(ledger.one(send(transfer(11, 1, 2, 21))), ResultCode::ExceedsCredits);
+    assert_eq!(ledger.one(send(post(12, 10, 0))), ResultCode::Ok);
+    let (debit, credit) = (ledger.account(1), ledger.account(2));
+    assert_eq!((debit.debits_pending, debit.debits_posted), (0, 80));
+    assert_eq!((credit.credits_pending, credit.credits_posted), (0, 80));
+    let resolved = ledger.transfer(10).expect("pending recorded").resolution.expect("resolved");
+    assert_eq!((resolved.status, resolved.resolved_by), (PendingStatus::Posted, 12));
+    let posting = ledger.transfer(12).expect("post recorded").stored.transfer;
+    assert_eq!((posting.debit_account_id, posting.credit_account_id, posting.amount), (1, 2, 80));
+    // At most one resolution.
+    assert_eq!(ledger.one(send(post(13, 10, 0))), ResultCode::PendingTransferAlreadyPosted);
+    assert_eq!(ledger.one(send(void(14, 10))), ResultCode::PendingTransferAlreadyPosted);
+    assert_eq!(ledger.one(send(post(12, 10, 0))), ResultCode::Exists);
+    ledger.reopen_and_verify();
+    assert_eq!(ledger.one(send(post(15, 10, 0))), ResultCode::PendingTransferAlreadyPosted);
+}
+
+#[test]
+fn partial_post_releases_the_rest_and_void_releases_all() {
+    let mut ledger = TestLedger::new();
+    two_accounts(&ledger);
+    assert_eq!(
+        ledger.execute(vec![send(pending(10, 1, 2, 100, 0)), send(pending(11, 1, 2, 40, 0))]),
+        vec![ResultCode::Ok; 2]
+    );
+    assert_eq!(ledger.one(send(post(12, 10, 101))), ResultCode::ExceedsPendingTransferAmount);
+    assert_eq!(ledger.one(send(post(13, 10, 60))), ResultCode::Ok);
+    let debit = ledger.account(1);
+    assert_eq!((debit.debits_pending, debit.debits_posted), (40, 60));
+    assert_eq!(
+        ledger.one(send(Transfer { amount: 39, ..void(14, 11) })),
+        ResultCode::PendingTransferHasDifferentAmount
+    );
+    assert_eq!(ledger.one(send(void(15, 11))), ResultCode::Ok);
+    let debit = ledger.account(1);
+    assert_eq!((debit.debits_pending, debit.debits_posted), (0, 60));
+    assert_eq!(ledger.one(send(void(16, 11))), ResultCode::PendingTransferAlreadyVoided);
+    assert_eq!(ledger.one(send(post(17, 11, 0))), ResultCode::PendingTransferAlreadyVoided);
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn resolving_something_that_is_not_an_open_pending_transfer_fails() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(
+        ledger.execute(vec![create(account(1)), create(account(2)), create(account(3))]),
+        vec![ResultCode::Ok; 3]
+    );
+    assert_eq!(ledger.one(send(transfer(10, 1, 2, 5))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(pending(11, 1, 2, 5, 0))), ResultCode::Ok);
+    let cases = [
+        (post(20, 99, 0), ResultCode::PendingTransferNotFound),
+        (post(21, 10, 0), ResultCode::PendingTransferNotPending),
+        (Transfer { debit_account_id: 3, ..post(22, 11, 0) }, ResultCode::PendingTransferHasDifferentDebitAccountId),
+        (Transfer { credit_account_id: 3, ..post(23, 11, 0) }, ResultCode::PendingTransferHasDifferentCreditAccountId),
+        (Transfer { ledger: 1, ..post(24, 11, 0) }, ResultCode::PendingTransferHasDifferentLedger),
+        (Transfer { code: 9, ..post(25, 11, 0) }, ResultCode::PendingTransferHasDifferentCode),
+    ];
+    for (attempt, expected) in cases {
+        assert_eq!(ledger.one(send(attempt)), expected, "{attempt:?}");
+        // Each of these failures depends on state, so it is recorded against its id.
+        assert_eq!(ledger.transfer(attempt.id).map(|record| record.stored.result), Some(expected));
+    }
+    assert_eq!(ledger.account(1).debits_pending, 5, "failed resolutions changed nothing");
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn pending_transfers_expire_at_their_timeout_by_batch_time() {
+    let mut ledger = TestLedger::new();
+    two_accounts(&ledger);
+    assert_eq!(ledger.one(send(pending(10, 1, 2, 70, 10))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(pending(11, 1, 2, 30, 100))), ResultCode::Ok);
+    ledger.clock.advance_seconds(9);
+    assert_eq!(ledger.one(create(account(3))), ResultCode::Ok);
+    assert_eq!(ledger.account(1).debits_pending, 100, "not due yet");
+    ledger.clock.advance_seconds(2);
+    // The next batch sweeps it, whatever that batch holds.
+    assert_eq!(ledger.one(send(post(12, 10, 0))), ResultCode::PendingTransferExpired);
+    assert_eq!(ledger.account(1).debits_pending, 30);
+    let resolution = ledger.transfer(10).expect("recorded").resolution.expect("resolved");
+    assert_eq!(resolution.status, PendingStatus::Expired);
+    assert_eq!(ledger.one(send(void(13, 10))), ResultCode::PendingTransferExpired);
+    ledger.reopen_and_verify();
+    // The other one still expires after a restart: expiry state survives it.
+    ledger.clock.advance_seconds(100);
+    assert_eq!(ledger.one(send(post(14, 11, 0))), ResultCode::PendingTransferExpired);
+    assert_eq!(ledger.account(1).debits_pending, 0);
+    assert_eq!(ledger.account(1).debits_posted, 0);
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn linked_chains_succeed_or_fail_together() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(ledger.execute(vec![create(capped_account(1, 100)), create(account(2))]), vec![ResultCode::Ok; 2]);
+    let chain = vec![
+        send(linked(transfer(10, 1, 2, 60))),
+        send(linked(pending(11, 1, 2, 30, 0))),
+        send(transfer(12, 1, 2, 20)), // breaks the cap: 110 > 100
+        send(transfer(13, 1, 2, 5)),  // not in the chain
+    ];
+    assert_eq!(
+        ledger.execute(chain),
+        vec![ResultCode::LinkedEventFailed, ResultCode::LinkedEventFailed, ResultCode::ExceedsCredits, ResultCode::Ok]
+    );
+    let debit = ledger.account(1);
+    assert_eq!((debit.debits_posted, debit.debits_pending), (5, 0), "only the unlinked transfer applied");
+    assert!(ledger.transfer(10).is_none() && ledger.transfer(11).is_none(), "rolled back ids are free");
+    assert_eq!(ledger.transfer(12).map(|record| record.stored.result), Some(ResultCode::ExceedsCredits));
+
+    // The rolled-back ids can be used again; a chain that fits succeeds as a whole.
+    let chain =
+        vec![send(linked(transfer(10, 1, 2, 60))), send(linked(pending(11, 1, 2, 30, 0))), send(post(14, 11, 10))];
+    assert_eq!(ledger.execute(chain), vec![ResultCode::Ok; 3]);
+    let debit = ledger.account(1);
+    assert_eq!((debit.debits_posted, debit.debits_pending), (75, 0));
+
+    // A chain left open at the end of a submission fails as a whole.
+    let open =
+        vec![send(transfer(20, 1, 2, 1)), send(linked(transfer(21, 1, 2, 1))), send(linked(transfer(22, 1, 2, 1)))];
+    assert_eq!(
+        ledger.execute(open),
+        vec![ResultCode::Ok, ResultCode::LinkedEventChainOpen, ResultCode::LinkedEventChainOpen]
+    );
+    // A chain may end with an account creation; its failure undoes the transfers before it.
+    let chain = vec![send(linked(transfer(30, 1, 2, 1))), create(account(0))];
+    assert_eq!(ledger.execute(chain), vec![ResultCode::LinkedEventFailed, ResultCode::IdReserved]);
+    let chain = vec![send(linked(transfer(31, 1, 2, 99))), create(account(3))];
+    assert_eq!(ledger.execute(chain), vec![ResultCode::ExceedsCredits, ResultCode::LinkedEventFailed]);
+    assert!(ledger.ledger().lookup_accounts(&[3]).expect("lookup")[0].is_none(), "account creation rolled back");
+    assert_eq!(ledger.account(1).debits_posted, 76);
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn invalid_events_get_their_own_code_and_change_nothing() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(
+        ledger.execute(vec![
+            create(account(1)),
+            create(account(2)),
+            create(ledger::Account { ledger: 7, ..account(3) })
+        ]),
+        vec![ResultCode::Ok; 3]
+    );
+    let base = transfer(100, 1, 2, 10);
+    let cases = [
+        (Transfer { timestamp: 5, ..base }, ResultCode::TimestampMustBeZero),
+        (Transfer { id: 0, ..base }, ResultCode::IdReserved),
+        (Transfer { id: u128::MAX, ..base }, ResultCode::IdReserved),
+        (Transfer { flags: TransferFlags(1 << 9), ..base }, ResultCode::FlagsUnknown),
+        (
+            Transfer { flags: TransferFlags(TransferFlags::PENDING | TransferFlags::POST_PENDING), ..base },
+            ResultCode::FlagsAreMutuallyExclusive,
+        ),
+        (Transfer { debit_account_id: 0, ..base }, ResultCode::DebitAccountIdReserved),
+        (Transfer { credit_account_id: u128::MAX, ..base }, ResultCode::CreditAccountIdReserved),
+        (Transfer { credit_account_id: 1, ..base }, ResultCode::AccountsMustBeDifferent),
+        (Transfer { pending_id: 5, ..base }, ResultCode::PendingIdMustBeZero),
+        (Transfer { timeout: 5, ..base }, ResultCode::TimeoutReservedForPendingTransfer),
+        (Transfer { ledger: 0, ..base }, ResultCode::LedgerMustNotBeZero),
+        (Transfer { code: 0, ..base }, ResultCode::CodeMustNotBeZero),
+        (Transfer { amount: 0, ..base }, ResultCode::AmountMustNotBeZero),
+        (post(100, 0, 0), ResultCode::PendingIdMustNotBeZero),
+        (post(100, u128::MAX, 0), ResultCode::PendingIdReserved),
+        (post(100, 100, 0), ResultCode::PendingIdMustBeDifferent),
+        (Transfer { timeout: 1, ..post(100, 5, 0) }, ResultCode::TimeoutReservedForPendingTransfer),
+        (Transfer { debit_account_id: 9, ..base }, ResultCode::DebitAccountNotFound),
+        (Transfer { id: 101, credit_account_id: 9, ..base }, ResultCode::CreditAccountNotFound),
+        (Transfer { id: 102, credit_account_id: 3, ..base }, ResultCode::AccountsMustHaveTheSameLedger),
+        (Transfer { id: 103, ledger: 7, ..base }, ResultCode::TransferMustHaveTheSameLedgerAsAccounts),
+    ];
+    for (bad, expected) in cases {
+        assert_eq!(ledger.one(send(bad)), expected, "{bad:?}");
+    }
+    let bad_accounts = [
+        (ledger::Account { id: 0, ..account(5) }, ResultCode::IdReserved),
+        (ledger::Account { flags: ledger::AccountFlags(3), ..account(5) }, ResultCode::FlagsAreMutuallyExclusive),
+        (ledger::Account { flags: ledger::AccountFlags(1 << 7), ..account(5) }, ResultCode::FlagsUnknown),
+        (ledger::Account { debits_posted: 1, ..account(5) }, ResultCode::BalancesMustBeZero),
+        (ledger::Account { timestamp: 1, ..account(5) }, ResultCode::TimestampMustBeZero),
+        (ledger::Account { ledger: 0, ..account(5) }, ResultCode::LedgerMustNotBeZero),
+        (ledger::Account { code: 0, ..account(5) }, ResultCode::CodeMustNotBeZero),
+        (ledger::Account { debit_limit: 5, ..account(5) }, ResultCode::DebitLimitRequiresFlag),
+        (ledger::Account { code: 11, ..account(1) }, ResultCode::ExistsWithDifferentCode),
+        (account(1), ResultCode::Exists),
+    ];
+    for (bad, expected) in bad_accounts {
+        assert_eq!(ledger.one(create(bad)), expected, "{bad:?}");
+    }
+    let accounts = ledger.all_accounts();
+    assert_eq!(accounts.len(), 3);
+    assert!(accounts.iter().all(|account| account.debits_posted == 0 && account.credits_posted == 0));
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn overflowing_balances_are_refused() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(
+        ledger.execute(vec![create(account(1)), create(account(2)), create(account(3))]),
+        vec![ResultCode::Ok; 3]
+    );
+    assert_eq!(ledger.one(send(transfer(10, 1, 2, u128::MAX))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(11, 1, 3, 1))), ResultCode::OverflowsDebitsPosted);
+    assert_eq!(ledger.one(send(transfer(12, 3, 2, 1))), ResultCode::OverflowsCreditsPosted);
+    assert_eq!(ledger.one(send(pending(13, 1, 3, 1, 0))), ResultCode::OverflowsDebits);
+    assert_eq!(ledger.one(send(pending(14, 3, 2, 1, 0))), ResultCode::OverflowsCredits);
+    assert_eq!(
+        ledger.one(send(pending(15, 3, 1, 5, u32::MAX))),
+        ResultCode::Ok,
+        "an expiry centuries away still fits in u64 ns"
+    );
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn account_history_pages_in_time_order() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(
+        ledger.execute(vec![create(account(1)), create(account(2)), create(account(3))]),
+        vec![ResultCode::Ok; 3]
+    );
+    for id in 0..25u128 {
+        let (debit, credit) = if id % 2 == 0 { (1, 2) } else { (3, 1) };
+        assert_eq!(ledger.one(send(transfer(100 + id, debit, credit, 1 + id))), ResultCode::Ok);
+    }
+    assert_eq!(ledger.one(send(transfer(200, 2, 3, 1))), ResultCode::Ok);
+    let mut seen = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = ledger.ledger().account_transfers(1, from, u64::MAX, 10).expect("page");
+        assert!(page.transfers.len() <= 10);
+        seen.extend(page.transfers.iter().map(|transfer| transfer.id));
+        match page.next_timestamp {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (100..125).collect::<Vec<u128>>(), "every transfer of account 1, oldest first, none of others");
+    let first = ledger.transfer(105).expect("exists").stored.transfer.timestamp;
+    let last = ledger.transfer(110).expect("exists").stored.transfer.timestamp;
+    let window = ledger.ledger().account_transfers(1, first, last, 100).expect("page");
+    assert_eq!(
+        window.transfers.iter().map(|transfer| transfer.id).collect::<Vec<_>>(),
+        (105..=110).collect::<Vec<u128>>()
+    );
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn old_transfers_are_found_in_storage_after_the_cache_forgets_them() {
+    // A tiny batch bound makes the recent-transfer cache tiny (4 x 8 entries).
+    let mut ledger = TestLedger::with_config(|config| {
+        config.batch_size_max = 8;
+        config.events_in_flight_max = 64;
+        config.recent_transfers_max = 32;
+    });
+    two_accounts(&ledger);
+    assert_eq!(ledger.one(send(pending(10, 1, 2, 50, 0))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(11, 1, 2, 5))), ResultCode::Ok);
+    for id in 0..200u128 {
+        assert_eq!(ledger.one(send(transfer(1_000 + id, 2, 1, 1))), ResultCode::Ok);
+    }
+    assert_eq!(ledger.one(send(transfer(11, 1, 2, 5))), ResultCode::Exists);
+    assert_eq!(ledger.one(send(transfer(11, 1, 2, 6))), ResultCode::ExistsWithDifferentAmount);
+    assert_eq!(ledger.one(send(post(12, 11, 0))), ResultCode::PendingTransferNotPending);
+    assert_eq!(ledger.one(send(post(13, 10, 0))), ResultCode::Ok);
+    for id in 0..200u128 {
+        assert_eq!(ledger.one(send(transfer(2_000 + id, 2, 1, 1))), ResultCode::Ok);
+    }
+    assert_eq!(ledger.one(send(void(14, 10))), ResultCode::PendingTransferAlreadyPosted);
+    assert_eq!(ledger.one(send(post(13, 10, 0))), ResultCode::Exists);
+    ledger.reopen_and_verify();
+}
+
+#[test]
+fn submissions_outside_the_bounds_are_refused_before_queueing() {
+    let ledger = TestLedger::with_config(|config| {
+        config.batch_size_max = 8;
+        config.events_in_flight_max = 64;
+        config.recent_transfers_max = 32;
+    });
+    let error = ledger.ledger().submit(Vec::new()).err().expect("empty refused");
+    assert!(matches!(error, ledger::LedgerError::BadSubmissionSize { events: 0, limit: 8 }));
+    let nine = (1..=9).map(|id| create(account(id))).collect();
+    let error = ledger.ledger().submit(nine).err().expect("oversized refused");
+    assert!(matches!(error, ledger::LedgerError::BadSubmissionSize { events: 9, limit: 8 }));
+    assert!(ledger.all_accounts().is_empty());
+}
+
+#[test]
+fn a_full_ledger_answers_busy_at_once() {
+    // Room for exactly one submission of 8 events in flight.
+    let ledger = TestLedger::with_config(|config| {
+        config.batch_size_max = 8;
+        config.events_in_flight_max = 8;
+        config.recent_transfers_max = 32;
+    });
+    let mut busy = 0;
+    let mut completions = Vec::new();
+    // Submitting without waiting fills the ledger faster than a synced write drains it; each
+    // refusal must come back at once rather than block.
+    for round in 0..50u128 {
+        let events = (0..8).map(|offset| create(account(1 + round * 8 + offset))).collect();
+        match ledger.ledger().submit(events) {
+            Ok(completion) => completions.push(completion),
+            Err(ledger::LedgerError::Busy { limit, .. }) => {
+                assert_eq!(limit, 8);
+                busy += 1;
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    let accepted = completions.len();
+    for completion in completions {
+        assert!(completion.wait().expect("commits").iter().all(|code| *code == ResultCode::Ok));
+    }
+    assert!(busy > 0, "50 back-to-back submissions never found the ledger full");
+    assert_eq!(ledger.all_accounts().len(), accepted * 8, "refused submissions changed nothing");
+}
+
+#[test]
+fn a_corrupt_log_tail_is_reported_at_open() {
+    let mut ledger = TestLedger::new();
+    two_accounts(&ledger);
+    assert_eq!(ledger.one(send(transfer(10, 1, 2, 5))), ResultCode::Ok);
+    ledger.close();
+    let store = ledger::Store::open(&ledger.config.path, &ledger.config.store).expect("open store");
+    let mut bytes = store.raw_log_entry_for_test(2).expect("read").expect("batch 2 exists");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    store.corrupt_log_entry_for_test(2, &bytes).expect("write");
+    let report = ledger::verify(&store, 1 << 10);
+    assert!(report.is_err() || !report.expect("report").is_sound(), "verify must notice a flipped bit");
+    drop(store);
+    let error = ledger::Ledger::open(ledger.config.clone(), ledger::SystemClock).err().expect("open must refuse");
+    assert!(matches!(error, ledger::LedgerError::CorruptLog { sequence: 2, .. }), "{error}");
+}
+
+#[test]
+fn a_log_entry_beyond_the_head_is_reported_at_open() {
+    let mut ledger = TestLedger::new();
+    two_accounts(&ledger);
+    ledger.close();
+    let store = ledger::Store::open(&ledger.config.path, &ledger.config.store).expect("open store");
+    let bytes = store.raw_log_entry_for_test(1).expect("read").expect("batch 1 exists");
+    store.corrupt_log_entry_for_test(2, &bytes).expect("write");
+    drop(store);
+    let error = ledger::Ledger::open(ledger.config.clone(), ledger::SystemClock).err().expect("open must refuse");
+    assert!(matches!(error, ledger::LedgerError::CorruptLog { .. }), "{error}");
+}
