@@ -46,7 +46,7 @@ impl LedgerConfig {
             batch_size_max: BATCH_SIZE_MAX_DEFAULT,
             queue_depth_max: 65_536,
             events_in_flight_max: 1 << 20,
-            recent_transfers_max: 1 << 21,
+            recent_transfers_max: 1 << 20,
             tail_check_batches: 1_024,
             store: StoreOptions::default(),
         }

@@ -60,7 +60,7 @@ pub struct Effects {
     pub pending_opened: Vec<OpenPending>,
     /// Pending transfers resolved (posted, voided, expired) in this batch.
     pub resolutions: Vec<(u128, PendingResolution)>,
-    /// Final values of every account the batch created or changed, in first-touch order.
+    /// Final values of every account the batch created or changed, in id order.
     pub accounts: Vec<Account>,
 }
 
@@ -340,6 +340,8 @@ impl StateMachine {
                 effects.accounts.push(*account);
             }
         }
+        // Id order: storage writes them in key order (cheap memtable inserts).
+        effects.accounts.sort_unstable_by_key(|account| account.id);
         self.scratch.touched.clear();
         self.scratch.undo.clear();
     }

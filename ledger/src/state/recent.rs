@@ -20,7 +20,10 @@ pub struct RecentTransfers {
 impl RecentTransfers {
     pub fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "the recent-transfer cache needs room");
-        RecentTransfers { entries: IdMap::default(), order: VecDeque::new(), capacity }
+        // Sized up front: growing a map of a million entries rehashes it all at once, a stall of
+        // hundreds of milliseconds in the middle of a batch.
+        let entries = IdMap::with_capacity_and_hasher(capacity + capacity / 8, Default::default());
+        RecentTransfers { entries, order: VecDeque::with_capacity(capacity * 2), capacity }
     }
 
     pub fn len(&self) -> usize {

@@ -1,7 +1,8 @@
 //! RocksDB options, each set explicitly with the reason for its value.
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options, SliceTransform,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, MemtableFactory, Options,
+    SliceTransform,
 };
 
 use super::{CF_ACCOUNTS, CF_ACCOUNT_TRANSFERS, CF_LOG, CF_META, CF_PENDING_OPEN, CF_PENDING_STATUS, CF_TRANSFERS};
@@ -42,6 +43,8 @@ pub(super) fn db_options() -> Options {
     options.set_max_total_wal_size(512 << 20);
     // Checksums are verified on every read; a corrupt block is an error, not wrong money.
     options.set_paranoid_checks(true);
+    // One writer thread (the committer) by design; the hash memtable of the index needs this off.
+    options.set_allow_concurrent_memtable_write(false);
     options
 }
 
@@ -91,6 +94,10 @@ pub(super) fn column_families(store: &StoreOptions) -> Vec<ColumnFamilyDescripto
     let mut index = cf_options(&cache, false, big);
     index.set_prefix_extractor(SliceTransform::create_fixed_prefix(16));
     index.set_memtable_prefix_bloom_ratio(0.05);
+    // A batch writes index entries for thousands of accounts. In one skip list each account's
+    // first entry costs a search from the top; hashed by account, each insert searches only
+    // that account's short list. Index reads are always within one account (one prefix).
+    index.set_memtable_factory(MemtableFactory::HashSkipList { bucket_count: 1 << 20, height: 4, branching_factor: 4 });
     let pending_open = cf_options(&cache, true, small);
     let pending_status = cf_options(&cache, true, small);
     let meta = cf_options(&cache, false, 4 << 20);
