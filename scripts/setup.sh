@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build the switch: clang and libclang for RocksDB's
-# bindings (bindgen), and the Rust components the checks use. Idempotent: installs only what is
-# missing, so it is cheap on a machine that already has everything.
+# bindings (bindgen), protoc for the gRPC code generator, and the Rust components the checks use.
+# Idempotent: installs only what is missing, so it is cheap on a machine that has everything.
 set -euo pipefail
 
 missing=()
@@ -11,6 +11,8 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
   missing+=(libclang-dev)
 fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# tonic's code generator runs protoc on proto/.
+command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
