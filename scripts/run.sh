@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release -p ledger --bin ledger
+# The whole workspace, as the tests build it: building one package alone can unify dependency
+# features differently and recompile RocksDB.
+cargo build --release --workspace
 mkdir -p data
 rm -rf data/bench-ledger
 exec ./target/release/ledger bench --data data/bench-ledger --accounts 100000 --transfers 10000000 \

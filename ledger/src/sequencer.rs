@@ -227,11 +227,11 @@ pub(crate) fn read_known(
 }
 
 fn fail_replies(replies: Vec<(Reply, usize)>, error: &LedgerError, shared: &Shared, events: usize) {
+    shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
     for (reply, _) in replies {
         // The submitter may have gone away; nothing to tell it then.
         let _ = reply.send(Err(error.clone()));
     }
-    shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
 }
 
 pub(crate) struct Committer {
@@ -255,8 +255,10 @@ impl Committer {
                     self.previous_hash = hash;
                     self.shared.committed_sequence.store(commit.batch.sequence, Ordering::Release);
                     self.record_stats(events, started);
-                    release(commit);
+                    // Room is made before results are released: a submitter that resubmits as
+                    // soon as it hears back must find the room it just freed.
                     self.shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
+                    release(commit);
                 }
                 Err(error) => {
                     self.shared.fail(format!("writing batch {}: {error}", commit.batch.sequence));
