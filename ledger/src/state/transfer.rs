@@ -159,12 +159,19 @@ impl StateMachine {
         ResultCode::Ok
     }
 
-    /// Finds the open pending transfer a post or void names, and checks that it matches.
+    /// Finds the open pending transfer a post or void names, and checks it in the documented
+    /// order: it exists and is pending; the named fields match; it is unresolved and unexpired
+    /// (whether or not the expiry sweep has run yet); the amount fits.
     fn pending_to_resolve(&self, transfer: &Transfer, prefetched: &Prefetched) -> Result<OpenPending, ResultCode> {
-        let Some(open) = self.pending.get(&transfer.pending_id).copied() else {
-            return Err(self.why_not_open(transfer.pending_id, prefetched));
+        let open = self.pending.get(&transfer.pending_id).copied();
+        let (pending, status) = match open {
+            Some(open) => {
+                // Due but not yet swept (the sweep runs at the start of each batch) is expired.
+                let due = open.expires_at != 0 && open.expires_at <= transfer.timestamp;
+                (open.transfer, if due { Some(PendingStatus::Expired) } else { None })
+            }
+            None => self.resolved_pending(transfer.pending_id, prefetched)?,
         };
-        let pending = &open.transfer;
         if transfer.debit_account_id != 0 && transfer.debit_account_id != pending.debit_account_id {
             return Err(ResultCode::PendingTransferHasDifferentDebitAccountId);
         }
@@ -177,37 +184,42 @@ impl StateMachine {
         if transfer.code != 0 && transfer.code != pending.code {
             return Err(ResultCode::PendingTransferHasDifferentCode);
         }
+        match status {
+            Some(PendingStatus::Posted) => return Err(ResultCode::PendingTransferAlreadyPosted),
+            Some(PendingStatus::Voided) => return Err(ResultCode::PendingTransferAlreadyVoided),
+            Some(PendingStatus::Expired) => return Err(ResultCode::PendingTransferExpired),
+            Some(PendingStatus::Pending) | None => {}
+        }
         if transfer.flags.post_pending() && transfer.amount > pending.amount {
             return Err(ResultCode::ExceedsPendingTransferAmount);
         }
         if transfer.flags.void_pending() && transfer.amount != 0 && transfer.amount != pending.amount {
             return Err(ResultCode::PendingTransferHasDifferentAmount);
         }
-        if open.expires_at != 0 && open.expires_at <= transfer.timestamp {
-            // Due, but not yet swept (expiry runs at the start of each batch).
-            return Err(ResultCode::PendingTransferExpired);
-        }
-        Ok(open)
+        // Only an open transfer has no status; a resolved one returned above.
+        open.ok_or(ResultCode::PendingTransferNotFound)
     }
 
-    /// Why `pending_id` names no open pending transfer.
-    fn why_not_open(&self, pending_id: u128, prefetched: &Prefetched) -> ResultCode {
+    /// A pending transfer that is not open: it and how it was resolved, or why it is not one.
+    fn resolved_pending(
+        &self,
+        pending_id: u128,
+        prefetched: &Prefetched,
+    ) -> Result<(Transfer, Option<PendingStatus>), ResultCode> {
         let Some(known) = self.find(pending_id, prefetched) else {
-            return ResultCode::PendingTransferNotFound;
+            return Err(ResultCode::PendingTransferNotFound);
         };
         if known.stored.result != ResultCode::Ok {
             // A recorded failure is not a transfer that exists.
-            return ResultCode::PendingTransferNotFound;
+            return Err(ResultCode::PendingTransferNotFound);
         }
         if !known.stored.transfer.flags.pending() {
-            return ResultCode::PendingTransferNotPending;
+            return Err(ResultCode::PendingTransferNotPending);
         }
         match known.resolution.map(|resolution| resolution.status) {
-            Some(PendingStatus::Posted) => ResultCode::PendingTransferAlreadyPosted,
-            Some(PendingStatus::Voided) => ResultCode::PendingTransferAlreadyVoided,
-            Some(PendingStatus::Expired) => ResultCode::PendingTransferExpired,
-            // A successful pending transfer with no resolution is open, and was found above.
-            Some(PendingStatus::Pending) | None => ResultCode::PendingTransferNotFound,
+            // A successful pending transfer with no resolution is open, and was looked up first.
+            Some(PendingStatus::Pending) | None => Err(ResultCode::PendingTransferNotFound),
+            status => Ok((known.stored.transfer, status)),
         }
     }
 

@@ -151,7 +151,7 @@ impl Store {
                 scratch.index.push((index_key(transfer.credit_account_id, transfer.timestamp), id));
             }
         }
-        scratch.index.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        scratch.index.sort_unstable_by_key(|entry| entry.0);
         let index = self.cf(CF_ACCOUNT_TRANSFERS);
         for (key, id) in &scratch.index {
             write.put_cf(index, key, id);
