@@ -24,6 +24,9 @@ pub const GENESIS_HASH: [u8; HASH_SIZE] = [0; HASH_SIZE];
 const TAG_CREATE_ACCOUNT: u8 = 1;
 const TAG_CREATE_TRANSFER: u8 = 2;
 const TAG_SET_DEBIT_LIMIT: u8 = 3;
+const TAG_RECORD: u8 = 4;
+/// The smallest encoded event (a record with an empty key and value), for bounds checks.
+const EVENT_SIZE_MIN: usize = 1 + 1 + 1 + 2 + 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -264,11 +267,31 @@ fn put_event(writer: &mut Writer<'_>, event: &Event) {
             writer.u8(TAG_CREATE_TRANSFER);
             put_transfer(writer, transfer);
         }
-        Event::SetDebitLimit { account_id, debit_limit } => {
+        Event::SetDebitLimit { account_id, debit_limit, linked } => {
             writer.u8(TAG_SET_DEBIT_LIMIT);
+            writer.u8(u8::from(*linked));
             writer.u128(*account_id);
             writer.u128(*debit_limit);
         }
+        Event::Record(record) => {
+            // Lengths are bounded by validation; an oversized record is still encoded whole
+            // (its result is a failure) so the log holds exactly what was submitted.
+            writer.u8(TAG_RECORD);
+            writer.u8(record.table);
+            writer.u8(u8::from(record.linked));
+            writer.u16(u16::try_from(record.key.len()).unwrap_or(u16::MAX));
+            writer.bytes(&record.key[..record.key.len().min(usize::from(u16::MAX))]);
+            writer.u32(u32::try_from(record.value.len()).unwrap_or(u32::MAX));
+            writer.bytes(&record.value[..record.value.len().min(u32::MAX as usize)]);
+        }
+    }
+}
+
+fn get_bool(reader: &mut Reader<'_>) -> Result<bool, CodecError> {
+    match reader.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(CodecError::Unknown { what: "flag byte", value: other.into() }),
     }
 }
 
@@ -276,7 +299,19 @@ fn get_event(reader: &mut Reader<'_>) -> Result<Event, CodecError> {
     match reader.u8()? {
         TAG_CREATE_ACCOUNT => Ok(Event::CreateAccount(get_account(reader)?)),
         TAG_CREATE_TRANSFER => Ok(Event::CreateTransfer(get_transfer(reader)?)),
-        TAG_SET_DEBIT_LIMIT => Ok(Event::SetDebitLimit { account_id: reader.u128()?, debit_limit: reader.u128()? }),
+        TAG_SET_DEBIT_LIMIT => {
+            let linked = get_bool(reader)?;
+            Ok(Event::SetDebitLimit { linked, account_id: reader.u128()?, debit_limit: reader.u128()? })
+        }
+        TAG_RECORD => {
+            let table = reader.u8()?;
+            let linked = get_bool(reader)?;
+            let key_length = usize::from(reader.u16()?);
+            let key = reader.take(key_length)?.to_vec();
+            let value_length = reader.u32()? as usize;
+            let value = reader.take(value_length)?.to_vec();
+            Ok(Event::Record(crate::event::Record { table, key, value, linked }))
+        }
         tag => Err(CodecError::Unknown { what: "event tag", value: tag.into() }),
     }
 }
@@ -335,9 +370,9 @@ pub fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, CodecError> {
     let timestamp = reader.u64()?;
     let previous_hash = reader.hash()?;
     let count = reader.u32()? as usize;
-    // Each event takes at least 33 bytes: refuse a count the body cannot hold before allocating.
-    if count > body.len() / 33 {
-        return Err(CodecError::Truncated { offset: reader.offset(), needed: count * 33 });
+    // Refuse a count the body cannot hold before allocating for it.
+    if count > body.len() / EVENT_SIZE_MIN {
+        return Err(CodecError::Truncated { offset: reader.offset(), needed: count.saturating_mul(EVENT_SIZE_MIN) });
     }
     let mut events = Vec::with_capacity(count);
     for _ in 0..count {
@@ -397,11 +432,12 @@ mod tests {
             timestamp: 1_000,
             events: vec![
                 Event::CreateTransfer(sample_transfer()),
-                Event::SetDebitLimit { account_id: 1, debit_limit: 50 },
+                Event::SetDebitLimit { account_id: 1, debit_limit: 50, linked: true },
+                Event::Record(crate::event::Record { table: 3, key: vec![1, 2], value: vec![9; 300], linked: false }),
                 Event::CreateAccount(Account { id: 4, ledger: 1, code: 1, ..Account::default() }),
             ],
         };
-        let results = vec![ResultCode::Ok, ResultCode::AccountNotFound, ResultCode::Exists];
+        let results = vec![ResultCode::Ok, ResultCode::AccountNotFound, ResultCode::Ok, ResultCode::Exists];
         let mut bytes = Vec::new();
         let hash = encode_log_entry(&batch, &results, &[5; HASH_SIZE], &mut bytes);
         let entry = decode_log_entry(&bytes).expect("decodes");

@@ -2,8 +2,26 @@
 
 use crate::types::{Account, Transfer};
 
+/// Longest record key, in bytes.
+pub const RECORD_KEY_BYTES_MAX: usize = 128;
+/// Longest record value, in bytes.
+pub const RECORD_VALUE_BYTES_MAX: usize = 4_096;
+
+/// A key-value record of the service built on the ledger (the switch's participants, aliases,
+/// payment metadata), committed in the same batch and fsync as the money it belongs with, and
+/// replayed with it. The ledger stores the latest value per (table, key); an empty value
+/// removes the key. The batch log keeps every version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub table: u8,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// This event and the next one in the submission succeed or fail together.
+    pub linked: bool,
+}
+
 /// One request to change the ledger. Its outcome is one [`crate::ResultCode`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Create an account. Balances and timestamp must be zero.
     CreateAccount(Account),
@@ -11,7 +29,10 @@ pub enum Event {
     CreateTransfer(Transfer),
     /// Change an account's debit limit (a participant's net debit cap). Recorded like any event,
     /// so that a limit is never changed silently.
-    SetDebitLimit { account_id: u128, debit_limit: u128 },
+    /// `linked`: this event and the next one succeed or fail together.
+    SetDebitLimit { account_id: u128, debit_limit: u128, linked: bool },
+    /// Store a service record (see [`Record`]).
+    Record(Record),
 }
 
 impl Event {
@@ -19,7 +40,9 @@ impl Event {
     pub fn linked(&self) -> bool {
         match self {
             Event::CreateTransfer(transfer) => transfer.flags.linked(),
-            Event::CreateAccount(_) | Event::SetDebitLimit { .. } => false,
+            Event::SetDebitLimit { linked, .. } => *linked,
+            Event::Record(record) => record.linked,
+            Event::CreateAccount(_) => false,
         }
     }
 }

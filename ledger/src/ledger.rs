@@ -233,6 +233,16 @@ impl Ledger {
         Ok(self.shared.store.account_transfers(account_id, timestamp_min, timestamp_max, limit)?)
     }
 
+    /// The latest committed value of a service record.
+    pub fn record(&self, table: u8, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.shared.store.record(table, key)?)
+    }
+
+    /// Every committed record of a table as (key, value), in key order (for loading at start).
+    pub fn records(&self, table: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LedgerError> {
+        Ok(self.shared.store.records(table)?)
+    }
+
     /// The last committed batch.
     pub fn head(&self) -> Result<Head, LedgerError> {
         Ok(self.shared.store.head()?)

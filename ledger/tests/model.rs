@@ -153,7 +153,8 @@ impl Model {
         match event {
             Event::CreateAccount(account) => self.create_account(account, timestamp),
             Event::CreateTransfer(transfer) => self.create_transfer(transfer, timestamp),
-            Event::SetDebitLimit { account_id, debit_limit } => self.set_debit_limit(*account_id, *debit_limit),
+            Event::SetDebitLimit { account_id, debit_limit, .. } => self.set_debit_limit(*account_id, *debit_limit),
+            Event::Record(_) => unreachable!("the generator makes no records"),
         }
     }
 
@@ -466,7 +467,8 @@ fn describe(event: &Event) -> String {
                 ("timestamp", transfer.timestamp.into()),
             ])
         ),
-        Event::SetDebitLimit { account_id, debit_limit } => {
+        Event::Record(record) => format!("record {} {:?}", record.table, record.key),
+        Event::SetDebitLimit { account_id, debit_limit, .. } => {
             format!("set_debit_limit(account={} limit={})", number(*account_id), number(*debit_limit))
         }
     }
@@ -510,7 +512,7 @@ impl Harness {
 
     fn submit(&mut self, step_number: usize, specs: &[Spec]) {
         let events: Vec<Event> = specs.iter().map(|spec| self.complete(spec)).collect();
-        self.history.extend(&events);
+        self.history.extend(events.iter().cloned());
         let results = self.ledger.ledger().execute(events.clone()).expect("submission commits");
         let expected_timestamp = self.ledger.clock.now_nanoseconds().max(self.next_timestamp);
         assert_eq!(results.timestamp, expected_timestamp, "step {step_number}: batch timestamp");
@@ -522,7 +524,7 @@ impl Harness {
 
     fn complete(&self, spec: &Spec) -> Event {
         match spec {
-            Spec::New(event) => *event,
+            Spec::New(event) => event.clone(),
             Spec::Aimed(transfer, index, open_only) => {
                 // Chosen from the model, but the model's answer is checked against the ledger's
                 // at every step, so this only steers the test towards interesting events.
@@ -537,7 +539,7 @@ impl Harness {
                 send(Transfer { pending_id, ..*transfer })
             }
             // The first step (account set-up) has only new events: history is never empty here.
-            Spec::Retry(index) => *index.get(&self.history),
+            Spec::Retry(index) => index.get(&self.history).clone(),
         }
     }
 
@@ -822,7 +824,11 @@ fn transfer_spec() -> impl Strategy<Value = Spec> {
 fn set_debit_limit() -> impl Strategy<Value = Event> {
     let account_id = prop_oneof![8 => account_id(), 1 => Just(0u128)];
     let limit = prop_oneof![Just(0u128), Just(100), 0..=1_000u128, Just(u128::MAX)];
-    (account_id, limit).prop_map(|(account_id, debit_limit)| Event::SetDebitLimit { account_id, debit_limit })
+    (account_id, limit).prop_map(|(account_id, debit_limit)| Event::SetDebitLimit {
+        account_id,
+        debit_limit,
+        linked: false,
+    })
 }
 
 fn any_spec() -> impl Strategy<Value = Spec> {

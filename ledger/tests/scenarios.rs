@@ -64,7 +64,7 @@ fn state_failures_are_recorded_and_never_flip() {
     assert_eq!(ledger.one(send(too_much)), ResultCode::ExceedsCredits);
     let recorded_at = ledger.transfer(100).expect("failure is recorded").stored.transfer.timestamp;
     // Raising the cap would let a new transfer through, but not the same id.
-    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 1_000 }), ResultCode::Ok);
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 1_000, linked: false }), ResultCode::Ok);
     assert_eq!(ledger.one(send(too_much)), ResultCode::ExceedsCredits);
     assert_eq!(ledger.one(send(Transfer { id: 101, ..too_much })), ResultCode::Ok);
     let record = ledger.transfer(100).expect("failure is recorded");
@@ -93,13 +93,22 @@ fn net_debit_cap_allows_negative_positions_down_to_the_cap() {
     assert_eq!(ledger.one(send(transfer(14, 1, 2, 50))), ResultCode::Ok);
     // The cap cannot be cut below what is already owed; it can be cut to exactly that.
     assert_eq!(
-        ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 499 }),
+        ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 499, linked: false }),
         ResultCode::DebitLimitBelowCurrentDebits
     );
-    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 500 }), ResultCode::Ok);
-    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 2, debit_limit: 5 }), ResultCode::AccountHasNoDebitLimit);
-    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 9, debit_limit: 5 }), ResultCode::AccountNotFound);
-    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 0, debit_limit: 5 }), ResultCode::IdReserved);
+    assert_eq!(ledger.one(Event::SetDebitLimit { account_id: 1, debit_limit: 500, linked: false }), ResultCode::Ok);
+    assert_eq!(
+        ledger.one(Event::SetDebitLimit { account_id: 2, debit_limit: 5, linked: false }),
+        ResultCode::AccountHasNoDebitLimit
+    );
+    assert_eq!(
+        ledger.one(Event::SetDebitLimit { account_id: 9, debit_limit: 5, linked: false }),
+        ResultCode::AccountNotFound
+    );
+    assert_eq!(
+        ledger.one(Event::SetDebitLimit { account_id: 0, debit_limit: 5, linked: false }),
+        ResultCode::IdReserved
+    );
     ledger.reopen_and_verify();
     assert_eq!(ledger.account(1).debit_limit, 500);
 }
@@ -478,4 +487,38 @@ fn a_log_entry_beyond_the_head_is_reported_at_open() {
     drop(store);
     let error = ledger::Ledger::open(ledger.config.clone(), ledger::SystemClock).err().expect("open must refuse");
     assert!(matches!(error, ledger::LedgerError::CorruptLog { .. }), "{error}");
+}
+
+#[test]
+fn records_commit_with_their_chain_and_survive_a_restart() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(ledger.execute(vec![create(capped_account(1, 10)), create(account(2))]), vec![ResultCode::Ok; 2]);
+    let note = |key: &[u8], value: &[u8], linked: bool| {
+        Event::Record(ledger::Record { table: 3, key: key.to_vec(), value: value.to_vec(), linked })
+    };
+    // A record linked to a transfer that fails is taken back with it.
+    let results = ledger.execute(vec![note(b"p1", b"rent", true), send(transfer(10, 1, 2, 11))]);
+    assert_eq!(results, vec![ResultCode::LinkedEventFailed, ResultCode::ExceedsCredits]);
+    assert_eq!(ledger.ledger().record(3, b"p1").expect("read"), None);
+    let results = ledger.execute(vec![note(b"p2", b"rent", true), send(transfer(11, 1, 2, 5))]);
+    assert_eq!(results, vec![ResultCode::Ok; 2]);
+    assert_eq!(ledger.ledger().record(3, b"p2").expect("read"), Some(b"rent".to_vec()));
+    // Other tables do not see it; an empty value removes a key; bad keys and values are refused.
+    assert_eq!(ledger.ledger().record(4, b"p2").expect("read"), None);
+    assert_eq!(ledger.execute(vec![note(b"p3", b"x", false)]), vec![ResultCode::Ok]);
+    assert_eq!(ledger.execute(vec![note(b"p3", b"", false)]), vec![ResultCode::Ok]);
+    assert_eq!(ledger.execute(vec![note(b"", b"x", false)]), vec![ResultCode::RecordKeyInvalid]);
+    let huge = vec![0u8; ledger::RECORD_VALUE_BYTES_MAX + 1];
+    assert_eq!(ledger.execute(vec![note(b"p4", &huge, false)]), vec![ResultCode::RecordValueTooLarge]);
+    // A linked debit-limit change takes part in its chain like a transfer: account 1 owes 5, so
+    // taking its limit to 0 fails, and the transfer chained to it is not applied.
+    let chain = vec![Event::SetDebitLimit { account_id: 1, debit_limit: 0, linked: true }, send(transfer(12, 1, 2, 1))];
+    assert_eq!(ledger.execute(chain), vec![ResultCode::DebitLimitBelowCurrentDebits, ResultCode::LinkedEventFailed]);
+    // And a later failure in the chain undoes a limit change that succeeded.
+    let chain = vec![Event::SetDebitLimit { account_id: 1, debit_limit: 7, linked: true }, send(transfer(13, 1, 2, 3))];
+    assert_eq!(ledger.execute(chain), vec![ResultCode::LinkedEventFailed, ResultCode::ExceedsCredits]);
+    assert_eq!(ledger.account(1).debit_limit, 10, "the chain's limit change was rolled back");
+    ledger.reopen_and_verify();
+    let records = ledger.ledger().records(3).expect("scan");
+    assert_eq!(records, vec![(b"p2".to_vec(), b"rent".to_vec())]);
 }

@@ -1,6 +1,7 @@
 //! Checks that depend on the event alone (precedence group 2). They read no state, so their
 //! failures are not recorded: a retry of the same event always gets the same answer.
 
+use crate::event::{Record, RECORD_KEY_BYTES_MAX, RECORD_VALUE_BYTES_MAX};
 use crate::result::ResultCode;
 use crate::types::{id_is_reserved, Account, AccountFlags, Transfer, TransferFlags};
 
@@ -182,4 +183,15 @@ pub fn account_difference(existing: &Account, retry: &Account) -> Option<ResultC
         return Some(ResultCode::ExistsWithDifferentCode);
     }
     None
+}
+
+/// Validates a service record.
+pub fn record(record: &Record) -> Result<(), ResultCode> {
+    if record.key.is_empty() || record.key.len() > RECORD_KEY_BYTES_MAX {
+        return Err(ResultCode::RecordKeyInvalid);
+    }
+    if record.value.len() > RECORD_VALUE_BYTES_MAX {
+        return Err(ResultCode::RecordValueTooLarge);
+    }
+    Ok(())
 }

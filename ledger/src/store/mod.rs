@@ -9,6 +9,7 @@
 //! | `account_transfers` | account id ++ timestamp (u64 BE)      | transfer id                   | derived index |
 //! | `pending_open`      | pending transfer id                   | expires_at                    | derived index |
 //! | `meta`              | `head`                                | last sequence, its hash, next timestamp | derived state |
+//! | `records`           | table ++ key                          | latest value of a service record | derived state |
 //!
 //! Records are never updated or deleted. Derived state (balances, indexes, head) is rewritten as
 //! it changes and can always be recomputed from the log; `verify` does exactly that. Everything a
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::codec::{self, CodecError, LogEntry, PendingResolution, StoredTransfer, HASH_SIZE};
-use crate::event::Batch;
+use crate::event::{Batch, Event};
 use crate::result::ResultCode;
 use crate::state::{Effects, OpenPending};
 use crate::types::Account;
@@ -37,6 +38,7 @@ pub(crate) const CF_ACCOUNT_TRANSFERS: &str = "account_transfers";
 pub(crate) const CF_PENDING_OPEN: &str = "pending_open";
 pub(crate) const CF_PENDING_STATUS: &str = "pending_status";
 pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_RECORDS: &str = "records";
 const HEAD_KEY: &[u8] = b"head";
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,13 @@ fn u128_key(bytes: &[u8]) -> Result<u128, CodecError> {
     let value = reader.u128()?;
     reader.finish()?;
     Ok(value)
+}
+
+fn record_key(table: u8, key: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(1 + key.len());
+    bytes.push(table);
+    bytes.extend_from_slice(key);
+    bytes
 }
 
 fn index_key(account_id: u128, timestamp: u64) -> [u8; 24] {
@@ -168,6 +177,17 @@ impl Store {
         for (id, resolution) in &effects.resolutions {
             write.delete_cf(pending_open, id.to_be_bytes());
             write.put_cf(pending_status, id.to_be_bytes(), codec::encode_resolution(resolution));
+        }
+        let records = self.cf(CF_RECORDS);
+        for (event, result) in batch.events.iter().zip(&effects.results) {
+            if let (Event::Record(record), ResultCode::Ok) = (event, result) {
+                let key = record_key(record.table, &record.key);
+                if record.value.is_empty() {
+                    write.delete_cf(records, key);
+                } else {
+                    write.put_cf(records, key, &record.value);
+                }
+            }
         }
         let head = Head { sequence: batch.sequence, hash, next_timestamp: batch.next_timestamp() };
         write.put_cf(self.cf(CF_META), HEAD_KEY, encode_head(&head));
@@ -353,6 +373,29 @@ impl Store {
         Ok(TransferPage { transfers, next_timestamp })
     }
 
+    /// The latest value of a service record.
+    pub fn record(&self, table: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_RECORDS), record_key(table, key))?)
+    }
+
+    /// Every record of a table as (key, value), in key order.
+    pub fn records(&self, table: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(vec![table]);
+        if table < u8::MAX {
+            options.set_iterate_upper_bound(vec![table + 1]);
+        }
+        let mut iterator = self.db.raw_iterator_cf_opt(self.cf(CF_RECORDS), options);
+        iterator.seek(vec![table]);
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+            out.push((key[1..].to_vec(), value.to_vec()));
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(out)
+    }
+
     /// Number of stored transfer records (successes and recorded failures); an estimate from
     /// RocksDB unless `exact`.
     pub fn transfer_count(&self, exact: bool) -> Result<u64, StoreError> {
@@ -383,9 +426,16 @@ impl Store {
     /// A RocksDB integer property summed over the ledger's column families (for metrics).
     pub fn property_sum(&self, name: &str) -> Result<u64, StoreError> {
         let mut sum = 0u64;
-        for family in
-            [CF_LOG, CF_TRANSFERS, CF_ACCOUNTS, CF_ACCOUNT_TRANSFERS, CF_PENDING_OPEN, CF_PENDING_STATUS, CF_META]
-        {
+        for family in [
+            CF_LOG,
+            CF_TRANSFERS,
+            CF_ACCOUNTS,
+            CF_ACCOUNT_TRANSFERS,
+            CF_PENDING_OPEN,
+            CF_PENDING_STATUS,
+            CF_META,
+            CF_RECORDS,
+        ] {
             sum = sum.saturating_add(self.db.property_int_value_cf(self.cf(family), name)?.unwrap_or(0));
         }
         Ok(sum)

@@ -5,7 +5,9 @@ use rocksdb::{
     SliceTransform,
 };
 
-use super::{CF_ACCOUNTS, CF_ACCOUNT_TRANSFERS, CF_LOG, CF_META, CF_PENDING_OPEN, CF_PENDING_STATUS, CF_TRANSFERS};
+use super::{
+    CF_ACCOUNTS, CF_ACCOUNT_TRANSFERS, CF_LOG, CF_META, CF_PENDING_OPEN, CF_PENDING_STATUS, CF_RECORDS, CF_TRANSFERS,
+};
 
 /// Storage tuning a deployment may change. Defaults suit the 2-core, 24 GiB reference machine.
 #[derive(Clone, Debug)]
@@ -101,6 +103,8 @@ pub(super) fn column_families(store: &StoreOptions) -> Vec<ColumnFamilyDescripto
     let pending_open = cf_options(&cache, true, small);
     let pending_status = cf_options(&cache, true, small);
     let meta = cf_options(&cache, false, 4 << 20);
+    // Service records (participants, aliases, payment metadata): point reads by key.
+    let records = cf_options(&cache, true, small);
 
     vec![
         ColumnFamilyDescriptor::new(CF_LOG, log),
@@ -110,5 +114,6 @@ pub(super) fn column_families(store: &StoreOptions) -> Vec<ColumnFamilyDescripto
         ColumnFamilyDescriptor::new(CF_PENDING_OPEN, pending_open),
         ColumnFamilyDescriptor::new(CF_PENDING_STATUS, pending_status),
         ColumnFamilyDescriptor::new(CF_META, meta),
+        ColumnFamilyDescriptor::new(CF_RECORDS, records),
     ]
 }
