@@ -1,0 +1,204 @@
+//! Configuration: one TOML file (every option documented in `switch.example.toml`), embedded
+//! defaults that work out of the box, and command-line flags that override both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The whole configuration. Unknown keys are an error, so a misspelt option never silently
+/// falls back to its default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the ledger, the development CA and everything else durable lives.
+    pub data_dir: PathBuf,
+    /// The PSP-facing gRPC port (mutual TLS).
+    pub listen: SocketAddr,
+    pub tls: TlsConfig,
+    pub ledger: LedgerSection,
+    pub limits: Limits,
+    /// The currencies the switch settles; each is one ledger.
+    pub currencies: Vec<Currency>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// CA that issues PSP and operator certificates (PEM). Empty: the development CA under
+    /// `<data_dir>/certs`, created on first start.
+    pub ca_certificate: Option<PathBuf>,
+    /// The server's certificate and key (PEM). Empty: the development CA's server pair.
+    pub server_certificate: Option<PathBuf>,
+    pub server_key: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerSection {
+    /// Most payments in one durable batch (one fsync).
+    pub batch_size_max: usize,
+    /// Most ledger events accepted but not yet durable; beyond it callers get SWITCH_BUSY.
+    pub events_in_flight_max: usize,
+    /// Recent transfers kept in memory for idempotency checks without a disk read.
+    pub recent_transfers_max: usize,
+    /// RocksDB block cache.
+    pub block_cache_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Furthest a payment deadline may be from now, in milliseconds.
+    pub payment_deadline_ms_max: u64,
+    /// Deadline used when a request leaves it at 0, in milliseconds.
+    pub payment_deadline_ms_default: u64,
+    /// Most aliases the directory holds (memory bound: ~120 bytes each).
+    pub aliases_max: usize,
+    /// Most participants.
+    pub participants_max: usize,
+    /// Status queries per second per PSP (UPI's April 2025 outage was a status-query flood).
+    pub status_queries_per_second: u32,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Currency {
+    /// ISO 4217 alphabetic code, e.g. "INR".
+    pub code: String,
+    /// ISO 4217 numeric code, used as the ledger number, e.g. 356.
+    pub ledger: u32,
+    /// Largest amount of one payment, in minor units.
+    pub amount_minor_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls: TlsConfig::default(),
+            ledger: LedgerSection::default(),
+            limits: Limits::default(),
+            currencies: vec![Currency { code: "INR".into(), ledger: 356, amount_minor_max: 1_000_000_000 }],
+        }
+    }
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            batch_size_max: ledger::BATCH_SIZE_MAX_DEFAULT,
+            events_in_flight_max: 1 << 20,
+            recent_transfers_max: 1 << 20,
+            block_cache_bytes: 512 << 20,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            payment_deadline_ms_max: 60_000,
+            payment_deadline_ms_default: 30_000,
+            aliases_max: 20_000_000,
+            participants_max: 1_000,
+            status_queries_per_second: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; every option it leaves out keeps its default.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text).map_err(|error| match error {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_path_buf(), source },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.currencies.is_empty() {
+            return invalid("at least one currency is needed".into());
+        }
+        for currency in &self.currencies {
+            if currency.code.len() != 3 || !currency.code.bytes().all(|byte| byte.is_ascii_uppercase()) {
+                return invalid(format!("currency code {:?} is not three upper-case letters", currency.code));
+            }
+            if currency.ledger == 0 || currency.amount_minor_max == 0 {
+                return invalid(format!("currency {}: ledger and amount_minor_max must be positive", currency.code));
+            }
+        }
+        let mut ledgers: Vec<u32> = self.currencies.iter().map(|currency| currency.ledger).collect();
+        ledgers.sort_unstable();
+        ledgers.dedup();
+        if ledgers.len() != self.currencies.len() {
+            return invalid("two currencies share a ledger number".into());
+        }
+        if self.limits.payment_deadline_ms_default > self.limits.payment_deadline_ms_max {
+            return invalid("payment_deadline_ms_default exceeds payment_deadline_ms_max".into());
+        }
+        let tls = &self.tls;
+        if tls.server_certificate.is_some() != tls.server_key.is_some() {
+            return invalid("tls.server_certificate and tls.server_key go together".into());
+        }
+        Ok(())
+    }
+
+    pub fn currency(&self, code: &str) -> Option<&Currency> {
+        self.currencies.iter().find(|currency| currency.code == code)
+    }
+
+    pub fn ledger_config(&self) -> ledger::LedgerConfig {
+        let mut config = ledger::LedgerConfig::new(self.data_dir.join("ledger"));
+        config.batch_size_max = self.ledger.batch_size_max;
+        config.events_in_flight_max = self.ledger.events_in_flight_max;
+        config.recent_transfers_max = self.ledger.recent_transfers_max;
+        config.store.block_cache_bytes = self.ledger.block_cache_bytes;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let example = include_str!("../switch.example.toml");
+        assert_eq!(Config::parse(example).expect("example parses"), Config::default());
+    }
+
+    #[test]
+    fn misspelt_and_invalid_options_are_errors() {
+        assert!(matches!(Config::parse("listn = \"127.0.0.1:1\""), Err(ConfigError::Parse { .. })));
+        assert!(matches!(Config::parse("currencies = []"), Err(ConfigError::Invalid(_))));
+        let bad_code = "[[currencies]]\ncode = \"inr\"\nledger = 356\namount_minor_max = 5\n";
+        assert!(matches!(Config::parse(bad_code), Err(ConfigError::Invalid(_))));
+        let partial = "listen = \"127.0.0.1:6000\"\n[limits]\naliases_max = 5\n";
+        let config = Config::parse(partial).expect("partial config");
+        assert_eq!(config.listen.port(), 6000);
+        assert_eq!(config.limits.aliases_max, 5);
+        assert_eq!(config.limits.participants_max, Limits::default().participants_max);
+    }
+}

@@ -1,0 +1,146 @@
+//! The switch's state and its one door to the ledger.
+//!
+//! `Switch::open` opens the ledger, makes sure every configured currency has its settlement
+//! account, and rebuilds the in-memory participant registry and directory from the ledger's
+//! records. `Switch::submit` is how every service changes anything: one ledger submission,
+//! durable when it returns.
+
+use std::sync::Arc;
+
+use ledger::{Account, Event, Ledger, LedgerError, Record, ResultCode, Results, SystemClock};
+use prost::Message;
+
+use crate::config::Config;
+use crate::directory::{AliasEntry, Directory};
+use crate::participants::{accounts, Participant, Registry};
+use crate::proto::Reason;
+use crate::reason::Refusal;
+
+/// Ledger record tables of the switch.
+pub mod tables {
+    pub const PARTICIPANTS: u8 = 1;
+    pub const ALIASES: u8 = 2;
+    pub const PAYMENTS: u8 = 3;
+}
+
+/// Ledger account codes (chart of accounts).
+pub mod codes {
+    pub const SETTLEMENT_ACCOUNT: u16 = 1;
+    pub const PARTICIPANT_ACCOUNT: u16 = 2;
+    pub const PAYMENT: u16 = 1;
+    pub const FUND_IN: u16 = 10;
+    pub const FUND_OUT: u16 = 11;
+}
+
+/// The durable form of an alias (ledger record value, keyed by the alias).
+#[derive(Clone, PartialEq, Message)]
+pub struct AliasRecord {
+    #[prost(string, tag = "1")]
+    pub psp_id: String,
+    #[prost(string, tag = "2")]
+    pub display_name: String,
+    #[prost(uint64, tag = "3")]
+    pub registered_at_unix_ns: u64,
+}
+
+pub struct Switch {
+    pub config: Config,
+    pub ledger: Ledger,
+    pub participants: Registry,
+    pub directory: Directory,
+    /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
+    pub operator_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("creating the settlement account of {currency}: {code}")]
+    Settlement { currency: String, code: ResultCode },
+    #[error("stored {what} record {key:?} is not one this release can read")]
+    Corrupt { what: &'static str, key: String },
+}
+
+impl Switch {
+    pub fn open(config: Config) -> Result<Arc<Switch>, OpenError> {
+        let ledger = Ledger::open(config.ledger_config(), SystemClock)?;
+        for currency in &config.currencies {
+            let settlement = Account {
+                id: accounts::settlement(currency.ledger),
+                ledger: currency.ledger,
+                code: codes::SETTLEMENT_ACCOUNT,
+                ..Account::default()
+            };
+            let code = ledger.execute(vec![Event::CreateAccount(settlement)])?[0];
+            if !matches!(code, ResultCode::Ok | ResultCode::Exists) {
+                return Err(OpenError::Settlement { currency: currency.code.clone(), code });
+            }
+        }
+        let participants = load_participants(&ledger)?;
+        let directory = Directory::new(config.limits.aliases_max);
+        for (key, value) in ledger.records(tables::ALIASES)? {
+            let alias = String::from_utf8(key).map_err(|_| OpenError::Corrupt { what: "alias", key: "?".into() })?;
+            let record = AliasRecord::decode(value.as_slice())
+                .map_err(|_| OpenError::Corrupt { what: "alias", key: alias.clone() })?;
+            let entry = AliasEntry { psp: record.psp_id.into(), display_name: record.display_name.into() };
+            directory.insert(alias, entry);
+        }
+        tracing::info!(participants = participants.len(), aliases = directory.len(), "switch state loaded");
+        Ok(Arc::new(Switch { config, ledger, participants, directory, operator_lock: tokio::sync::Mutex::new(()) }))
+    }
+
+    /// Submits events to the ledger and waits until they are durable.
+    pub async fn submit(&self, events: Vec<Event>) -> Result<Results, Refusal> {
+        let completion = self.ledger.submit(events).map_err(ledger_refusal)?;
+        completion.await.map_err(ledger_refusal)
+    }
+
+    /// A participant that may act: registered and active.
+    pub fn active_participant(&self, psp_id: &str) -> Result<Arc<Participant>, Refusal> {
+        let participant = self.participants.get(psp_id).ok_or_else(|| {
+            Refusal::new(Reason::CallerNotRegistered, format!("{psp_id} is not a registered participant"))
+        })?;
+        if !participant.is_active() {
+            return Err(Refusal::new(Reason::ParticipantSuspended, format!("{psp_id} is suspended")));
+        }
+        Ok(participant)
+    }
+
+    /// Stops taking work and lets the ledger commit what is queued.
+    pub fn close(&self) {
+        self.ledger.close();
+    }
+}
+
+fn load_participants(ledger: &Ledger) -> Result<Registry, OpenError> {
+    let mut participants = Vec::new();
+    for (key, value) in ledger.records(tables::PARTICIPANTS)? {
+        let participant = Participant::from_bytes(&value).ok_or_else(|| OpenError::Corrupt {
+            what: "participant",
+            key: String::from_utf8_lossy(&key).into_owned(),
+        })?;
+        participants.push(participant);
+    }
+    Ok(Registry::new(participants))
+}
+
+/// A ledger that cannot take work: busy is back-pressure, anything else is unavailability.
+pub fn ledger_refusal(error: LedgerError) -> Refusal {
+    match error {
+        LedgerError::Busy { .. } => Refusal::new(Reason::SwitchBusy, "the ledger is at its in-flight bound; retry"),
+        LedgerError::Closed => Refusal::new(Reason::ShuttingDown, "the switch is shutting down"),
+        other => Refusal::new(Reason::LedgerUnavailable, other.to_string()),
+    }
+}
+
+/// A record event for a switch table.
+pub fn record(table: u8, key: impl Into<Vec<u8>>, value: Vec<u8>, linked: bool) -> Event {
+    Event::Record(Record { table, key: key.into(), value, linked })
+}
+
+/// Nanoseconds since the epoch, for times the switch reports that the ledger did not stamp.
+pub fn now_unix_ns() -> u64 {
+    use ledger::Clock;
+    SystemClock.now_nanoseconds()
+}

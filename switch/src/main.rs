@@ -1,0 +1,128 @@
+//! `switch`: run the payment switch, and manage development certificates.
+//!
+//! - `switch serve [--config FILE] [--data DIR] [--listen ADDR]`: with no arguments, runs on the
+//!   embedded defaults (data under `./data`, a development CA created on first start).
+//! - `switch certs issue --psp ID` / `--operator NAME`: client certificates from the development CA.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switch::config::Config;
+use switch::server::{serve, TlsFiles};
+use switch::tls::DevelopmentCa;
+
+#[derive(Parser)]
+#[command(name = "switch", version, about = "Real-time payment switch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON lines (for collectors) instead of human-readable text.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the switch.
+    Serve {
+        /// TOML configuration (see switch/switch.example.toml); defaults apply to what it omits.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Overrides `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Development certificate authority (not for production).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create the CA, the server certificate and the `admin` operator certificate if missing.
+    Init {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Issue a client certificate for a PSP or an operator.
+    Issue {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
+        psp: Option<String>,
+        #[arg(long)]
+        operator: Option<String>,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Command::Serve { config, data, listen } => {
+            let mut config = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(data) = data {
+                config.data_dir = data;
+            }
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            config.check()?;
+            run(config)
+        }
+        Command::Certs { command: CertsCommand::Init { data } } => {
+            let ca = DevelopmentCa::new(data.join("certs"));
+            let created = ca.ensure()?;
+            println!("{} development CA in {}", if created { "created" } else { "kept the" }, ca.dir.display());
+            Ok(())
+        }
+        Command::Certs { command: CertsCommand::Issue { data, psp, operator } } => {
+            let ca = DevelopmentCa::new(data.join("certs"));
+            ca.ensure()?;
+            let pair = match (psp, operator) {
+                (Some(psp), _) => ca.issue_psp(&psp)?,
+                (None, Some(operator)) => ca.issue_operator(&operator)?,
+                (None, None) => anyhow::bail!("name a --psp or an --operator"),
+            };
+            println!("certificate {}\nkey         {}", pair.certificate.display(), pair.key.display());
+            Ok(())
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let tls = TlsFiles::resolve(&config)?;
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let address = listener.local_addr()?;
+        let switch = switch::core::Switch::open(config.clone())?;
+        println!("switch listening on {address} (mutual TLS; CA {})", tls.ca_certificate.display());
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+        };
+        serve(switch, listener, &tls, shutdown).await
+    })
+}

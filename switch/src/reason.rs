@@ -1,0 +1,128 @@
+//! Refusals: every error a client can see is a gRPC status plus a stable reason from the one
+//! catalogue (`proto/paymentswitch/v1/errors.proto`), carried in the `switch-reason` trailer.
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+use crate::proto::Reason;
+
+/// A refusal: the reason, the field at fault (for INVALID_ARGUMENT), and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Refusal { reason, field: None, message: message.into() }
+    }
+
+    pub fn field(reason: Reason, field: &'static str, message: impl Into<String>) -> Self {
+        Refusal { reason, field: Some(field), message: message.into() }
+    }
+
+    pub fn code(&self) -> Code {
+        code_of(self.reason)
+    }
+}
+
+/// The gRPC status each reason travels with, as the catalogue documents it.
+pub fn code_of(reason: Reason) -> Code {
+    use Reason as R;
+    match reason {
+        R::Unspecified | R::Internal => Code::Internal,
+        R::FieldRequired
+        | R::FieldTooLong
+        | R::TextInvalid
+        | R::IdMalformed
+        | R::IdReserved
+        | R::PspIdMalformed
+        | R::AliasMalformed
+        | R::AmountZero
+        | R::AmountOverLimit
+        | R::UnknownCurrency
+        | R::DeadlinePassed
+        | R::DeadlineTooFar
+        | R::BatchSizeOutOfRange
+        | R::PageInvalid => Code::InvalidArgument,
+        R::NotAuthenticated => Code::Unauthenticated,
+        R::NotAuthorized | R::CallerNotRegistered | R::AliasOwnedByOtherPsp | R::RefundNotByPayee => {
+            Code::PermissionDenied
+        }
+        R::UnknownAlias
+        | R::OwnAliasNotRegistered
+        | R::PaymentNotFound
+        | R::ParticipantNotFound
+        | R::SettlementWindowNotFound => Code::NotFound,
+        R::PaymentIdConflict | R::AliasAlreadyRegistered | R::ParticipantAlreadyRegistered => Code::AlreadyExists,
+        R::ParticipantSuspended
+        | R::CounterpartySuspended
+        | R::InsufficientLiquidity
+        | R::BalanceOverflow
+        | R::CurrencyMismatch
+        | R::OnUsNotSupported
+        | R::AlreadyDecided
+        | R::NoDecisionPending
+        | R::RefundExceedsRemaining
+        | R::PaymentNotRefundable
+        | R::RefundCountExceeded
+        | R::NetDebitCapBelowUsage
+        | R::FundOutExceedsAvailable
+        | R::PayeeDeclined
+        | R::PayeeTimeout
+        | R::PayerDeclined
+        | R::CollectExpired => Code::FailedPrecondition,
+        R::RateLimited
+        | R::SwitchBusy
+        | R::EventBacklogFull
+        | R::DirectoryFull
+        | R::CollectsPendingLimit
+        | R::ParticipantsLimit => Code::ResourceExhausted,
+        R::ShuttingDown | R::LedgerUnavailable => Code::Unavailable,
+        R::StreamProtocolViolation => Code::InvalidArgument,
+        R::SequenceOutOfRange => Code::OutOfRange,
+        R::SubscriptionReplaced => Code::Aborted,
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Status {
+        let mut status = Status::new(refusal.code(), refusal.message);
+        let metadata = status.metadata_mut();
+        metadata.insert("switch-reason", MetadataValue::from_static(refusal.reason.as_str_name()));
+        if let Some(field) = refusal.field {
+            metadata.insert("switch-field", MetadataValue::from_static(field));
+        }
+        status
+    }
+}
+
+/// The reason a status carries, if the switch produced it (clients and tests use this).
+pub fn reason_of(status: &Status) -> Option<Reason> {
+    let value = status.metadata().get("switch-reason")?.to_str().ok()?;
+    Reason::from_str_name(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_travels_as_status_and_trailer() {
+        let status = Status::from(Refusal::field(Reason::AmountZero, "amount_minor", "amount must be positive"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&status), Some(Reason::AmountZero));
+        assert_eq!(status.metadata().get("switch-field").and_then(|value| value.to_str().ok()), Some("amount_minor"));
+    }
+
+    #[test]
+    fn every_reason_has_a_code_and_a_round_trip_name() {
+        for number in 0..1_000 {
+            let Ok(reason) = Reason::try_from(number) else { continue };
+            let _ = code_of(reason);
+            assert_eq!(Reason::from_str_name(reason.as_str_name()), Some(reason));
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The gRPC server: mutual TLS, the services, health checking and reflection, graceful shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::Config;
+use crate::core::Switch;
+use crate::proto::directory_service_server::DirectoryServiceServer;
+use crate::proto::operator_service_server::OperatorServiceServer;
+use crate::proto::payment_service_server::PaymentServiceServer;
+use crate::services::{directory::Directory, operator::Operator, payments::Payments};
+use crate::tls::DevelopmentCa;
+
+/// Largest request the server decodes (a full PayBatch of 8,190 payments is ~2.5 MB).
+const MESSAGE_BYTES_MAX: usize = 8 << 20;
+
+/// The PEM files the server uses: configured ones, or the development CA's.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca_certificate: PathBuf,
+    pub server_certificate: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Uses the configured files; creates and uses the development CA where none are configured.
+    pub fn resolve(config: &Config) -> anyhow::Result<TlsFiles> {
+        let development = DevelopmentCa::new(config.data_dir.join("certs"));
+        let needs_development = config.tls.ca_certificate.is_none() || config.tls.server_certificate.is_none();
+        if needs_development && development.ensure()? {
+            tracing::warn!(dir = %development.dir.display(), "created a development CA: not for production");
+        }
+        let server = development.server();
+        Ok(TlsFiles {
+            ca_certificate: config.tls.ca_certificate.clone().unwrap_or_else(|| development.ca_certificate()),
+            server_certificate: config.tls.server_certificate.clone().unwrap_or(server.certificate),
+            server_key: config.tls.server_key.clone().unwrap_or(server.key),
+        })
+    }
+
+    fn server_tls(&self) -> anyhow::Result<ServerTlsConfig> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))
+        };
+        let identity = Identity::from_pem(read(&self.server_certificate)?, read(&self.server_key)?);
+        // A client certificate chaining to this CA is required: no certificate, no handshake.
+        Ok(ServerTlsConfig::new()
+            .identity(identity)
+            .client_ca_root(Certificate::from_pem(read(&self.ca_certificate)?))
+            .client_auth_optional(false))
+    }
+}
+
+/// Serves the switch on `listener` until `shutdown` resolves, then finishes in-flight requests
+/// and lets the ledger commit everything queued.
+pub async fn serve(
+    switch: Arc<Switch>,
+    listener: TcpListener,
+    tls: &TlsFiles,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<PaymentServiceServer<Payments>>().await;
+    health_reporter.set_serving::<DirectoryServiceServer<Directory>>().await;
+    health_reporter.set_serving::<OperatorServiceServer<Operator>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let payments = PaymentServiceServer::new(Payments::new(Arc::clone(&switch)))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let directory = DirectoryServiceServer::new(Directory::new(Arc::clone(&switch)))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let operator = OperatorServiceServer::new(Operator { switch: Arc::clone(&switch) });
+
+    Server::builder()
+        .tls_config(tls.server_tls()?)?
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(payments)
+        .add_service(directory)
+        .add_service(operator)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    // Every request has been answered; commit what the ledger still holds, then stop.
+    let closing = Arc::clone(&switch);
+    tokio::task::spawn_blocking(move || closing.close()).await?;
+    tracing::info!("switch stopped");
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! `DirectoryService`: PSPs register and remove their customers' aliases; anyone resolves them.
+//!
+//! A registration is durable (a ledger record) before the alias becomes visible. Writes are
+//! serialised by one lock so that the map always shows the last committed value; they are not on
+//! the payment path, and bulk loading goes through `RegisterAliasBatch` (8,190 per call, one
+//! durable write per ledger batch).
+
+use std::sync::Arc;
+
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::status_code;
+use crate::auth;
+use crate::core::{now_unix_ns, record, tables, AliasRecord, Switch};
+use crate::directory::{alias_owner, check_text, AliasEntry, DISPLAY_NAME_BYTES_MAX};
+use crate::proto::directory_service_server::DirectoryService;
+use crate::proto::{self, Reason};
+use crate::reason::Refusal;
+
+/// Most aliases in one `RegisterAliasBatch`.
+const BATCH_SIZE_MAX: usize = 8_190;
+
+pub struct Directory {
+    pub switch: Arc<Switch>,
+    pub write_lock: tokio::sync::Mutex<()>,
+}
+
+/// An alias checked and ready to record.
+struct Registration {
+    alias: String,
+    record: AliasRecord,
+}
+
+impl Directory {
+    pub fn new(switch: Arc<Switch>) -> Self {
+        Directory { switch, write_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Checks one registration. `Ok(None)`: already registered exactly so (idempotent).
+    fn check(&self, psp: &str, request: &proto::RegisterAliasRequest) -> Result<Option<Registration>, Refusal> {
+        let owner = alias_owner(&request.alias)?;
+        if owner != psp {
+            return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "alias", "the alias belongs to another PSP"));
+        }
+        check_text(&request.display_name, "display_name", DISPLAY_NAME_BYTES_MAX, true)?;
+        if let Some(existing) = self.switch.directory.resolve(&request.alias) {
+            return if *existing.display_name == *request.display_name {
+                Ok(None)
+            } else {
+                Err(Refusal::field(Reason::AliasAlreadyRegistered, "alias", "registered with another display name"))
+            };
+        }
+        if self.switch.directory.is_full() {
+            return Err(Refusal::new(Reason::DirectoryFull, "the directory holds its maximum of aliases"));
+        }
+        let record = AliasRecord {
+            psp_id: psp.to_string(),
+            display_name: request.display_name.clone(),
+            registered_at_unix_ns: now_unix_ns(),
+        };
+        Ok(Some(Registration { alias: request.alias.clone(), record }))
+    }
+
+    /// Records registrations durably, then shows them. One result per registration.
+    async fn commit(&self, registrations: Vec<Registration>) -> Result<Vec<Result<(), Refusal>>, Refusal> {
+        let mut outcomes = Vec::with_capacity(registrations.len());
+        for chunk in registrations.chunks(self.switch.config.ledger.batch_size_max) {
+            let events = chunk
+                .iter()
+                .map(|registration| {
+                    record(tables::ALIASES, registration.alias.as_bytes(), registration.record.encode_to_vec(), false)
+                })
+                .collect();
+            let results = self.switch.submit(events).await?;
+            for (registration, code) in chunk.iter().zip(results.iter()) {
+                if *code == ledger::ResultCode::Ok {
+                    let entry = AliasEntry {
+                        psp: registration.record.psp_id.as_str().into(),
+                        display_name: registration.record.display_name.as_str().into(),
+                    };
+                    self.switch.directory.insert(registration.alias.clone(), entry);
+                    outcomes.push(Ok(()));
+                } else {
+                    outcomes.push(Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))));
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+fn alias_message(alias: &str, entry: &AliasEntry) -> proto::Alias {
+    proto::Alias {
+        alias: alias.to_string(),
+        psp_id: entry.psp.to_string(),
+        display_name: entry.display_name.to_string(),
+        registered_at_unix_ns: 0,
+    }
+}
+
+#[tonic::async_trait]
+impl DirectoryService for Directory {
+    async fn register_alias(
+        &self,
+        request: Request<proto::RegisterAliasRequest>,
+    ) -> Result<Response<proto::Alias>, Status> {
+        let psp = auth::psp(&request)?;
+        self.switch.active_participant(&psp)?;
+        let request = request.into_inner();
+        let _serial = self.write_lock.lock().await;
+        if let Some(registration) = self.check(&psp, &request)? {
+            let record = registration.record.clone();
+            if let Some(Err(refusal)) = self.commit(vec![registration]).await?.pop() {
+                return Err(refusal.into());
+            }
+            let entry = AliasEntry { psp: record.psp_id.into(), display_name: record.display_name.into() };
+            let mut message = alias_message(&request.alias, &entry);
+            message.registered_at_unix_ns = record.registered_at_unix_ns;
+            return Ok(Response::new(message));
+        }
+        let entry = self.switch.directory.resolve(&request.alias).ok_or_else(|| Status::internal("alias vanished"))?;
+        Ok(Response::new(alias_message(&request.alias, &entry)))
+    }
+
+    async fn register_alias_batch(
+        &self,
+        request: Request<proto::RegisterAliasBatchRequest>,
+    ) -> Result<Response<proto::RegisterAliasBatchResponse>, Status> {
+        let psp = auth::psp(&request)?;
+        self.switch.active_participant(&psp)?;
+        let aliases = request.into_inner().aliases;
+        if aliases.is_empty() || aliases.len() > BATCH_SIZE_MAX {
+            let message = format!("a batch holds 1 to {BATCH_SIZE_MAX} aliases");
+            return Err(Refusal::field(Reason::BatchSizeOutOfRange, "aliases", message).into());
+        }
+        let _serial = self.write_lock.lock().await;
+        let mut outcomes: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(aliases.len());
+        let mut registrations = Vec::new();
+        let mut positions = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (position, item) in aliases.iter().enumerate() {
+            match self.check(&psp, item) {
+                Ok(Some(registration)) if seen.insert(item.alias.clone()) => {
+                    registrations.push(registration);
+                    positions.push(position);
+                    outcomes.push(None);
+                }
+                // A repeat inside the batch is registered once; the rest answer like a retry.
+                Ok(_) => outcomes.push(Some(Ok(()))),
+                Err(refusal) => outcomes.push(Some(Err(refusal))),
+            }
+        }
+        for (position, outcome) in positions.into_iter().zip(self.commit(registrations).await?) {
+            outcomes[position] = Some(outcome);
+        }
+        let results = aliases
+            .iter()
+            .zip(outcomes)
+            .map(|(item, outcome)| {
+                let (reason, status) = match outcome {
+                    Some(Err(refusal)) => (refusal.reason, status_code(&refusal)),
+                    _ => (Reason::Unspecified, 0),
+                };
+                proto::RegisterAliasResult { alias: item.alias.clone(), reason: reason as i32, status_code: status }
+            })
+            .collect();
+        Ok(Response::new(proto::RegisterAliasBatchResponse { results }))
+    }
+
+    async fn remove_alias(
+        &self,
+        request: Request<proto::RemoveAliasRequest>,
+    ) -> Result<Response<proto::RemoveAliasResponse>, Status> {
+        let psp = auth::psp(&request)?;
+        self.switch.active_participant(&psp)?;
+        let alias = request.into_inner().alias;
+        if alias_owner(&alias)? != psp {
+            return Err(
+                Refusal::field(Reason::AliasOwnedByOtherPsp, "alias", "the alias belongs to another PSP").into()
+            );
+        }
+        let _serial = self.write_lock.lock().await;
+        if self.switch.directory.resolve(&alias).is_none() {
+            return Ok(Response::new(proto::RemoveAliasResponse { existed: false }));
+        }
+        // An empty value removes the record.
+        let results = self.switch.submit(vec![record(tables::ALIASES, alias.as_bytes(), Vec::new(), false)]).await?;
+        if results[0] != ledger::ResultCode::Ok {
+            return Err(Refusal::new(Reason::Internal, format!("ledger answered {}", results[0])).into());
+        }
+        let existed = self.switch.directory.remove(&alias);
+        Ok(Response::new(proto::RemoveAliasResponse { existed }))
+    }
+
+    async fn resolve_alias(
+        &self,
+        request: Request<proto::ResolveAliasRequest>,
+    ) -> Result<Response<proto::Alias>, Status> {
+        let psp = auth::psp(&request)?;
+        self.switch.active_participant(&psp)?;
+        let alias = &request.get_ref().alias;
+        alias_owner(alias)?;
+        let entry = self
+            .switch
+            .directory
+            .resolve(alias)
+            .ok_or_else(|| Refusal::field(Reason::UnknownAlias, "alias", "no such alias"))?;
+        Ok(Response::new(alias_message(alias, &entry)))
+    }
+}

@@ -1,0 +1,340 @@
+//! `OperatorService`: participants, funding, net debit caps, suspension. Operator certificate only.
+//!
+//! Every change is one ledger submission, so it is durable and atomic with its money movement:
+//! registration is `[participant record, create account]`; a cap change is `[record, set debit
+//! limit]`; fund-out is `[set limit 0, transfer out, set limit back]`, which the ledger refuses as a
+//! whole when the participant's own funds (not its cap) do not cover it.
+
+use std::sync::Arc;
+
+use ledger::{Account, AccountFlags, Event, ResultCode, Transfer};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::{check_amount, parse_id, participant_view};
+use crate::auth;
+use crate::core::{codes, record, tables, Switch};
+use crate::directory::check_text;
+use crate::participants::{accounts, Participant};
+use crate::proto::operator_service_server::OperatorService;
+use crate::proto::{self, ConfirmationMode, ParticipantStatus, Reason};
+use crate::reason::Refusal;
+use crate::tls::valid_name;
+
+/// Longest participant legal name, in UTF-8 bytes.
+const PARTICIPANT_NAME_BYTES_MAX: usize = 100;
+/// Most participants per listing page.
+const PAGE_SIZE_MAX: u32 = 1_000;
+const PAGE_SIZE_DEFAULT: u32 = 100;
+
+pub struct Operator {
+    pub switch: Arc<Switch>,
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not available in this release yet"))
+}
+
+impl Operator {
+    fn participant(&self, psp_id: &str) -> Result<Arc<Participant>, Refusal> {
+        self.switch
+            .participants
+            .get(psp_id)
+            .ok_or_else(|| Refusal::field(Reason::ParticipantNotFound, "psp_id", format!("no participant {psp_id:?}")))
+    }
+
+    fn view(&self, participant: &Participant) -> Result<Response<proto::Participant>, Status> {
+        Ok(Response::new(participant_view(&self.switch, participant)?))
+    }
+
+    /// Writes a changed participant record (and any events chained after it), then publishes it.
+    async fn change(&self, changed: Participant, then: Option<Event>) -> Result<Vec<ResultCode>, Refusal> {
+        let mut events = vec![record(
+            tables::PARTICIPANTS,
+            changed.psp_id.as_bytes(),
+            changed.to_record().encode_to_vec(),
+            then.is_some(),
+        )];
+        events.extend(then);
+        let results = self.switch.submit(events).await?.to_vec();
+        if results.iter().all(|code| *code == ResultCode::Ok) {
+            self.switch.participants.publish(changed);
+        }
+        Ok(results)
+    }
+
+    async fn fund(&self, request: proto::FundRequest, inbound: bool) -> Result<proto::FundResult, Refusal> {
+        let participant = self.participant(&request.psp_id)?;
+        let transfer_id = parse_id(&request.transfer_id, "transfer_id")?;
+        let currency = check_amount(&self.switch, request.amount_minor, &request.currency)?;
+        if currency.code != participant.currency {
+            return Err(Refusal::field(Reason::CurrencyMismatch, "currency", "the participant holds another currency"));
+        }
+        check_text(&request.note, "note", 140, false)?;
+        let settlement = accounts::settlement(currency.ledger);
+        let (debit, credit, code) = if inbound {
+            (settlement, participant.account_id, codes::FUND_IN)
+        } else {
+            (participant.account_id, settlement, codes::FUND_OUT)
+        };
+        let transfer = Transfer {
+            id: transfer_id,
+            debit_account_id: debit,
+            credit_account_id: credit,
+            amount: u128::from(request.amount_minor),
+            ledger: currency.ledger,
+            code,
+            ..Transfer::default()
+        };
+        let cap = u128::from(participant.net_debit_cap_minor);
+        let account_id = participant.account_id;
+        let events = if inbound {
+            vec![Event::CreateTransfer(transfer)]
+        } else {
+            // Take the cap away for the duration of the transfer: only own funds may leave.
+            let linked = Transfer { flags: ledger::TransferFlags(ledger::TransferFlags::LINKED), ..transfer };
+            vec![
+                Event::SetDebitLimit { account_id, debit_limit: 0, linked: true },
+                Event::CreateTransfer(linked),
+                Event::SetDebitLimit { account_id, debit_limit: cap, linked: false },
+            ]
+        };
+        let results = self.switch.submit(events).await?;
+        let transfer_result = if inbound { results[0] } else { results[1] };
+        match (transfer_result, results.first().copied()) {
+            (ResultCode::Ok | ResultCode::Exists, _) => {}
+            (_, Some(ResultCode::DebitLimitBelowCurrentDebits)) | (ResultCode::ExceedsCredits, _) => {
+                return Err(Refusal::new(
+                    Reason::FundOutExceedsAvailable,
+                    "fund-out exceeds the participant's own funds",
+                ))
+            }
+            (code, _) if code.name().starts_with("exists_with_different") => {
+                return Err(Refusal::field(
+                    Reason::PaymentIdConflict,
+                    "transfer_id",
+                    "transfer id used with other content",
+                ))
+            }
+            (ResultCode::OverflowsCreditsPosted | ResultCode::OverflowsDebitsPosted, _) => {
+                return Err(Refusal::new(Reason::BalanceOverflow, "the balance would overflow"))
+            }
+            (code, _) => return Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
+        }
+        let stored = self.switch.ledger.lookup_transfers(&[transfer_id]).map_err(crate::core::ledger_refusal)?;
+        let recorded_at = stored.first().copied().flatten().map(|record| record.stored.transfer.timestamp).unwrap_or(0);
+        Ok(proto::FundResult {
+            transfer_id: request.transfer_id,
+            recorded_at_unix_ns: recorded_at,
+            participant: Some(participant_view(&self.switch, &participant)?),
+        })
+    }
+
+    async fn register(&self, request: proto::RegisterParticipantRequest) -> Result<Participant, Refusal> {
+        if !valid_name(&request.psp_id) {
+            return Err(Refusal::field(Reason::PspIdMalformed, "psp_id", "psp_id must be 2-32 of [a-z0-9-]"));
+        }
+        check_text(&request.name, "name", PARTICIPANT_NAME_BYTES_MAX, true)?;
+        let currency = self.switch.config.currency(&request.currency).ok_or_else(|| {
+            Refusal::field(
+                Reason::UnknownCurrency,
+                "currency",
+                format!("currency {:?} is not settled here", request.currency),
+            )
+        })?;
+        let mode = match ConfirmationMode::try_from(request.confirmation_mode) {
+            Ok(ConfirmationMode::Automatic) => ConfirmationMode::Automatic,
+            Ok(ConfirmationMode::Confirmed) => {
+                return Err(Refusal::field(
+                    Reason::FieldRequired,
+                    "confirmation_mode",
+                    "CONFIRMED mode is not available in this release yet; register AUTOMATIC",
+                ))
+            }
+            _ => {
+                return Err(Refusal::field(Reason::FieldRequired, "confirmation_mode", "confirmation_mode is required"))
+            }
+        };
+        if i64::try_from(request.net_debit_cap_minor).is_err() {
+            return Err(Refusal::field(Reason::AmountOverLimit, "net_debit_cap_minor", "cap above 2^63-1"));
+        }
+        let participant = Participant {
+            psp_id: request.psp_id.as_str().into(),
+            name: request.name.clone(),
+            currency: currency.code.clone(),
+            ledger: currency.ledger,
+            account_id: accounts::participant(currency.ledger, &request.psp_id),
+            net_debit_cap_minor: request.net_debit_cap_minor,
+            confirmation_mode: mode,
+            status: ParticipantStatus::Active,
+            registered_at_unix_ns: crate::core::now_unix_ns(),
+        };
+        if let Some(existing) = self.switch.participants.get(&request.psp_id) {
+            let same = existing.name == participant.name
+                && existing.currency == participant.currency
+                && existing.net_debit_cap_minor == participant.net_debit_cap_minor
+                && existing.confirmation_mode == participant.confirmation_mode;
+            return if same {
+                Ok(Participant::clone(&existing))
+            } else {
+                Err(Refusal::field(Reason::ParticipantAlreadyRegistered, "psp_id", "registered with other details"))
+            };
+        }
+        if self.switch.participants.len() >= self.switch.config.limits.participants_max {
+            return Err(Refusal::new(Reason::ParticipantsLimit, "the switch holds its maximum of participants"));
+        }
+        let account = Account {
+            id: participant.account_id,
+            ledger: participant.ledger,
+            code: codes::PARTICIPANT_ACCOUNT,
+            flags: AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+            debit_limit: u128::from(participant.net_debit_cap_minor),
+            ..Account::default()
+        };
+        let results = self.change(participant.clone(), Some(Event::CreateAccount(account))).await?;
+        match results.as_slice() {
+            [ResultCode::Ok, ResultCode::Ok] => Ok(participant),
+            [_, ResultCode::Exists | ResultCode::ExistsWithDifferentDebitLimit] => {
+                Err(Refusal::field(Reason::ParticipantAlreadyRegistered, "psp_id", "the participant's account exists"))
+            }
+            other => Err(Refusal::new(Reason::Internal, format!("ledger answered {other:?}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for Operator {
+    async fn register_participant(
+        &self,
+        request: Request<proto::RegisterParticipantRequest>,
+    ) -> Result<Response<proto::Participant>, Status> {
+        auth::operator(&request)?;
+        let _serial = self.switch.operator_lock.lock().await;
+        let participant = self.register(request.into_inner()).await?;
+        tracing::info!(psp = %participant.psp_id, "participant registered");
+        self.view(&participant)
+    }
+
+    async fn get_participant(
+        &self,
+        request: Request<proto::GetParticipantRequest>,
+    ) -> Result<Response<proto::Participant>, Status> {
+        auth::operator(&request)?;
+        let participant = self.participant(&request.get_ref().psp_id)?;
+        self.view(&participant)
+    }
+
+    async fn list_participants(
+        &self,
+        request: Request<proto::ListParticipantsRequest>,
+    ) -> Result<Response<proto::ListParticipantsResponse>, Status> {
+        auth::operator(&request)?;
+        let request = request.into_inner();
+        let page_size = match request.page_size {
+            0 => PAGE_SIZE_DEFAULT,
+            size if size <= PAGE_SIZE_MAX => size,
+            _ => return Err(Refusal::field(Reason::PageInvalid, "page_size", "page_size above 1000").into()),
+        } as usize;
+        // The page token is the last PSP id of the previous page (ids are listed in order).
+        let all = self.switch.participants.all();
+        let start = all.iter().position(|participant| *participant.psp_id > *request.page_token).unwrap_or(all.len());
+        let page: Vec<_> = all[start..].iter().take(page_size).collect();
+        let next_page_token = match (page.last(), start + page.len() < all.len()) {
+            (Some(last), true) => last.psp_id.to_string(),
+            _ => String::new(),
+        };
+        let participants =
+            page.iter().map(|participant| participant_view(&self.switch, participant)).collect::<Result<_, _>>()?;
+        Ok(Response::new(proto::ListParticipantsResponse { participants, next_page_token }))
+    }
+
+    async fn fund_in(&self, request: Request<proto::FundRequest>) -> Result<Response<proto::FundResult>, Status> {
+        auth::operator(&request)?;
+        Ok(Response::new(self.fund(request.into_inner(), true).await?))
+    }
+
+    async fn fund_out(&self, request: Request<proto::FundRequest>) -> Result<Response<proto::FundResult>, Status> {
+        auth::operator(&request)?;
+        let _serial = self.switch.operator_lock.lock().await;
+        Ok(Response::new(self.fund(request.into_inner(), false).await?))
+    }
+
+    async fn set_net_debit_cap(
+        &self,
+        request: Request<proto::SetNetDebitCapRequest>,
+    ) -> Result<Response<proto::Participant>, Status> {
+        auth::operator(&request)?;
+        let _serial = self.switch.operator_lock.lock().await;
+        let request = request.into_inner();
+        let participant = self.participant(&request.psp_id)?;
+        if i64::try_from(request.net_debit_cap_minor).is_err() {
+            return Err(Refusal::field(Reason::AmountOverLimit, "net_debit_cap_minor", "cap above 2^63-1").into());
+        }
+        let changed =
+            Participant { net_debit_cap_minor: request.net_debit_cap_minor, ..Participant::clone(&participant) };
+        let limit = Event::SetDebitLimit {
+            account_id: participant.account_id,
+            debit_limit: u128::from(request.net_debit_cap_minor),
+            linked: false,
+        };
+        let results = self.change(changed.clone(), Some(limit)).await?;
+        match results.as_slice() {
+            [ResultCode::Ok, ResultCode::Ok] => self.view(&changed),
+            [_, ResultCode::DebitLimitBelowCurrentDebits] => Err(Refusal::new(
+                Reason::NetDebitCapBelowUsage,
+                "the participant already uses more than the new cap; suspend it instead",
+            )
+            .into()),
+            other => Err(Refusal::new(Reason::Internal, format!("ledger answered {other:?}")).into()),
+        }
+    }
+
+    async fn suspend_participant(
+        &self,
+        request: Request<proto::SuspendParticipantRequest>,
+    ) -> Result<Response<proto::Participant>, Status> {
+        auth::operator(&request)?;
+        let _serial = self.switch.operator_lock.lock().await;
+        let participant = self.participant(&request.get_ref().psp_id)?;
+        let changed = Participant { status: ParticipantStatus::Suspended, ..Participant::clone(&participant) };
+        self.change(changed.clone(), None).await?;
+        tracing::warn!(psp = %changed.psp_id, "participant suspended");
+        self.view(&changed)
+    }
+
+    async fn reactivate_participant(
+        &self,
+        request: Request<proto::ReactivateParticipantRequest>,
+    ) -> Result<Response<proto::Participant>, Status> {
+        auth::operator(&request)?;
+        let _serial = self.switch.operator_lock.lock().await;
+        let participant = self.participant(&request.get_ref().psp_id)?;
+        let changed = Participant { status: ParticipantStatus::Active, ..Participant::clone(&participant) };
+        self.change(changed.clone(), None).await?;
+        tracing::info!(psp = %changed.psp_id, "participant reactivated");
+        self.view(&changed)
+    }
+
+    async fn close_settlement_window(
+        &self,
+        _request: Request<proto::CloseSettlementWindowRequest>,
+    ) -> Result<Response<proto::SettlementReport>, Status> {
+        Err(unimplemented("settlement"))
+    }
+
+    async fn get_settlement_report(
+        &self,
+        _request: Request<proto::GetSettlementReportRequest>,
+    ) -> Result<Response<proto::SettlementReport>, Status> {
+        Err(unimplemented("settlement"))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<proto::GetPaymentRequest>,
+    ) -> Result<Response<proto::Payment>, Status> {
+        auth::operator(&request)?;
+        let payment_id = parse_id(&request.get_ref().payment_id, "payment_id")?;
+        Ok(Response::new(super::payments::payment_status(&self.switch, payment_id, None)?))
+    }
+}

@@ -1,0 +1,426 @@
+//! `PaymentService`: push payments by alias (single and batch), status, positions.
+//!
+//! A payment to an automatic-acceptance PSP is one linked pair of ledger events: the payment's
+//! metadata record (aliases, note) and the transfer from the payer PSP's position to the payee
+//! PSP's. They commit together or not at all, in one group-committed batch. The payment id is the
+//! transfer id, so the ledger's idempotency is the payment's: a retry gets the original outcome,
+//! and the content hash in `user_data_128` turns "same id, other content" into a conflict.
+//!
+//! Per payment the path reads two aliases from the lock-free directory and two participants from
+//! the atomically swapped registry, builds two events, and waits on one completion.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ledger::{Event, ResultCode, Transfer, TransferFlags};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{check_amount, parse_id, participant_view, status_code};
+use crate::auth;
+use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, Switch};
+use crate::directory::{alias_owner, check_text};
+use crate::participants::Participant;
+use crate::proto::payment_service_server::PaymentService;
+use crate::proto::{self, ConfirmationMode, PaymentKind, PaymentState, Reason};
+use crate::reason::Refusal;
+
+/// Longest note, in UTF-8 bytes (`NOTE_BYTES_MAX`).
+const NOTE_BYTES_MAX: usize = 140;
+/// Most payments in one `PayBatch`.
+const BATCH_SIZE_MAX: usize = 8_190;
+
+/// The durable metadata of a payment (ledger record keyed by payment id).
+#[derive(Clone, PartialEq, Message)]
+pub struct PaymentRecord {
+    #[prost(string, tag = "1")]
+    pub payer_alias: String,
+    #[prost(string, tag = "2")]
+    pub payee_alias: String,
+    #[prost(string, tag = "3")]
+    pub note: String,
+    #[prost(uint64, tag = "4")]
+    pub deadline_unix_ms: u64,
+    #[prost(string, tag = "5")]
+    pub currency: String,
+}
+
+pub struct Payments {
+    pub switch: Arc<Switch>,
+    status_limiter: RateLimiter,
+}
+
+impl Payments {
+    pub fn new(switch: Arc<Switch>) -> Self {
+        let per_second = switch.config.limits.status_queries_per_second;
+        Payments { switch, status_limiter: RateLimiter::new(per_second) }
+    }
+}
+
+/// A payment checked and ready to submit.
+struct Prepared {
+    id: u128,
+    events: [Event; 2],
+}
+
+/// The content a payment id stands for, hashed into `user_data_128`. The deadline is left out:
+/// a retry may carry a fresh one.
+fn content_hash(request: &proto::PayRequest) -> u128 {
+    let mut hasher = blake3::Hasher::new();
+    for part in [&request.payer_alias, &request.payee_alias, &request.note, &request.currency] {
+        hasher.update(&(part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    u128::from_be_bytes(bytes)
+}
+
+fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) -> Result<Prepared, Refusal> {
+    let id = parse_id(&request.payment_id, "payment_id")?;
+    let currency = check_amount(switch, request.amount_minor, &request.currency)?;
+    check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
+    if alias_owner(&request.payer_alias)? != &*payer.psp_id {
+        return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "payer_alias", "the payer alias is not the caller's"));
+    }
+    alias_owner(&request.payee_alias)?;
+    let now_ms = now_unix_ns() / 1_000_000;
+    let limits = &switch.config.limits;
+    if request.deadline_unix_ms != 0 && request.deadline_unix_ms <= now_ms {
+        return Err(Refusal::field(Reason::DeadlinePassed, "deadline_unix_ms", "the deadline has passed"));
+    }
+    if request.deadline_unix_ms > now_ms + limits.payment_deadline_ms_max {
+        return Err(Refusal::field(Reason::DeadlineTooFar, "deadline_unix_ms", "the deadline is too far ahead"));
+    }
+    if switch.directory.resolve(&request.payer_alias).is_none() {
+        return Err(Refusal::field(Reason::OwnAliasNotRegistered, "payer_alias", "the payer alias is not registered"));
+    }
+    let payee_entry = switch
+        .directory
+        .resolve(&request.payee_alias)
+        .ok_or_else(|| Refusal::field(Reason::UnknownAlias, "payee_alias", "no such alias"))?;
+    if payee_entry.psp == payer.psp_id {
+        return Err(Refusal::new(Reason::OnUsNotSupported, "payer and payee are at the same PSP"));
+    }
+    let payee = switch
+        .participants
+        .get(&payee_entry.psp)
+        .ok_or_else(|| Refusal::new(Reason::Internal, "alias of an unregistered PSP"))?;
+    if !payee.is_active() {
+        return Err(Refusal::new(Reason::CounterpartySuspended, "the payee's PSP is suspended"));
+    }
+    if payer.currency != currency.code || payee.currency != currency.code {
+        return Err(Refusal::field(Reason::CurrencyMismatch, "currency", "a participant holds another currency"));
+    }
+    if payee.confirmation_mode != ConfirmationMode::Automatic {
+        return Err(Refusal::new(Reason::Internal, "confirmed-mode crediting is not available in this release yet"));
+    }
+    let deadline_unix_ms = if request.deadline_unix_ms == 0 {
+        now_ms + limits.payment_deadline_ms_default
+    } else {
+        request.deadline_unix_ms
+    };
+    let metadata = PaymentRecord {
+        payer_alias: request.payer_alias.clone(),
+        payee_alias: request.payee_alias.clone(),
+        note: request.note.clone(),
+        deadline_unix_ms,
+        currency: currency.code.clone(),
+    };
+    let transfer = Transfer {
+        id,
+        debit_account_id: payer.account_id,
+        credit_account_id: payee.account_id,
+        amount: u128::from(request.amount_minor),
+        user_data_128: content_hash(request),
+        ledger: currency.ledger,
+        code: codes::PAYMENT,
+        flags: TransferFlags::default(),
+        ..Transfer::default()
+    };
+    // Record first, linked to the transfer: a refused transfer takes its record back with it.
+    let events =
+        [record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true), Event::CreateTransfer(transfer)];
+    Ok(Prepared { id, events })
+}
+
+/// What a transfer's result code means for the payment.
+fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
+    match code {
+        ResultCode::Ok | ResultCode::Exists => Ok(PaymentState::Completed),
+        ResultCode::ExceedsCredits => {
+            Err(Refusal::new(Reason::InsufficientLiquidity, "the payer PSP's net debit cap does not cover the payment"))
+        }
+        ResultCode::OverflowsDebitsPosted
+        | ResultCode::OverflowsCreditsPosted
+        | ResultCode::OverflowsDebits
+        | ResultCode::OverflowsCredits => Err(Refusal::new(Reason::BalanceOverflow, "a position would overflow")),
+        code if code.name().starts_with("exists_with_different") => {
+            Err(Refusal::field(Reason::PaymentIdConflict, "payment_id", "payment id already used with other content"))
+        }
+        code => Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
+    }
+}
+
+fn result_message(payment_id: &[u8], outcome: Result<(PaymentState, u64), Refusal>) -> proto::PaymentResult {
+    match outcome {
+        Ok((state, timestamp)) => proto::PaymentResult {
+            payment_id: payment_id.to_vec(),
+            state: state as i32,
+            accepted_at_unix_ns: timestamp,
+            finalized_at_unix_ns: timestamp,
+            ..proto::PaymentResult::default()
+        },
+        Err(refusal) => {
+            let failed = matches!(refusal.reason, Reason::InsufficientLiquidity | Reason::BalanceOverflow);
+            proto::PaymentResult {
+                payment_id: payment_id.to_vec(),
+                state: if failed { PaymentState::Failed } else { PaymentState::Rejected } as i32,
+                reason: refusal.reason as i32,
+                status_code: status_code(&refusal),
+                ..proto::PaymentResult::default()
+            }
+        }
+    }
+}
+
+/// The commit time of a payment: from the batch that committed it, or from storage on a retry.
+fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u64) -> u64 {
+    if code == ResultCode::Ok {
+        return batch_timestamp;
+    }
+    switch
+        .ledger
+        .lookup_transfers(&[id])
+        .ok()
+        .and_then(|records| records.into_iter().next().flatten())
+        .map_or(0, |record| record.stored.transfer.timestamp)
+}
+
+/// The definitive state of a payment. With a viewer, only the payer's or payee's PSP sees it;
+/// anyone else gets the same answer as for an id that does not exist.
+pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -> Result<proto::Payment, Refusal> {
+    let not_found = || Refusal::field(Reason::PaymentNotFound, "payment_id", "no such payment");
+    let stored = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
+    let Some(stored) = stored else { return Err(not_found()) };
+    let transfer = stored.stored.transfer;
+    if viewer.is_some_and(|viewer| {
+        viewer.account_id != transfer.debit_account_id && viewer.account_id != transfer.credit_account_id
+    }) {
+        return Err(not_found());
+    }
+    let psp_of = |account: u128| {
+        switch
+            .participants
+            .all()
+            .into_iter()
+            .find(|participant| participant.account_id == account)
+            .map(|p| p.psp_id.to_string())
+    };
+    let metadata = switch
+        .ledger
+        .record(tables::PAYMENTS, &id.to_be_bytes())
+        .map_err(ledger_refusal)?
+        .and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok())
+        .unwrap_or_default();
+    let (state, reason) = match outcome(stored.stored.result) {
+        Ok(state) => (state, Reason::Unspecified),
+        Err(refusal) => (PaymentState::Failed, refusal.reason),
+    };
+    Ok(proto::Payment {
+        payment_id: id.to_be_bytes().to_vec(),
+        kind: PaymentKind::Push as i32,
+        state: state as i32,
+        reason: reason as i32,
+        payer_alias: metadata.payer_alias,
+        payer_psp_id: psp_of(transfer.debit_account_id).unwrap_or_default(),
+        payee_alias: metadata.payee_alias,
+        payee_psp_id: psp_of(transfer.credit_account_id).unwrap_or_default(),
+        amount_minor: u64::try_from(transfer.amount).unwrap_or(u64::MAX),
+        currency: metadata.currency,
+        note: metadata.note,
+        deadline_unix_ms: metadata.deadline_unix_ms,
+        accepted_at_unix_ns: transfer.timestamp,
+        finalized_at_unix_ns: transfer.timestamp,
+        ..proto::Payment::default()
+    })
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not available in this release yet"))
+}
+
+#[tonic::async_trait]
+impl PaymentService for Payments {
+    async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
+        let psp = auth::psp(&request)?;
+        let payer = self.switch.active_participant(&psp)?;
+        let request = request.into_inner();
+        let prepared = prepare(&self.switch, &payer, &request)?;
+        let results = self.switch.submit(prepared.events.into()).await?;
+        let code = results[1];
+        let state = outcome(code)?;
+        let timestamp = committed_at(&self.switch, prepared.id, code, results.timestamp + 1);
+        Ok(Response::new(result_message(&request.payment_id, Ok((state, timestamp)))))
+    }
+
+    async fn pay_batch(
+        &self,
+        request: Request<proto::PayBatchRequest>,
+    ) -> Result<Response<proto::PayBatchResponse>, Status> {
+        let psp = auth::psp(&request)?;
+        let payer = self.switch.active_participant(&psp)?;
+        let payments = request.into_inner().payments;
+        if payments.is_empty() || payments.len() > BATCH_SIZE_MAX {
+            let message = format!("a batch holds 1 to {BATCH_SIZE_MAX} payments");
+            return Err(Refusal::field(Reason::BatchSizeOutOfRange, "payments", message).into());
+        }
+        let mut outcomes: Vec<Option<Result<(PaymentState, u64), Refusal>>> = vec![None; payments.len()];
+        let mut prepared = Vec::with_capacity(payments.len());
+        for (position, payment) in payments.iter().enumerate() {
+            match prepare(&self.switch, &payer, payment) {
+                Ok(ready) => prepared.push((position, ready)),
+                Err(refusal) => outcomes[position] = Some(Err(refusal)),
+            }
+        }
+        // Two events per payment; each submission fits one ledger batch. Submitted together so
+        // they are group-committed back to back.
+        let per_submission = (self.switch.config.ledger.batch_size_max / 2).max(1);
+        let mut pending = Vec::new();
+        for chunk in prepared.chunks(per_submission) {
+            let events: Vec<Event> = chunk.iter().flat_map(|(_, ready)| ready.events.iter().cloned()).collect();
+            pending.push(self.switch.ledger.submit(events).map_err(ledger_refusal)?);
+        }
+        for (chunk, completion) in prepared.chunks(per_submission).zip(pending) {
+            let results = completion.await.map_err(ledger_refusal)?;
+            for (index, (position, ready)) in chunk.iter().enumerate() {
+                let code = results[index * 2 + 1];
+                let batch_timestamp = results.timestamp + (index * 2 + 1) as u64;
+                outcomes[*position] = Some(
+                    outcome(code).map(|state| (state, committed_at(&self.switch, ready.id, code, batch_timestamp))),
+                );
+            }
+        }
+        let results = payments
+            .iter()
+            .zip(outcomes)
+            .map(|(payment, outcome)| {
+                let outcome =
+                    outcome.unwrap_or_else(|| Err(Refusal::new(Reason::Internal, "payment lost its outcome")));
+                result_message(&payment.payment_id, outcome)
+            })
+            .collect();
+        Ok(Response::new(proto::PayBatchResponse { results }))
+    }
+
+    type PayStreamStream = tokio_stream::wrappers::ReceiverStream<Result<proto::PayStreamResponse, Status>>;
+
+    async fn pay_stream(
+        &self,
+        _request: Request<Streaming<proto::PayStreamRequest>>,
+    ) -> Result<Response<Self::PayStreamStream>, Status> {
+        Err(unimplemented("streamed submission"))
+    }
+
+    async fn get_payment_status(
+        &self,
+        request: Request<proto::GetPaymentStatusRequest>,
+    ) -> Result<Response<proto::Payment>, Status> {
+        let psp = auth::psp(&request)?;
+        let viewer = self.switch.participants.get(&psp).ok_or_else(|| {
+            Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant"))
+        })?;
+        if !self.status_limiter.allow(&psp) {
+            return Err(Refusal::new(Reason::RateLimited, "status queries are rate limited; back off").into());
+        }
+        let id = parse_id(&request.get_ref().payment_id, "payment_id")?;
+        Ok(Response::new(payment_status(&self.switch, id, Some(&viewer))?))
+    }
+
+    async fn request_collect(
+        &self,
+        _request: Request<proto::RequestCollectRequest>,
+    ) -> Result<Response<proto::PaymentResult>, Status> {
+        Err(unimplemented("collect"))
+    }
+
+    async fn refund(&self, _request: Request<proto::RefundRequest>) -> Result<Response<proto::PaymentResult>, Status> {
+        Err(unimplemented("refund"))
+    }
+
+    async fn get_position(
+        &self,
+        request: Request<proto::GetPositionRequest>,
+    ) -> Result<Response<proto::Participant>, Status> {
+        let psp = auth::psp(&request)?;
+        let participant = self.switch.participants.get(&psp).ok_or_else(|| {
+            Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant"))
+        })?;
+        Ok(Response::new(participant_view(&self.switch, &participant)?))
+    }
+}
+
+/// A per-PSP fixed-window rate limiter without locks: one atomic word per PSP holding the current
+/// second and the count used in it.
+pub struct RateLimiter {
+    per_second: u32,
+    windows: papaya::HashMap<String, AtomicU64>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        RateLimiter { per_second, windows: papaya::HashMap::new() }
+    }
+
+    pub fn allow(&self, psp: &str) -> bool {
+        let second = (now_unix_ns() / 1_000_000_000) & 0xffff_ffff;
+        let windows = self.windows.pin();
+        let window = match windows.get(psp) {
+            Some(window) => window,
+            None => windows.get_or_insert(psp.to_string(), AtomicU64::new(0)),
+        };
+        let mut current = window.load(Ordering::Relaxed);
+        loop {
+            let (window_second, used) = (current >> 32, current & 0xffff_ffff);
+            let used = if window_second == second { used } else { 0 };
+            if used >= u64::from(self.per_second) {
+                return false;
+            }
+            let next = (second << 32) | (used + 1);
+            match window.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_counts_per_psp() {
+        let limiter = RateLimiter::new(3);
+        let allowed = (0..10).filter(|_| limiter.allow("bank-a")).count();
+        // A second boundary inside the loop can give one more window; never more than two.
+        assert!((3..=6).contains(&allowed), "{allowed}");
+        assert!(limiter.allow("bank-b"), "another PSP has its own budget");
+    }
+
+    #[test]
+    fn content_hash_ignores_the_deadline_only() {
+        let request = proto::PayRequest {
+            payer_alias: "a@bank-a".into(),
+            payee_alias: "b@bank-b".into(),
+            note: "rent".into(),
+            currency: "INR".into(),
+            deadline_unix_ms: 5,
+            ..proto::PayRequest::default()
+        };
+        let later = proto::PayRequest { deadline_unix_ms: 9, ..request.clone() };
+        assert_eq!(content_hash(&request), content_hash(&later));
+        let other = proto::PayRequest { note: "rent!".into(), ..request.clone() };
+        assert_ne!(content_hash(&request), content_hash(&other));
+    }
+}

@@ -1,0 +1,182 @@
+//! A real switch on an ephemeral port with real mutual TLS, and clients for several PSPs.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use switch::config::Config;
+use switch::core::Switch;
+use switch::proto::directory_service_client::DirectoryServiceClient;
+use switch::proto::operator_service_client::OperatorServiceClient;
+use switch::proto::payment_service_client::PaymentServiceClient;
+use switch::proto::{self, ConfirmationMode};
+use switch::server::{serve, TlsFiles};
+use switch::tls::{DevelopmentCa, PemPair};
+use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+pub struct TestSwitch {
+    pub dir: tempfile::TempDir,
+    pub address: SocketAddr,
+    pub ca: DevelopmentCa,
+    pub switch: Arc<Switch>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn config(data: PathBuf) -> Config {
+    Config { data_dir: data, listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() }
+}
+
+impl TestSwitch {
+    pub async fn start() -> TestSwitch {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        Self::start_in(dir).await
+    }
+
+    /// Starts (or restarts) a switch on the data in `dir`.
+    pub async fn start_in(dir: tempfile::TempDir) -> TestSwitch {
+        let config = config(dir.path().join("data"));
+        let tls = TlsFiles::resolve(&config).expect("development CA");
+        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let switch =
+            tokio::task::spawn_blocking(move || Switch::open(config)).await.expect("open task").expect("open switch");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = Arc::clone(&switch);
+        let task = tokio::spawn(async move {
+            serve(serving, listener, &tls, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let ca = DevelopmentCa::new(dir.path().join("data/certs"));
+        TestSwitch { dir, address, ca, switch, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the server gracefully and returns its data directory, for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown().await;
+        let dir = tempfile::tempdir().expect("placeholder");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
+    pub async fn channel(&self, pair: Option<&PemPair>) -> Result<Channel, tonic::transport::Error> {
+        let ca = std::fs::read(self.ca.ca_certificate()).expect("CA certificate");
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+        if let Some(pair) = pair {
+            let certificate = std::fs::read(&pair.certificate).expect("certificate");
+            let key = std::fs::read(&pair.key).expect("key");
+            tls = tls.identity(Identity::from_pem(certificate, key));
+        }
+        Channel::from_shared(format!("https://{}", self.address)).expect("uri").tls_config(tls)?.connect().await
+    }
+
+    pub async fn operator(&self) -> OperatorServiceClient<Channel> {
+        let pair = self.ca.operator("admin");
+        OperatorServiceClient::new(self.channel(Some(&pair)).await.expect("operator connects"))
+    }
+
+    pub async fn psp(&self, psp: &str) -> Psp {
+        let pair = self.ca.issue_psp(psp).expect("issue certificate");
+        let channel = self.channel(Some(&pair)).await.expect("PSP connects");
+        Psp { payments: PaymentServiceClient::new(channel.clone()), directory: DirectoryServiceClient::new(channel) }
+    }
+
+    /// Registers an automatic-mode PSP with a net debit cap and a prefunded position.
+    pub async fn onboard(&self, psp: &str, cap: u64, funds: u64) -> Psp {
+        let mut operator = self.operator().await;
+        operator
+            .register_participant(proto::RegisterParticipantRequest {
+                psp_id: psp.into(),
+                name: format!("{psp} bank"),
+                currency: "INR".into(),
+                net_debit_cap_minor: cap,
+                confirmation_mode: ConfirmationMode::Automatic as i32,
+            })
+            .await
+            .expect("register participant");
+        if funds > 0 {
+            operator
+                .fund_in(proto::FundRequest {
+                    psp_id: psp.into(),
+                    transfer_id: id(funding_id(psp)),
+                    amount_minor: funds,
+                    currency: "INR".into(),
+                    note: String::new(),
+                })
+                .await
+                .expect("fund in");
+        }
+        self.psp(psp).await
+    }
+
+    /// Every position and the settlement accounts net to zero in the ledger.
+    pub fn assert_money_conserved(&self) {
+        let accounts = self.switch.ledger.store().all_accounts().expect("accounts");
+        let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
+        let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
+        assert_eq!(debits, credits, "money created or lost");
+    }
+}
+
+impl Drop for TestSwitch {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub struct Psp {
+    pub payments: PaymentServiceClient<Channel>,
+    pub directory: DirectoryServiceClient<Channel>,
+}
+
+impl Psp {
+    pub async fn alias(&mut self, alias: &str, name: &str) {
+        self.directory
+            .register_alias(proto::RegisterAliasRequest { alias: alias.into(), display_name: name.into() })
+            .await
+            .expect("register alias");
+    }
+}
+
+/// A funding transfer id per PSP (distinct PSPs, distinct ids).
+fn funding_id(psp: &str) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    psp.hash(&mut hasher);
+    (1 << 100) | u128::from(hasher.finish())
+}
+
+pub fn id(value: u128) -> Vec<u8> {
+    value.to_be_bytes().to_vec()
+}
+
+pub fn pay(payment_id: u128, payer: &str, payee: &str, amount: u64) -> proto::PayRequest {
+    proto::PayRequest {
+        payment_id: id(payment_id),
+        payer_alias: payer.into(),
+        payee_alias: payee.into(),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: "test".into(),
+        deadline_unix_ms: 0,
+    }
+}
+
+pub fn reason(status: &tonic::Status) -> Option<proto::Reason> {
+    switch::reason::reason_of(status)
+}

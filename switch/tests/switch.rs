@@ -1,0 +1,338 @@
+//! Integration tests against a real switch: in-process server on an ephemeral port, real mutual
+//! TLS with certificates from the development CA, several PSPs, real gRPC clients. Every test
+//! that moves money checks that the ledger still nets to zero.
+
+mod common;
+
+use common::*;
+use switch::proto::{self, PaymentState, Reason};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_payment_moves_positions_and_retries_are_idempotent() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 10_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+
+    let result = bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 2_500)).await.expect("pay").into_inner();
+    assert_eq!(result.state, PaymentState::Completed as i32);
+    assert!(result.finalized_at_unix_ns > 0);
+    let position = |psp: &mut Psp| {
+        let mut client = psp.payments.clone();
+        async move { client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner() }
+    };
+    assert_eq!(position(&mut bank_a).await.balance_minor, 7_500);
+    assert_eq!(position(&mut bank_b).await.balance_minor, 2_500);
+
+    // The same payment again: the original outcome, no second debit.
+    let retry = bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 2_500)).await.expect("retry").into_inner();
+    assert_eq!(retry.state, PaymentState::Completed as i32);
+    assert_eq!(retry.finalized_at_unix_ns, result.finalized_at_unix_ns);
+    assert_eq!(position(&mut bank_a).await.balance_minor, 7_500);
+
+    // Same id, other content.
+    let mut changed = pay(1, "ana@bank-a", "bo@bank-b", 2_500);
+    changed.note = "other".into();
+    let status = bank_a.payments.pay(changed).await.expect_err("conflict");
+    assert_eq!((status.code(), reason(&status)), (Code::AlreadyExists, Some(Reason::PaymentIdConflict)));
+    let status = bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 2_600)).await.expect_err("conflict");
+    assert_eq!(reason(&status), Some(Reason::PaymentIdConflict));
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn net_debit_cap_limits_payments_and_failures_are_recorded() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 1_000, 500).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    // 500 own funds + 1,000 cap: 1,500 may go out.
+    bank_a.payments.pay(pay(10, "ana@bank-a", "bo@bank-b", 1_400)).await.expect("within cap");
+    let status = bank_a.payments.pay(pay(11, "ana@bank-a", "bo@bank-b", 101)).await.expect_err("over cap");
+    assert_eq!((status.code(), reason(&status)), (Code::FailedPrecondition, Some(Reason::InsufficientLiquidity)));
+    // Recorded against the id: more liquidity does not flip it.
+    let mut operator = test.operator().await;
+    operator
+        .fund_in(proto::FundRequest {
+            psp_id: "bank-a".into(),
+            transfer_id: id(777),
+            amount_minor: 10_000,
+            currency: "INR".into(),
+            note: String::new(),
+        })
+        .await
+        .expect("fund in");
+    let status = bank_a.payments.pay(pay(11, "ana@bank-a", "bo@bank-b", 101)).await.expect_err("still refused");
+    assert_eq!(reason(&status), Some(Reason::InsufficientLiquidity));
+    let payment = bank_a
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(11) })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!((payment.state, payment.reason), (PaymentState::Failed as i32, Reason::InsufficientLiquidity as i32));
+    bank_a.payments.pay(pay(12, "ana@bank-a", "bo@bank-b", 101)).await.expect("new id goes through");
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_visible_to_the_two_psps_only() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    let mut bank_c = test.onboard("bank-c", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    bank_a.payments.pay(pay(5, "ana@bank-a", "bo@bank-b", 10)).await.expect("pay");
+    for psp in [&mut bank_a, &mut bank_b] {
+        let payment = psp
+            .payments
+            .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(5) })
+            .await
+            .expect("visible")
+            .into_inner();
+        assert_eq!(payment.state, PaymentState::Completed as i32);
+        assert_eq!((payment.payer_alias.as_str(), payment.payee_alias.as_str()), ("ana@bank-a", "bo@bank-b"));
+        assert_eq!((payment.payer_psp_id.as_str(), payment.payee_psp_id.as_str()), ("bank-a", "bank-b"));
+        assert_eq!(payment.amount_minor, 10);
+    }
+    let status = bank_c
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(5) })
+        .await
+        .expect_err("a third PSP sees nothing");
+    assert_eq!((status.code(), reason(&status)), (Code::NotFound, Some(Reason::PaymentNotFound)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_certificate_are_refused() {
+    let test = TestSwitch::start().await;
+    // The handshake itself fails, or the first call does (TLS 1.3 reports the refusal late).
+    match test.channel(None).await {
+        Err(_) => {}
+        Ok(channel) => {
+            let mut client = switch::proto::directory_service_client::DirectoryServiceClient::new(channel);
+            let request = proto::ResolveAliasRequest { alias: "ana@bank-a".into() };
+            let status = client.resolve_alias(request).await.expect_err("refused without a certificate");
+            assert!(reason(&status).is_none(), "refused by TLS, not by the switch's logic: {status:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psp_cannot_use_another_psps_aliases_or_the_operator_api() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 1_000).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let status = bank_b.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 10)).await.expect_err("not its alias");
+    assert_eq!((status.code(), reason(&status)), (Code::PermissionDenied, Some(Reason::AliasOwnedByOtherPsp)));
+    let request = proto::RegisterAliasRequest { alias: "eve@bank-a".into(), display_name: "Eve".into() };
+    let status = bank_b.directory.register_alias(request).await.expect_err("not its suffix");
+    assert_eq!(reason(&status), Some(Reason::AliasOwnedByOtherPsp));
+    let status = bank_b
+        .directory
+        .remove_alias(proto::RemoveAliasRequest { alias: "ana@bank-a".into() })
+        .await
+        .expect_err("not its alias");
+    assert_eq!(reason(&status), Some(Reason::AliasOwnedByOtherPsp));
+
+    let pair = test.ca.psp("bank-b");
+    let channel = test.channel(Some(&pair)).await.expect("connects");
+    let mut as_operator = switch::proto::operator_service_client::OperatorServiceClient::new(channel);
+    let status = as_operator
+        .suspend_participant(proto::SuspendParticipantRequest { psp_id: "bank-a".into(), note: String::new() })
+        .await
+        .expect_err("PSP is no operator");
+    assert_eq!((status.code(), reason(&status)), (Code::PermissionDenied, Some(Reason::NotAuthorized)));
+    let unknown = bank_a.payments.pay(pay(2, "ana@bank-a", "nobody@bank-b", 10)).await.expect_err("unknown payee");
+    assert_eq!((unknown.code(), reason(&unknown)), (Code::NotFound, Some(Reason::UnknownAlias)));
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_reason_and_changes_nothing() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let base = pay(1, "ana@bank-a", "bo@bank-b", 10);
+    let cases = [
+        (proto::PayRequest { payment_id: vec![1, 2, 3], ..base.clone() }, Reason::IdMalformed),
+        (proto::PayRequest { payment_id: id(0), ..base.clone() }, Reason::IdReserved),
+        (proto::PayRequest { payment_id: id(u128::MAX), ..base.clone() }, Reason::IdReserved),
+        (proto::PayRequest { amount_minor: 0, ..base.clone() }, Reason::AmountZero),
+        (proto::PayRequest { amount_minor: u64::MAX, ..base.clone() }, Reason::AmountOverLimit),
+        (proto::PayRequest { currency: "XXX".into(), ..base.clone() }, Reason::UnknownCurrency),
+        (proto::PayRequest { note: "n".repeat(141), ..base.clone() }, Reason::FieldTooLong),
+        (proto::PayRequest { note: "a\u{7}b".into(), ..base.clone() }, Reason::TextInvalid),
+        (proto::PayRequest { payee_alias: "Bo@bank-b".into(), ..base.clone() }, Reason::AliasMalformed),
+        (proto::PayRequest { deadline_unix_ms: 1, ..base.clone() }, Reason::DeadlinePassed),
+        (proto::PayRequest { deadline_unix_ms: u64::MAX, ..base.clone() }, Reason::DeadlineTooFar),
+        (proto::PayRequest { payer_alias: "zed@bank-a".into(), ..base.clone() }, Reason::OwnAliasNotRegistered),
+    ];
+    for (request, expected) in cases {
+        let status = bank_a.payments.pay(request.clone()).await.expect_err("refused");
+        assert_eq!(reason(&status), Some(expected), "{request:?}: {status:?}");
+        assert_eq!(status.code(), switch::reason::code_of(expected));
+    }
+    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    assert_eq!(position.balance_minor, 1_000, "refused payments moved nothing");
+    // The id was never used by a refusal that records nothing.
+    bank_a.payments.pay(base).await.expect("the same id now succeeds");
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_answer_each_payment_in_order() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let payments = vec![
+        pay(1, "ana@bank-a", "bo@bank-b", 300),
+        pay(2, "ana@bank-a", "nobody@bank-b", 300),
+        pay(3, "ana@bank-a", "bo@bank-b", 600),
+        pay(4, "ana@bank-a", "bo@bank-b", 200),
+    ];
+    let results =
+        bank_a.payments.pay_batch(proto::PayBatchRequest { payments }).await.expect("batch").into_inner().results;
+    let states: Vec<(i32, i32)> = results.iter().map(|result| (result.state, result.reason)).collect();
+    assert_eq!(
+        states,
+        vec![
+            (PaymentState::Completed as i32, 0),
+            (PaymentState::Rejected as i32, Reason::UnknownAlias as i32),
+            (PaymentState::Completed as i32, 0),
+            (PaymentState::Failed as i32, Reason::InsufficientLiquidity as i32),
+        ]
+    );
+    let status = bank_a.payments.pay_batch(proto::PayBatchRequest { payments: Vec::new() }).await.expect_err("empty");
+    assert_eq!(reason(&status), Some(Reason::BatchSizeOutOfRange));
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_controls_funding_caps_and_suspension() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 500, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let mut operator = test.operator().await;
+    let fund_out = |transfer: u128, amount: u64| proto::FundRequest {
+        psp_id: "bank-a".into(),
+        transfer_id: id(transfer),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: String::new(),
+    };
+    // Own funds may leave; the cap may not.
+    let status = operator.fund_out(fund_out(50, 1_001)).await.expect_err("more than own funds");
+    assert_eq!(reason(&status), Some(Reason::FundOutExceedsAvailable));
+    let result = operator.fund_out(fund_out(51, 400)).await.expect("own funds").into_inner();
+    assert_eq!(result.participant.expect("participant").balance_minor, 600);
+    operator.fund_out(fund_out(51, 400)).await.expect("retry is idempotent");
+    let participant = operator
+        .get_participant(proto::GetParticipantRequest { psp_id: "bank-a".into() })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((participant.balance_minor, participant.net_debit_cap_minor), (600, 500));
+
+    bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 1_000)).await.expect("uses 400 of the cap");
+    let status = operator
+        .set_net_debit_cap(proto::SetNetDebitCapRequest { psp_id: "bank-a".into(), net_debit_cap_minor: 399 })
+        .await
+        .expect_err("below usage");
+    assert_eq!(reason(&status), Some(Reason::NetDebitCapBelowUsage));
+    operator
+        .set_net_debit_cap(proto::SetNetDebitCapRequest { psp_id: "bank-a".into(), net_debit_cap_minor: 450 })
+        .await
+        .expect("cap lowered to what is left");
+    let status = bank_a.payments.pay(pay(2, "ana@bank-a", "bo@bank-b", 51)).await.expect_err("cap");
+    assert_eq!(reason(&status), Some(Reason::InsufficientLiquidity));
+
+    operator
+        .suspend_participant(proto::SuspendParticipantRequest { psp_id: "bank-b".into(), note: String::new() })
+        .await
+        .expect("suspend");
+    let status = bank_a.payments.pay(pay(3, "ana@bank-a", "bo@bank-b", 1)).await.expect_err("payee suspended");
+    assert_eq!(reason(&status), Some(Reason::CounterpartySuspended));
+    let status = bank_b
+        .directory
+        .register_alias(proto::RegisterAliasRequest { alias: "cy@bank-b".into(), display_name: "Cy".into() })
+        .await
+        .expect_err("suspended PSP");
+    assert_eq!(reason(&status), Some(Reason::ParticipantSuspended));
+    operator
+        .reactivate_participant(proto::ReactivateParticipantRequest { psp_id: "bank-b".into(), note: String::new() })
+        .await
+        .expect("reactivate");
+    bank_a.payments.pay(pay(3, "ana@bank-a", "bo@bank-b", 1)).await.expect("active again");
+    let listed = operator
+        .list_participants(proto::ListParticipantsRequest { page_size: 1, page_token: String::new() })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.participants.len(), 1);
+    assert_eq!(listed.next_page_token, "bank-a");
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_participants_aliases_payments_and_positions() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 100, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    bank_a.alias("gone@bank-a", "Gone").await;
+    bank_a.directory.remove_alias(proto::RemoveAliasRequest { alias: "gone@bank-a".into() }).await.expect("remove");
+    let mut acknowledged = Vec::new();
+    for payment in 1..=20u128 {
+        bank_a.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 7)).await.expect("pay");
+        acknowledged.push(payment);
+    }
+    drop((bank_a, bank_b));
+    let dir = test.stop().await;
+
+    let test = TestSwitch::start_in(dir).await;
+    let mut bank_a = test.psp("bank-a").await;
+    let mut bank_b = test.psp("bank-b").await;
+    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    assert_eq!((position.balance_minor, position.net_debit_cap_minor), (1_000 - 140, 100));
+    for payment in acknowledged {
+        let status = bank_b
+            .payments
+            .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(payment) })
+            .await
+            .expect("every acknowledged payment survives")
+            .into_inner();
+        assert_eq!((status.state, status.amount_minor), (PaymentState::Completed as i32, 7));
+    }
+    let resolved = bank_a
+        .directory
+        .resolve_alias(proto::ResolveAliasRequest { alias: "bo@bank-b".into() })
+        .await
+        .expect("alias survives")
+        .into_inner();
+    assert_eq!((resolved.psp_id.as_str(), resolved.display_name.as_str()), ("bank-b", "Bo"));
+    let gone = bank_a
+        .directory
+        .resolve_alias(proto::ResolveAliasRequest { alias: "gone@bank-a".into() })
+        .await
+        .expect_err("removal survives");
+    assert_eq!(reason(&gone), Some(Reason::UnknownAlias));
+    // Retrying an old payment after the restart still returns its outcome, not a second debit.
+    bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 7)).await.expect("retry");
+    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    assert_eq!(position.balance_minor, 860);
+    test.assert_money_conserved();
+}
