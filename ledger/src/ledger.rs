@@ -239,7 +239,7 @@ impl Ledger {
     }
 
     /// Every committed record of a table as (key, value), in key order (for loading at start).
-    pub fn records(&self, table: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, LedgerError> {
+    pub fn records(&self, table: u8) -> Result<Vec<crate::store::KeyValue>, LedgerError> {
         Ok(self.shared.store.records(table)?)
     }
 

@@ -64,6 +64,9 @@ impl Head {
     pub const GENESIS: Head = Head { sequence: 0, hash: codec::GENESIS_HASH, next_timestamp: 1 };
 }
 
+/// A stored record: key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A page of an account's transfers, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransferPage {
@@ -379,7 +382,7 @@ impl Store {
     }
 
     /// Every record of a table as (key, value), in key order.
-    pub fn records(&self, table: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn records(&self, table: u8) -> Result<Vec<KeyValue>, StoreError> {
         let mut options = ReadOptions::default();
         options.set_iterate_lower_bound(vec![table]);
         if table < u8::MAX {
