@@ -278,7 +278,7 @@ fn put_event(writer: &mut Writer<'_>, event: &Event) {
             // (its result is a failure) so the log holds exactly what was submitted.
             writer.u8(TAG_RECORD);
             writer.u8(record.table);
-            writer.u8(u8::from(record.linked));
+            writer.u8(u8::from(record.linked) | (u8::from(record.sequenced) << 1));
             writer.u16(u16::try_from(record.key.len()).unwrap_or(u16::MAX));
             writer.bytes(&record.key[..record.key.len().min(usize::from(u16::MAX))]);
             writer.u32(u32::try_from(record.value.len()).unwrap_or(u32::MAX));
@@ -305,12 +305,16 @@ fn get_event(reader: &mut Reader<'_>) -> Result<Event, CodecError> {
         }
         TAG_RECORD => {
             let table = reader.u8()?;
-            let linked = get_bool(reader)?;
+            let flags = reader.u8()?;
+            if flags & !0b11 != 0 {
+                return Err(CodecError::Unknown { what: "record flags", value: flags.into() });
+            }
+            let (linked, sequenced) = (flags & 1 != 0, flags & 2 != 0);
             let key_length = usize::from(reader.u16()?);
             let key = reader.take(key_length)?.to_vec();
             let value_length = reader.u32()? as usize;
             let value = reader.take(value_length)?.to_vec();
-            Ok(Event::Record(crate::event::Record { table, key, value, linked }))
+            Ok(Event::Record(crate::event::Record { table, key, value, linked, sequenced }))
         }
         tag => Err(CodecError::Unknown { what: "event tag", value: tag.into() }),
     }
@@ -433,7 +437,7 @@ mod tests {
             events: vec![
                 Event::CreateTransfer(sample_transfer()),
                 Event::SetDebitLimit { account_id: 1, debit_limit: 50, linked: true },
-                Event::Record(crate::event::Record { table: 3, key: vec![1, 2], value: vec![9; 300], linked: false }),
+                crate::event::Record::append(3, vec![1, 2], vec![9; 300], false),
                 Event::CreateAccount(Account { id: 4, ledger: 1, code: 1, ..Account::default() }),
             ],
         };

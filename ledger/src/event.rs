@@ -2,6 +2,8 @@
 
 use crate::types::{Account, Transfer};
 
+/// Table 0 is the ledger's own (sequence counters); services use tables 1 to 255.
+pub const RECORD_TABLE_RESERVED: u8 = 0;
 /// Longest record key, in bytes.
 pub const RECORD_KEY_BYTES_MAX: usize = 128;
 /// Longest record value, in bytes.
@@ -18,6 +20,22 @@ pub struct Record {
     pub value: Vec<u8>,
     /// This event and the next one in the submission succeed or fail together.
     pub linked: bool,
+    /// Append to a gap-free sequence: the stored key becomes `key ++ n` (u64, big-endian), where
+    /// n counts 1, 2, 3, ... per (table, key) in commit order. The sequencer assigns n, so many
+    /// writers can append to one sequence without coordinating (a PSP's event outbox).
+    pub sequenced: bool,
+}
+
+impl Record {
+    /// A record stored under exactly `key` (empty `value`: remove it).
+    pub fn put(table: u8, key: impl Into<Vec<u8>>, value: Vec<u8>, linked: bool) -> Event {
+        Event::Record(Record { table, key: key.into(), value, linked, sequenced: false })
+    }
+
+    /// A record appended to the sequence named by (table, key).
+    pub fn append(table: u8, key: impl Into<Vec<u8>>, value: Vec<u8>, linked: bool) -> Event {
+        Event::Record(Record { table, key: key.into(), value, linked, sequenced: true })
+    }
 }
 
 /// One request to change the ledger. Its outcome is one [`crate::ResultCode`].

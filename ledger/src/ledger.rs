@@ -124,6 +124,7 @@ impl Ledger {
         let head = check_tail(&store, config.tail_check_batches)?;
         let accounts = store.all_accounts()?;
         let pending = store.open_pending()?;
+        let record_sequences = store.record_sequences()?;
         tracing::info!(
             path = %config.path.display(),
             sequence = head.sequence,
@@ -131,8 +132,14 @@ impl Ledger {
             open_pending = pending.len(),
             "ledger opened"
         );
-        let state =
-            StateMachine::restore(config.recent_transfers_max, accounts, pending, head.sequence, head.next_timestamp);
+        let state = StateMachine::restore(
+            config.recent_transfers_max,
+            accounts,
+            pending,
+            record_sequences,
+            head.sequence,
+            head.next_timestamp,
+        );
         let shared = Arc::new(Shared {
             store,
             events_in_flight: AtomicUsize::new(0),
@@ -241,6 +248,18 @@ impl Ledger {
     /// Every committed record of a table as (key, value), in key order (for loading at start).
     pub fn records(&self, table: u8) -> Result<Vec<crate::store::KeyValue>, LedgerError> {
         Ok(self.shared.store.records(table)?)
+    }
+
+    /// Records of `table` under `prefix` after key `after` (exclusive), in key order, at most
+    /// `limit`: how a reader follows an appended sequence.
+    pub fn records_after(
+        &self,
+        table: u8,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::KeyValue>, LedgerError> {
+        Ok(self.shared.store.records_after(table, prefix, after, limit)?)
     }
 
     /// The last committed batch.

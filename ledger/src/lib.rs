@@ -76,7 +76,7 @@ pub mod workload;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{PendingResolution, StoredTransfer};
 pub use error::LedgerError;
-pub use event::{Batch, Event, Record, RECORD_KEY_BYTES_MAX, RECORD_VALUE_BYTES_MAX};
+pub use event::{Batch, Event, Record, RECORD_KEY_BYTES_MAX, RECORD_TABLE_RESERVED, RECORD_VALUE_BYTES_MAX};
 pub use ledger::{default_path, Completion, Ledger, LedgerConfig, TransferRecord, BATCH_SIZE_MAX_DEFAULT};
 pub use result::ResultCode;
 pub use sequencer::{Results, Stats};

@@ -175,9 +175,10 @@ result_codes! {
     /// `SetDebitLimit` would put the account's current debits above the new limit. Suspend the
     /// participant instead of cutting its cap below what it already owes.
     DebitLimitBelowCurrentDebits = 59, "debit_limit_below_current_debits";
-    /// A record's key is empty or longer than `RECORD_KEY_BYTES_MAX`.
+    /// A record's table is 0 (the ledger's own), or its key is empty or longer than
+    /// `RECORD_KEY_BYTES_MAX`.
     RecordKeyInvalid = 60, "record_key_invalid";
-    /// A record's value is longer than `RECORD_VALUE_BYTES_MAX`.
+    /// A record's value is longer than `RECORD_VALUE_BYTES_MAX`, or empty on an appended record.
     RecordValueTooLarge = 61, "record_value_too_large";
 }
 

@@ -493,9 +493,7 @@ fn a_log_entry_beyond_the_head_is_reported_at_open() {
 fn records_commit_with_their_chain_and_survive_a_restart() {
     let mut ledger = TestLedger::new();
     assert_eq!(ledger.execute(vec![create(capped_account(1, 10)), create(account(2))]), vec![ResultCode::Ok; 2]);
-    let note = |key: &[u8], value: &[u8], linked: bool| {
-        Event::Record(ledger::Record { table: 3, key: key.to_vec(), value: value.to_vec(), linked })
-    };
+    let note = |key: &[u8], value: &[u8], linked: bool| ledger::Record::put(3, key.to_vec(), value.to_vec(), linked);
     // A record linked to a transfer that fails is taken back with it.
     let results = ledger.execute(vec![note(b"p1", b"rent", true), send(transfer(10, 1, 2, 11))]);
     assert_eq!(results, vec![ResultCode::LinkedEventFailed, ResultCode::ExceedsCredits]);
@@ -521,4 +519,41 @@ fn records_commit_with_their_chain_and_survive_a_restart() {
     ledger.reopen_and_verify();
     let records = ledger.ledger().records(3).expect("scan");
     assert_eq!(records, vec![(b"p2".to_vec(), b"rent".to_vec())]);
+}
+
+#[test]
+fn appended_records_are_numbered_without_gaps_across_chains_and_restarts() {
+    let mut ledger = TestLedger::new();
+    assert_eq!(ledger.execute(vec![create(capped_account(1, 10)), create(account(2))]), vec![ResultCode::Ok; 2]);
+    let event =
+        |text: &str, linked: bool| ledger::Record::append(4, b"bank-b".to_vec(), text.as_bytes().to_vec(), linked);
+    assert_eq!(ledger.execute(vec![event("one", false), event("two", false)]), vec![ResultCode::Ok; 2]);
+    // A rolled-back chain takes its number back: the next append is 3, not 4.
+    let failed = ledger.execute(vec![send(linked(transfer(10, 1, 2, 11))), event("lost", false)]);
+    assert_eq!(failed, vec![ResultCode::ExceedsCredits, ResultCode::LinkedEventFailed]);
+    // Submissions from several threads land in one batch or several; numbers follow commit order.
+    let completions: Vec<_> = (0..8)
+        .map(|index| ledger.ledger().submit(vec![event(&format!("many-{index}"), false)]).expect("queued"))
+        .collect();
+    for completion in completions {
+        assert_eq!(completion.wait().expect("commits").to_vec(), vec![ResultCode::Ok]);
+    }
+    ledger.reopen_and_verify();
+    assert_eq!(ledger.execute(vec![event("after restart", false)]), vec![ResultCode::Ok]);
+    let entries = ledger.ledger().records_after(4, b"bank-b", None, 100).expect("scan");
+    let numbers: Vec<u64> = entries
+        .iter()
+        .map(|(key, _)| u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8-byte suffix")))
+        .collect();
+    assert_eq!(numbers, (1..=11).collect::<Vec<u64>>());
+    assert_eq!(entries[2].1, b"many-0".to_vec(), "submissions are numbered in queue order");
+    assert_eq!(entries.last().map(|entry| entry.1.clone()), Some(b"after restart".to_vec()));
+    // Reading after a key continues from there; other sequences are separate.
+    let after = entries[8].0.clone();
+    assert_eq!(ledger.ledger().records_after(4, b"bank-b", Some(&after), 100).expect("scan").len(), 2);
+    assert!(ledger.ledger().records_after(4, b"bank-c", None, 100).expect("scan").is_empty());
+    let empty = ledger::Record::append(4, b"bank-b".to_vec(), Vec::new(), false);
+    assert_eq!(ledger.execute(vec![empty]), vec![ResultCode::RecordValueTooLarge]);
+    let reserved = ledger::Record::put(0, b"x".to_vec(), b"y".to_vec(), false);
+    assert_eq!(ledger.execute(vec![reserved]), vec![ResultCode::RecordKeyInvalid]);
 }

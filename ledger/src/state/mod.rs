@@ -62,6 +62,8 @@ pub struct Effects {
     pub resolutions: Vec<(u128, PendingResolution)>,
     /// Final values of every account the batch created or changed, in id order.
     pub accounts: Vec<Account>,
+    /// The number given to each appended record that succeeded, in event order.
+    pub record_sequences: Vec<u64>,
 }
 
 /// The undo log of a linked chain: how to put back what a failed chain changed.
@@ -71,6 +73,7 @@ enum Undo {
     Recent(u128, Option<Known>),
     PendingOpened(u128),
     PendingClosed(OpenPending),
+    Sequence(Vec<u8>, u64),
 }
 
 /// Per-batch scratch state, reused across batches so the hot path does not allocate.
@@ -86,6 +89,8 @@ pub struct StateMachine {
     pending: IdMap<OpenPending>,
     expiries: BTreeSet<(u64, u128)>,
     recent: RecentTransfers,
+    /// Last number appended per sequence (table ++ key), for appended records.
+    record_sequences: std::collections::HashMap<Vec<u8>, u64, ahash::RandomState>,
     last_sequence: u64,
     next_timestamp: u64,
     scratch: BatchScratch,
@@ -99,6 +104,7 @@ impl StateMachine {
             pending: IdMap::default(),
             expiries: BTreeSet::new(),
             recent: RecentTransfers::new(recent_transfers_max),
+            record_sequences: Default::default(),
             last_sequence: 0,
             next_timestamp: 1,
             scratch: BatchScratch::default(),
@@ -111,10 +117,12 @@ impl StateMachine {
         recent_transfers_max: usize,
         accounts: impl IntoIterator<Item = Account>,
         pending: impl IntoIterator<Item = OpenPending>,
+        record_sequences: impl IntoIterator<Item = (Vec<u8>, u64)>,
         last_sequence: u64,
         next_timestamp: u64,
     ) -> Self {
         let mut state = StateMachine::new(recent_transfers_max);
+        state.record_sequences.extend(record_sequences);
         for account in accounts {
             state.accounts.insert(account.id, account);
         }
@@ -215,6 +223,7 @@ impl StateMachine {
         let transfers_before = effects.transfers.len();
         let opened_before = effects.pending_opened.len();
         let resolutions_before = effects.resolutions.len();
+        let sequences_before = effects.record_sequences.len();
         self.scratch.undo.clear();
         for index in start..=end {
             let context = Context { sequence: batch.sequence, timestamp: batch.event_timestamp(index), chained };
@@ -228,6 +237,7 @@ impl StateMachine {
                 effects.transfers.truncate(transfers_before);
                 effects.pending_opened.truncate(opened_before);
                 effects.resolutions.truncate(resolutions_before);
+                effects.record_sequences.truncate(sequences_before);
                 effects.results.truncate(start);
                 for other in start..=end {
                     effects.results.push(if other == index { result } else { ResultCode::LinkedEventFailed });
@@ -267,8 +277,8 @@ impl StateMachine {
             Event::SetDebitLimit { account_id, debit_limit, .. } => {
                 (self.set_debit_limit(*account_id, *debit_limit, context), false)
             }
-            // Records touch no money and no memory: storage writes those whose result is ok.
-            Event::Record(record) => (validate::record(record).err().unwrap_or(ResultCode::Ok), false),
+            // Records touch no money; storage writes those whose result is ok.
+            Event::Record(record) => (self.record(record, context, effects), false),
         }
     }
 
@@ -304,6 +314,25 @@ impl StateMachine {
         }
         let updated = Account { debit_limit, ..*account };
         self.replace_account(updated, context);
+        ResultCode::Ok
+    }
+
+    fn record(&mut self, record: &crate::event::Record, context: Context, effects: &mut Effects) -> ResultCode {
+        if let Err(code) = validate::record(record) {
+            return code;
+        }
+        if record.sequenced {
+            let mut name = Vec::with_capacity(1 + record.key.len());
+            name.push(record.table);
+            name.extend_from_slice(&record.key);
+            let counter = self.record_sequences.entry(name.clone()).or_insert(0);
+            let previous = *counter;
+            *counter += 1;
+            effects.record_sequences.push(*counter);
+            if context.chained {
+                self.scratch.undo.push(Undo::Sequence(name, previous));
+            }
+        }
         ResultCode::Ok
     }
 
@@ -364,6 +393,9 @@ impl StateMachine {
                     }
                 }
                 Undo::PendingClosed(open) => self.open_pending(open),
+                Undo::Sequence(name, previous) => {
+                    self.record_sequences.insert(name, previous);
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Checks that depend on the event alone (precedence group 2). They read no state, so their
 //! failures are not recorded: a retry of the same event always gets the same answer.
 
-use crate::event::{Record, RECORD_KEY_BYTES_MAX, RECORD_VALUE_BYTES_MAX};
+use crate::event::{Record, RECORD_KEY_BYTES_MAX, RECORD_TABLE_RESERVED, RECORD_VALUE_BYTES_MAX};
 use crate::result::ResultCode;
 use crate::types::{id_is_reserved, Account, AccountFlags, Transfer, TransferFlags};
 
@@ -187,8 +187,12 @@ pub fn account_difference(existing: &Account, retry: &Account) -> Option<ResultC
 
 /// Validates a service record.
 pub fn record(record: &Record) -> Result<(), ResultCode> {
-    if record.key.is_empty() || record.key.len() > RECORD_KEY_BYTES_MAX {
+    if record.table == RECORD_TABLE_RESERVED || record.key.is_empty() || record.key.len() > RECORD_KEY_BYTES_MAX {
         return Err(ResultCode::RecordKeyInvalid);
+    }
+    if record.sequenced && record.value.is_empty() {
+        // An appended entry is removed later by its full key, never appended empty.
+        return Err(ResultCode::RecordValueTooLarge);
     }
     if record.value.len() > RECORD_VALUE_BYTES_MAX {
         return Err(ResultCode::RecordValueTooLarge);

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::codec::{self, CodecError, LogEntry, PendingResolution, StoredTransfer, HASH_SIZE};
-use crate::event::{Batch, Event};
+use crate::event::{Batch, Event, RECORD_TABLE_RESERVED};
 use crate::result::ResultCode;
 use crate::state::{Effects, OpenPending};
 use crate::types::Account;
@@ -182,14 +182,22 @@ impl Store {
             write.put_cf(pending_status, id.to_be_bytes(), codec::encode_resolution(resolution));
         }
         let records = self.cf(CF_RECORDS);
+        let mut sequences = effects.record_sequences.iter();
         for (event, result) in batch.events.iter().zip(&effects.results) {
-            if let (Event::Record(record), ResultCode::Ok) = (event, result) {
-                let key = record_key(record.table, &record.key);
-                if record.value.is_empty() {
-                    write.delete_cf(records, key);
-                } else {
-                    write.put_cf(records, key, &record.value);
-                }
+            let (Event::Record(record), ResultCode::Ok) = (event, result) else { continue };
+            let mut key = record_key(record.table, &record.key);
+            if record.sequenced {
+                let Some(number) = sequences.next() else {
+                    unreachable!("the state machine numbers every appended record it accepts");
+                };
+                // The counter (table 0) is written with the entry; a later one in the batch wins.
+                write.put_cf(records, record_key(RECORD_TABLE_RESERVED, &key), number.to_be_bytes());
+                key.extend_from_slice(&number.to_be_bytes());
+            }
+            if record.value.is_empty() {
+                write.delete_cf(records, key);
+            } else {
+                write.put_cf(records, key, &record.value);
             }
         }
         let head = Head { sequence: batch.sequence, hash, next_timestamp: batch.next_timestamp() };
@@ -379,6 +387,52 @@ impl Store {
     /// The latest value of a service record.
     pub fn record(&self, table: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_RECORDS), record_key(table, key))?)
+    }
+
+    /// The last number of every record sequence, as (table ++ key, number).
+    pub fn record_sequences(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for (name, value) in self.records(RECORD_TABLE_RESERVED)? {
+            let mut reader = codec::Reader::new(&value);
+            let number = reader.u64().map_err(|error| corrupt(CF_RECORDS, &name, error))?;
+            out.push((name, number));
+        }
+        Ok(out)
+    }
+
+    /// Records of `table` whose key starts with `prefix` and sorts after `after` (or all, when
+    /// `after` is `None`), in key order, at most `limit`.
+    pub fn records_after(
+        &self,
+        table: u8,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let start = record_key(table, prefix);
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(start.clone());
+        let mut iterator = self.db.raw_iterator_cf_opt(self.cf(CF_RECORDS), options);
+        match after {
+            Some(after) => {
+                let after = record_key(table, after);
+                iterator.seek(&after);
+                if iterator.key() == Some(after.as_slice()) {
+                    iterator.next();
+                }
+            }
+            None => iterator.seek(&start),
+        }
+        let mut out = Vec::new();
+        while let (Some(key), Some(value)) = (iterator.key(), iterator.value()) {
+            if out.len() == limit || !key.starts_with(&start) {
+                break;
+            }
+            out.push((key[1..].to_vec(), value.to_vec()));
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(out)
     }
 
     /// Every record of a table as (key, value), in key order.
