@@ -21,6 +21,10 @@ pub mod tables {
     pub const PARTICIPANTS: u8 = 1;
     pub const ALIASES: u8 = 2;
     pub const PAYMENTS: u8 = 3;
+    /// Per-PSP event outboxes (appended records).
+    pub const EVENTS: u8 = 4;
+    /// Per-PSP acknowledged event position.
+    pub const EVENT_ACKS: u8 = 5;
 }
 
 /// Ledger account codes (chart of accounts).
@@ -48,6 +52,7 @@ pub struct Switch {
     pub ledger: Ledger,
     pub participants: Registry,
     pub directory: Directory,
+    pub events: crate::events::EventHub,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
 }
@@ -86,8 +91,14 @@ impl Switch {
             let entry = AliasEntry { psp: record.psp_id.into(), display_name: record.display_name.into() };
             directory.insert(alias, entry);
         }
+        // Outboxes exist before the first payment, so commit counts are exact from the start.
+        let events = crate::events::EventHub::default();
+        for participant in participants.all() {
+            events.outbox(&ledger, &participant.psp_id)?;
+        }
         tracing::info!(participants = participants.len(), aliases = directory.len(), "switch state loaded");
-        Ok(Arc::new(Switch { config, ledger, participants, directory, operator_lock: tokio::sync::Mutex::new(()) }))
+        let operator_lock = tokio::sync::Mutex::new(());
+        Ok(Arc::new(Switch { config, ledger, participants, directory, events, operator_lock }))
     }
 
     /// Submits events to the ledger and waits until they are durable.
@@ -136,7 +147,7 @@ pub fn ledger_refusal(error: LedgerError) -> Refusal {
 
 /// A record event for a switch table.
 pub fn record(table: u8, key: impl Into<Vec<u8>>, value: Vec<u8>, linked: bool) -> Event {
-    Event::Record(Record { table, key: key.into(), value, linked })
+    Record::put(table, key, value, linked)
 }
 
 /// Nanoseconds since the epoch, for times the switch reports that the ledger did not stamp.

@@ -11,9 +11,10 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use crate::config::Config;
 use crate::core::Switch;
 use crate::proto::directory_service_server::DirectoryServiceServer;
+use crate::proto::event_service_server::EventServiceServer;
 use crate::proto::operator_service_server::OperatorServiceServer;
 use crate::proto::payment_service_server::PaymentServiceServer;
-use crate::services::{directory::Directory, operator::Operator, payments::Payments};
+use crate::services::{directory::Directory, events::Events, operator::Operator, payments::Payments};
 use crate::tls::DevelopmentCa;
 
 /// Largest request the server decodes (a full PayBatch of 8,190 payments is ~2.5 MB).
@@ -68,6 +69,7 @@ pub async fn serve(
     health_reporter.set_serving::<PaymentServiceServer<Payments>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<Directory>>().await;
     health_reporter.set_serving::<OperatorServiceServer<Operator>>().await;
+    health_reporter.set_serving::<EventServiceServer<Events>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -80,6 +82,7 @@ pub async fn serve(
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let operator = OperatorServiceServer::new(Operator { switch: Arc::clone(&switch) });
+    let events = EventServiceServer::new(Events { switch: Arc::clone(&switch) });
 
     Server::builder()
         .tls_config(tls.server_tls()?)?
@@ -88,6 +91,7 @@ pub async fn serve(
         .add_service(payments)
         .add_service(directory)
         .add_service(operator)
+        .add_service(events)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     // Every request has been answered; commit what the ledger still holds, then stop.

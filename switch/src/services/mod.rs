@@ -1,6 +1,7 @@
 //! The gRPC services, and the request checks they share.
 
 pub mod directory;
+pub mod events;
 pub mod operator;
 pub mod payments;
 

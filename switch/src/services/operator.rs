@@ -180,6 +180,8 @@ impl Operator {
                 Err(Refusal::field(Reason::ParticipantAlreadyRegistered, "psp_id", "registered with other details"))
             };
         }
+        // The outbox exists before the participant can be paid (exact event counts).
+        self.switch.events.outbox(&self.switch.ledger, &request.psp_id).map_err(crate::core::ledger_refusal)?;
         if self.switch.participants.len() >= self.switch.config.limits.participants_max {
             return Err(Refusal::new(Reason::ParticipantsLimit, "the switch holds its maximum of participants"));
         }

@@ -57,10 +57,16 @@ impl Payments {
     }
 }
 
+/// Ledger events per payment: metadata record, transfer, the payee's credit notification.
+const EVENTS_PER_PAYMENT: usize = 3;
+/// Where the transfer's result sits among a payment's events.
+const TRANSFER_INDEX: usize = 1;
+
 /// A payment checked and ready to submit.
 struct Prepared {
     id: u128,
-    events: [Event; 2],
+    payee: Arc<str>,
+    events: [Event; EVENTS_PER_PAYMENT],
 }
 
 /// The content a payment id stands for, hashed into `user_data_128`. The deadline is left out:
@@ -92,9 +98,9 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     if request.deadline_unix_ms > now_ms + limits.payment_deadline_ms_max {
         return Err(Refusal::field(Reason::DeadlineTooFar, "deadline_unix_ms", "the deadline is too far ahead"));
     }
-    if switch.directory.resolve(&request.payer_alias).is_none() {
+    let Some(payer_entry) = switch.directory.resolve(&request.payer_alias) else {
         return Err(Refusal::field(Reason::OwnAliasNotRegistered, "payer_alias", "the payer alias is not registered"));
-    }
+    };
     let payee_entry = switch
         .directory
         .resolve(&request.payee_alias)
@@ -114,6 +120,10 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     }
     if payee.confirmation_mode != ConfirmationMode::Automatic {
         return Err(Refusal::new(Reason::Internal, "confirmed-mode crediting is not available in this release yet"));
+    }
+    let outbox = switch.events.outbox(&switch.ledger, &payee.psp_id).map_err(ledger_refusal)?;
+    if outbox.backlog() >= crate::events::EVENT_BACKLOG_MAX {
+        return Err(Refusal::new(Reason::EventBacklogFull, "the payee PSP has too many unacknowledged events"));
     }
     let deadline_unix_ms = if request.deadline_unix_ms == 0 {
         now_ms + limits.payment_deadline_ms_default
@@ -138,10 +148,28 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
         flags: TransferFlags::default(),
         ..Transfer::default()
     };
-    // Record first, linked to the transfer: a refused transfer takes its record back with it.
-    let events =
-        [record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true), Event::CreateTransfer(transfer)];
-    Ok(Prepared { id, events })
+    let notification = proto::Event {
+        kind: Some(proto::event::Kind::CreditNotification(proto::CreditNotification {
+            payment_id: request.payment_id.clone(),
+            payer_alias: request.payer_alias.clone(),
+            payer_psp_id: payer.psp_id.to_string(),
+            payer_display_name: payer_entry.display_name.to_string(),
+            payee_alias: request.payee_alias.clone(),
+            amount_minor: request.amount_minor,
+            currency: currency.code.clone(),
+            note: request.note.clone(),
+            completed_at_unix_ns: 0,
+        })),
+        ..proto::Event::default()
+    };
+    // One linked chain: the metadata, the transfer, and the payee's notification commit
+    // together or not at all (a refused transfer, or a retry, records neither).
+    let events = [
+        record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true),
+        Event::CreateTransfer(Transfer { flags: TransferFlags(TransferFlags::LINKED), ..transfer }),
+        crate::events::append(&payee.psp_id, &notification, false),
+    ];
+    Ok(Prepared { id, payee: payee.psp_id.clone(), events })
 }
 
 /// What a transfer's result code means for the payment.
@@ -258,9 +286,12 @@ impl PaymentService for Payments {
         let request = request.into_inner();
         let prepared = prepare(&self.switch, &payer, &request)?;
         let results = self.switch.submit(prepared.events.into()).await?;
-        let code = results[1];
+        let code = results[TRANSFER_INDEX];
+        if code == ResultCode::Ok {
+            self.switch.events.committed(&self.switch.ledger, &prepared.payee, 1).map_err(ledger_refusal)?;
+        }
         let state = outcome(code)?;
-        let timestamp = committed_at(&self.switch, prepared.id, code, results.timestamp + 1);
+        let timestamp = committed_at(&self.switch, prepared.id, code, results.timestamp + TRANSFER_INDEX as u64);
         Ok(Response::new(result_message(&request.payment_id, Ok((state, timestamp)))))
     }
 
@@ -283,9 +314,9 @@ impl PaymentService for Payments {
                 Err(refusal) => outcomes[position] = Some(Err(refusal)),
             }
         }
-        // Two events per payment; each submission fits one ledger batch. Submitted together so
-        // they are group-committed back to back.
-        let per_submission = (self.switch.config.ledger.batch_size_max / 2).max(1);
+        // Each submission fits one ledger batch. Submitted together so they are group-committed
+        // back to back.
+        let per_submission = (self.switch.config.ledger.batch_size_max / EVENTS_PER_PAYMENT).max(1);
         let mut pending = Vec::new();
         for chunk in prepared.chunks(per_submission) {
             let events: Vec<Event> = chunk.iter().flat_map(|(_, ready)| ready.events.iter().cloned()).collect();
@@ -294,8 +325,12 @@ impl PaymentService for Payments {
         for (chunk, completion) in prepared.chunks(per_submission).zip(pending) {
             let results = completion.await.map_err(ledger_refusal)?;
             for (index, (position, ready)) in chunk.iter().enumerate() {
-                let code = results[index * 2 + 1];
-                let batch_timestamp = results.timestamp + (index * 2 + 1) as u64;
+                let event_index = index * EVENTS_PER_PAYMENT + TRANSFER_INDEX;
+                let code = results[event_index];
+                let batch_timestamp = results.timestamp + event_index as u64;
+                if code == ResultCode::Ok {
+                    self.switch.events.committed(&self.switch.ledger, &ready.payee, 1).map_err(ledger_refusal)?;
+                }
                 outcomes[*position] = Some(
                     outcome(code).map(|state| (state, committed_at(&self.switch, ready.id, code, batch_timestamp))),
                 );

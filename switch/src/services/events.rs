@@ -1,0 +1,192 @@
+//! `EventService.Subscribe`: one bidirectional stream per PSP carrying its outbox.
+//!
+//! Protocol (events.proto): `Hello` first; the switch answers `Welcome` and then every event after
+//! the acknowledged position, in order, at most `EVENT_WINDOW_MAX` beyond it; `Ack`s are recorded
+//! durably and never re-sent; a newer stream of the same PSP ends the older with ABORTED.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth;
+use crate::core::Switch;
+use crate::events::{self, Outbox, EVENT_WINDOW_MAX};
+use crate::proto::event_service_server::EventService;
+use crate::proto::subscribe_request::Message as Incoming;
+use crate::proto::subscribe_response::Message as Outgoing;
+use crate::proto::{self, Reason};
+use crate::reason::Refusal;
+
+/// Responses buffered per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 256;
+/// Events read from storage per round.
+const READ_CHUNK: usize = 512;
+
+pub struct Events {
+    pub switch: Arc<Switch>,
+}
+
+type Responses = mpsc::Sender<Result<proto::SubscribeResponse, Status>>;
+
+#[tonic::async_trait]
+impl EventService for Events {
+    type SubscribeStream = ReceiverStream<Result<proto::SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<proto::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let psp = auth::psp(&request)?;
+        if self.switch.participants.get(&psp).is_none() {
+            return Err(
+                Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant")).into()
+            );
+        }
+        let mut incoming = request.into_inner();
+        let hello = match incoming.message().await? {
+            Some(proto::SubscribeRequest { message: Some(Incoming::Hello(hello)) }) => hello,
+            _ => return Err(Refusal::new(Reason::StreamProtocolViolation, "the first message must be Hello").into()),
+        };
+        let ledger = &self.switch.ledger;
+        let outbox = self.switch.events.outbox(ledger, &psp).map_err(crate::core::ledger_refusal)?;
+        let last = outbox.appended.load(Ordering::Acquire);
+        if hello.last_acknowledged_sequence > last {
+            let message = format!("acknowledged {} but the last event is {last}", hello.last_acknowledged_sequence);
+            return Err(Refusal::new(Reason::SequenceOutOfRange, message).into());
+        }
+        if hello.last_acknowledged_sequence > outbox.acknowledged.load(Ordering::Acquire) {
+            acknowledge(&self.switch, &psp, &outbox, hello.last_acknowledged_sequence).await?;
+        }
+        let epoch = outbox.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        // A stream this one replaces is woken to notice.
+        outbox.notify.notify_waiters();
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let welcome = proto::Welcome {
+            psp_id: psp.clone(),
+            acknowledged_sequence: outbox.acknowledged.load(Ordering::Acquire),
+            last_sequence: last,
+        };
+        let _ = sender.send(Ok(response(Outgoing::Welcome(welcome)))).await;
+        let stream = Stream { switch: Arc::clone(&self.switch), psp, outbox, epoch, sender };
+        tokio::spawn(stream.run(incoming));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+fn response(message: Outgoing) -> proto::SubscribeResponse {
+    proto::SubscribeResponse { message: Some(message) }
+}
+
+async fn acknowledge(switch: &Switch, psp: &str, outbox: &Outbox, sequence: u64) -> Result<(), Refusal> {
+    switch.submit(vec![events::acknowledgement(psp, sequence)]).await?;
+    outbox.acknowledged.fetch_max(sequence, Ordering::AcqRel);
+    Ok(())
+}
+
+struct Stream {
+    switch: Arc<Switch>,
+    psp: String,
+    outbox: Arc<Outbox>,
+    epoch: u64,
+    sender: Responses,
+}
+
+impl Stream {
+    async fn run(self, mut incoming: Streaming<proto::SubscribeRequest>) {
+        let mut sent = self.outbox.acknowledged.load(Ordering::Acquire);
+        loop {
+            // Register for wake-ups before looking, so a commit between look and wait is not missed.
+            let notified = self.outbox.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.outbox.epoch.load(Ordering::Acquire) != self.epoch {
+                self.end(Refusal::new(Reason::SubscriptionReplaced, "a newer stream of this PSP took over")).await;
+                return;
+            }
+            match self.send_available(sent).await {
+                Ok(Some(last_sent)) => sent = last_sent,
+                Ok(None) => return, // the client went away
+                Err(refusal) => return self.end(refusal).await,
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                message = incoming.message() => match message {
+                    Ok(Some(request)) => {
+                        if let Err(refusal) = self.handle(request).await {
+                            return self.end(refusal).await;
+                        }
+                    }
+                    Ok(None) | Err(_) => return,
+                },
+            }
+        }
+    }
+
+    /// Sends committed events after `sent`, within the window. `None`: the client is gone.
+    async fn send_available(&self, mut sent: u64) -> Result<Option<u64>, Refusal> {
+        let window_end = self.outbox.acknowledged.load(Ordering::Acquire) + EVENT_WINDOW_MAX;
+        while sent < window_end && sent < self.outbox.appended.load(Ordering::Acquire) {
+            let limit = usize::try_from(window_end - sent).unwrap_or(READ_CHUNK).min(READ_CHUNK);
+            let batch =
+                events::read(&self.switch.ledger, &self.psp, sent, limit).map_err(crate::core::ledger_refusal)?;
+            if batch.is_empty() {
+                break;
+            }
+            for event in batch {
+                sent = event.sequence;
+                if self.sender.send(Ok(response(Outgoing::Event(event)))).await.is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(sent))
+    }
+
+    async fn handle(&self, request: proto::SubscribeRequest) -> Result<(), Refusal> {
+        match request.message {
+            Some(Incoming::Ack(ack)) => {
+                let last = self.outbox.appended.load(Ordering::Acquire);
+                if ack.sequence > last {
+                    return Err(Refusal::new(Reason::SequenceOutOfRange, format!("no event {} yet", ack.sequence)));
+                }
+                if ack.sequence > self.outbox.acknowledged.load(Ordering::Acquire) {
+                    acknowledge(&self.switch, &self.psp, &self.outbox, ack.sequence).await?;
+                }
+                Ok(())
+            }
+            Some(Incoming::CreditDecision(decision)) => {
+                // Only CONFIRMED-mode payees get credit requests, and that mode is not served yet.
+                self.receipt(decision.payment_id, Refusal::new(Reason::NoDecisionPending, "no credit request pending"))
+                    .await;
+                Ok(())
+            }
+            Some(Incoming::CollectDecision(decision)) => {
+                self.receipt(
+                    decision.collect_id,
+                    Refusal::new(Reason::NoDecisionPending, "no collect request pending"),
+                )
+                .await;
+                Ok(())
+            }
+            Some(Incoming::Hello(_)) | None => {
+                Err(Refusal::new(Reason::StreamProtocolViolation, "Hello comes once, first; messages must be set"))
+            }
+        }
+    }
+
+    async fn receipt(&self, payment_id: Vec<u8>, refusal: Refusal) {
+        let receipt = proto::DecisionReceipt {
+            payment_id,
+            status_code: crate::services::status_code(&refusal),
+            reason: refusal.reason as i32,
+        };
+        let _ = self.sender.send(Ok(response(Outgoing::DecisionReceipt(receipt)))).await;
+    }
+
+    async fn end(&self, refusal: Refusal) {
+        let _ = self.sender.send(Err(refusal.into())).await;
+    }
+}

@@ -1,0 +1,145 @@
+//! The event stream against a real switch: durable credit notifications, in order, resumable,
+//! never re-sent once acknowledged, surviving a restart; one stream per PSP.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use switch::proto::event_service_client::EventServiceClient;
+use switch::proto::subscribe_request::Message as Incoming;
+use switch::proto::subscribe_response::Message as Outgoing;
+use switch::proto::{self, Reason};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+/// Most time any test waits for one expected message.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Subscription {
+    requests: mpsc::Sender<proto::SubscribeRequest>,
+    responses: Streaming<proto::SubscribeResponse>,
+    welcome: proto::Welcome,
+}
+
+async fn subscribe(test: &TestSwitch, psp: &str, last_acknowledged: u64) -> Subscription {
+    let pair = test.ca.psp(psp);
+    let mut client = EventServiceClient::new(test.channel(Some(&pair)).await.expect("connects"));
+    let (requests, receiver) = mpsc::channel(16);
+    let hello = Incoming::Hello(proto::Hello { last_acknowledged_sequence: last_acknowledged });
+    requests.send(proto::SubscribeRequest { message: Some(hello) }).await.expect("hello");
+    let mut responses = client.subscribe(ReceiverStream::new(receiver)).await.expect("subscribe").into_inner();
+    let welcome = match next(&mut responses).await {
+        Some(Outgoing::Welcome(welcome)) => welcome,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    Subscription { requests, responses, welcome }
+}
+
+async fn next(responses: &mut Streaming<proto::SubscribeResponse>) -> Option<Outgoing> {
+    let message = tokio::time::timeout(WAIT, responses.message()).await.expect("a message in time");
+    message.expect("stream ok").and_then(|response| response.message)
+}
+
+/// The next credit notification: (sequence, payment id as u128, amount).
+async fn notification(subscription: &mut Subscription) -> (u64, u128, u64) {
+    match next(&mut subscription.responses).await {
+        Some(Outgoing::Event(proto::Event {
+            sequence, kind: Some(proto::event::Kind::CreditNotification(n)), ..
+        })) => {
+            assert!(n.completed_at_unix_ns > 0, "the commit time is filled in");
+            let id = u128::from_be_bytes(n.payment_id.as_slice().try_into().expect("16 bytes"));
+            (sequence, id, n.amount_minor)
+        }
+        other => panic!("expected a credit notification, got {other:?}"),
+    }
+}
+
+async fn ack(subscription: &Subscription, sequence: u64) {
+    let ack = Incoming::Ack(proto::Ack { sequence });
+    subscription.requests.send(proto::SubscribeRequest { message: Some(ack) }).await.expect("ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credit_notifications_are_durable_ordered_and_resumable() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 10_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+
+    let mut stream = subscribe(&test, "bank-b", 0).await;
+    assert_eq!((stream.welcome.acknowledged_sequence, stream.welcome.last_sequence), (0, 0));
+    for payment in 1..=3u128 {
+        bank_a.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 100 * payment as u64)).await.expect("pay");
+    }
+    // A refused payment and a retry add no event.
+    bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 100)).await.expect("retry");
+    bank_a.payments.pay(pay(9, "ana@bank-a", "bo@bank-b", 1_000_000)).await.expect_err("over liquidity");
+    assert_eq!(notification(&mut stream).await, (1, 1, 100));
+    assert_eq!(notification(&mut stream).await, (2, 2, 200));
+    assert_eq!(notification(&mut stream).await, (3, 3, 300));
+    ack(&stream, 2).await;
+    // A decision for nothing pending gets a receipt saying so.
+    let decision = Incoming::CreditDecision(proto::CreditDecision { payment_id: id(1), ..Default::default() });
+    stream.requests.send(proto::SubscribeRequest { message: Some(decision) }).await.expect("send");
+    match next(&mut stream.responses).await {
+        Some(Outgoing::DecisionReceipt(receipt)) => assert_eq!(receipt.reason, Reason::NoDecisionPending as i32),
+        other => panic!("expected a receipt, got {other:?}"),
+    }
+
+    // A new stream takes over; the old one ends ABORTED.
+    let mut second = subscribe(&test, "bank-b", 0).await;
+    assert_eq!((second.welcome.acknowledged_sequence, second.welcome.last_sequence), (2, 3));
+    let ended = tokio::time::timeout(WAIT, stream.responses.message()).await.expect("old stream ends");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(reason(&status), Some(Reason::SubscriptionReplaced));
+    // Only what was not acknowledged comes again.
+    assert_eq!(notification(&mut second).await, (3, 3, 300));
+    drop(second);
+
+    // After a restart the unacknowledged event is still there, and new ones continue the count.
+    drop((bank_a, bank_b));
+    let dir = test.stop().await;
+    let test = TestSwitch::start_in(dir).await;
+    let mut bank_a = test.psp("bank-a").await;
+    let mut resumed = subscribe(&test, "bank-b", 0).await;
+    assert_eq!((resumed.welcome.acknowledged_sequence, resumed.welcome.last_sequence), (2, 3));
+    assert_eq!(notification(&mut resumed).await, (3, 3, 300));
+    bank_a.payments.pay(pay(4, "ana@bank-a", "bo@bank-b", 400)).await.expect("pay after restart");
+    assert_eq!(notification(&mut resumed).await, (4, 4, 400));
+    ack(&resumed, 4).await;
+    // The acknowledgement is durable once recorded (there is no receipt for acks: poll for it).
+    let recorded = async {
+        while switch::events::stored_acknowledgement(&test.switch.ledger, "bank-b").expect("read") < 4 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, recorded).await.expect("ack recorded");
+    // Acknowledged is never sent again.
+    drop(resumed);
+    let last = subscribe(&test, "bank-b", 0).await;
+    assert_eq!((last.welcome.acknowledged_sequence, last.welcome.last_sequence), (4, 4));
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_protocol_is_enforced() {
+    let test = TestSwitch::start().await;
+    test.onboard("bank-b", 0, 0).await;
+    let pair = test.ca.psp("bank-b");
+    let mut client = EventServiceClient::new(test.channel(Some(&pair)).await.expect("connects"));
+    // Ack before Hello.
+    let (requests, receiver) = mpsc::channel(4);
+    let ack = Incoming::Ack(proto::Ack { sequence: 1 });
+    requests.send(proto::SubscribeRequest { message: Some(ack) }).await.expect("send");
+    let status = client.subscribe(ReceiverStream::new(receiver)).await.expect_err("Hello must come first");
+    assert_eq!(reason(&status), Some(Reason::StreamProtocolViolation));
+    // Acknowledging the future.
+    let (requests, receiver) = mpsc::channel(4);
+    let hello = Incoming::Hello(proto::Hello { last_acknowledged_sequence: 5 });
+    requests.send(proto::SubscribeRequest { message: Some(hello) }).await.expect("send");
+    let status = client.subscribe(ReceiverStream::new(receiver)).await.expect_err("no event 5 yet");
+    assert_eq!(reason(&status), Some(Reason::SequenceOutOfRange));
+}
