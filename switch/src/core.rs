@@ -53,6 +53,7 @@ pub struct Switch {
     pub participants: Registry,
     pub directory: Directory,
     pub events: crate::events::EventHub,
+    pub confirmations: crate::confirm::Confirmations,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
 }
@@ -98,7 +99,8 @@ impl Switch {
         }
         tracing::info!(participants = participants.len(), aliases = directory.len(), "switch state loaded");
         let operator_lock = tokio::sync::Mutex::new(());
-        Ok(Arc::new(Switch { config, ledger, participants, directory, events, operator_lock }))
+        let confirmations = crate::confirm::Confirmations::default();
+        Ok(Arc::new(Switch { config, ledger, participants, directory, events, confirmations, operator_lock }))
     }
 
     /// Submits events to the ledger and waits until they are durable.

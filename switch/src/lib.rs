@@ -21,6 +21,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod confirm;
 pub mod core;
 pub mod directory;
 pub mod events;

@@ -65,6 +65,10 @@ pub async fn serve(
     tls: &TlsFiles,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let rearmed = crate::confirm::rearm_after_restart(&switch).map_err(|refusal| anyhow::anyhow!(refusal.message))?;
+    if rearmed > 0 {
+        tracing::info!(rearmed, "deadline timers re-armed for payments awaiting their payee");
+    }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PaymentServiceServer<Payments>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<Directory>>().await;

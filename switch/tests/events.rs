@@ -9,7 +9,7 @@ use common::*;
 use switch::proto::event_service_client::EventServiceClient;
 use switch::proto::subscribe_request::Message as Incoming;
 use switch::proto::subscribe_response::Message as Outgoing;
-use switch::proto::{self, Reason};
+use switch::proto::{self, PaymentState, Reason};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -142,4 +142,96 @@ async fn the_stream_protocol_is_enforced() {
     requests.send(proto::SubscribeRequest { message: Some(hello) }).await.expect("send");
     let status = client.subscribe(ReceiverStream::new(receiver)).await.expect_err("no event 5 yet");
     assert_eq!(reason(&status), Some(Reason::SequenceOutOfRange));
+}
+
+/// The next event of any kind.
+async fn event(subscription: &mut Subscription) -> proto::event::Kind {
+    match next(&mut subscription.responses).await {
+        Some(Outgoing::Event(proto::Event { kind: Some(kind), .. })) => kind,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+async fn decide(subscription: &mut Subscription, payment: u128, decision: proto::Decision) -> proto::DecisionReceipt {
+    let message = Incoming::CreditDecision(proto::CreditDecision {
+        payment_id: id(payment),
+        decision: decision as i32,
+        decline_reason: proto::DeclineReason::AccountClosed as i32,
+    });
+    subscription.requests.send(proto::SubscribeRequest { message: Some(message) }).await.expect("decide");
+    loop {
+        match next(&mut subscription.responses).await {
+            Some(Outgoing::DecisionReceipt(receipt)) => return receipt,
+            Some(Outgoing::Event(_)) => continue, // outcome events may come first
+            other => panic!("expected a receipt, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_payees_accept_decline_or_time_out() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_c = test.onboard_in_mode("bank-c", 0, 0, proto::ConfirmationMode::Confirmed).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_c.alias("cy@bank-c", "Cy").await;
+    let mut stream = subscribe(&test, "bank-c", 0).await;
+    let position = |psp: &Psp| {
+        let mut client = psp.payments.clone();
+        async move { client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner() }
+    };
+
+    // Accept: the payer's call waits for the payee, then completes.
+    let mut payer = bank_a.payments.clone();
+    let call = tokio::spawn(async move { payer.pay(pay(1, "ana@bank-a", "cy@bank-c", 300)).await });
+    match event(&mut stream).await {
+        proto::event::Kind::CreditRequest(request) => {
+            assert_eq!((request.amount_minor, request.payer_alias.as_str()), (300, "ana@bank-a"));
+        }
+        other => panic!("expected a credit request, got {other:?}"),
+    }
+    assert_eq!(position(&bank_a).await.reserved_minor, 300, "reserved while the payee decides");
+    let receipt = decide(&mut stream, 1, proto::Decision::Accept).await;
+    assert_eq!((receipt.status_code, receipt.reason), (0, 0));
+    let result = call.await.expect("task").expect("completed").into_inner();
+    assert_eq!(result.state, PaymentState::Completed as i32);
+    assert_eq!((position(&bank_a).await.balance_minor, position(&bank_c).await.balance_minor), (700, 300));
+
+    // Decline: the reservation is released and the payer told.
+    let mut payer = bank_a.payments.clone();
+    let call = tokio::spawn(async move { payer.pay(pay(2, "ana@bank-a", "cy@bank-c", 200)).await });
+    loop {
+        if let proto::event::Kind::CreditRequest(_) = event(&mut stream).await {
+            break;
+        }
+    }
+    let receipt = decide(&mut stream, 2, proto::Decision::Decline).await;
+    assert_eq!(receipt.status_code, 0);
+    let status = call.await.expect("task").expect_err("declined");
+    assert_eq!(reason(&status), Some(Reason::PayeeDeclined));
+    let after = position(&bank_a).await;
+    assert_eq!((after.balance_minor, after.reserved_minor), (700, 0));
+    // Deciding again is refused: one resolution only.
+    let receipt = decide(&mut stream, 2, proto::Decision::Accept).await;
+    assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
+
+    // Silence past the deadline: voided, payer told, a late accept refused.
+    let mut late = pay(3, "ana@bank-a", "cy@bank-c", 100);
+    late.deadline_unix_ms = switch::core::now_unix_ns() / 1_000_000 + 1_500;
+    let status = bank_a.payments.pay(late).await.expect_err("timed out");
+    assert_eq!(reason(&status), Some(Reason::PayeeTimeout));
+    let receipt = decide(&mut stream, 3, proto::Decision::Accept).await;
+    assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
+    let payment = bank_a
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(3) })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(payment.state, PaymentState::Expired as i32);
+    assert_eq!(position(&bank_a).await.reserved_minor, 0);
+    // A retry of the completed payment answers its outcome without asking the payee again.
+    let retry = bank_a.payments.pay(pay(1, "ana@bank-a", "cy@bank-c", 300)).await.expect("retry").into_inner();
+    assert_eq!(retry.state, PaymentState::Completed as i32);
+    test.assert_money_conserved();
 }

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth;
+use crate::confirm::Resolution;
 use crate::core::Switch;
 use crate::events::{self, Outbox, EVENT_WINDOW_MAX};
 use crate::proto::event_service_server::EventService;
@@ -158,17 +159,13 @@ impl Stream {
                 Ok(())
             }
             Some(Incoming::CreditDecision(decision)) => {
-                // Only CONFIRMED-mode payees get credit requests, and that mode is not served yet.
-                self.receipt(decision.payment_id, Refusal::new(Reason::NoDecisionPending, "no credit request pending"))
-                    .await;
+                let outcome = self.decide(&decision).await;
+                self.receipt(decision.payment_id, outcome.err()).await;
                 Ok(())
             }
             Some(Incoming::CollectDecision(decision)) => {
-                self.receipt(
-                    decision.collect_id,
-                    Refusal::new(Reason::NoDecisionPending, "no collect request pending"),
-                )
-                .await;
+                let refusal = Refusal::new(Reason::NoDecisionPending, "no collect request pending");
+                self.receipt(decision.collect_id, Some(refusal)).await;
                 Ok(())
             }
             Some(Incoming::Hello(_)) | None => {
@@ -177,11 +174,44 @@ impl Stream {
         }
     }
 
-    async fn receipt(&self, payment_id: Vec<u8>, refusal: Refusal) {
+    /// Applies a payee's decision on a payment it was asked to confirm.
+    async fn decide(&self, decision: &proto::CreditDecision) -> Result<(), Refusal> {
+        let payment = crate::services::parse_id(&decision.payment_id, "payment_id")?;
+        let payee = self
+            .switch
+            .participants
+            .get(&self.psp)
+            .ok_or_else(|| Refusal::new(Reason::CallerNotRegistered, "not a registered participant"))?;
+        let records = self.switch.ledger.lookup_transfers(&[payment]).map_err(crate::core::ledger_refusal)?;
+        let addressed_here = records.into_iter().next().flatten().is_some_and(|record| {
+            record.stored.transfer.flags.pending() && record.stored.transfer.credit_account_id == payee.account_id
+        });
+        if !addressed_here {
+            return Err(Refusal::new(Reason::NoDecisionPending, "no credit request of yours has this payment id"));
+        }
+        let resolution = match proto::Decision::try_from(decision.decision) {
+            Ok(proto::Decision::Accept) => Resolution::Accept,
+            Ok(proto::Decision::Decline) => Resolution::Decline,
+            _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
+        };
+        let reason = proto::DeclineReason::try_from(decision.decline_reason).unwrap_or(proto::DeclineReason::Other);
+        let outcome = crate::confirm::resolve(&self.switch, payment, resolution, reason).await?;
+        let wanted = if resolution == Resolution::Accept {
+            proto::PaymentState::Completed
+        } else {
+            proto::PaymentState::Declined
+        };
+        if outcome.state != wanted {
+            return Err(Refusal::new(Reason::AlreadyDecided, "the payment is already final"));
+        }
+        Ok(())
+    }
+
+    async fn receipt(&self, payment_id: Vec<u8>, refusal: Option<Refusal>) {
         let receipt = proto::DecisionReceipt {
             payment_id,
-            status_code: crate::services::status_code(&refusal),
-            reason: refusal.reason as i32,
+            status_code: refusal.as_ref().map_or(0, crate::services::status_code),
+            reason: refusal.map_or(Reason::Unspecified, |refusal| refusal.reason) as i32,
         };
         let _ = self.sender.send(Ok(response(Outgoing::DecisionReceipt(receipt)))).await;
     }

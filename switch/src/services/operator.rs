@@ -144,13 +144,7 @@ impl Operator {
         })?;
         let mode = match ConfirmationMode::try_from(request.confirmation_mode) {
             Ok(ConfirmationMode::Automatic) => ConfirmationMode::Automatic,
-            Ok(ConfirmationMode::Confirmed) => {
-                return Err(Refusal::field(
-                    Reason::FieldRequired,
-                    "confirmation_mode",
-                    "CONFIRMED mode is not available in this release yet; register AUTOMATIC",
-                ))
-            }
+            Ok(ConfirmationMode::Confirmed) => ConfirmationMode::Confirmed,
             _ => {
                 return Err(Refusal::field(Reason::FieldRequired, "confirmation_mode", "confirmation_mode is required"))
             }

@@ -62,10 +62,17 @@ const EVENTS_PER_PAYMENT: usize = 3;
 /// Where the transfer's result sits among a payment's events.
 const TRANSFER_INDEX: usize = 1;
 
+/// The ledger's own expiry of a reservation comes this long after the switch's deadline timer,
+/// as a backstop only: the switch's timer voids first and tells the payee.
+const LEDGER_EXPIRY_MARGIN_SECONDS: u64 = 60;
+
 /// A payment checked and ready to submit.
 struct Prepared {
     id: u128,
     payee: Arc<str>,
+    /// The payee confirms (pending transfer, credit request) rather than being credited at once.
+    confirmed: bool,
+    deadline_unix_ms: u64,
     events: [Event; EVENTS_PER_PAYMENT],
 }
 
@@ -118,9 +125,7 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     if payer.currency != currency.code || payee.currency != currency.code {
         return Err(Refusal::field(Reason::CurrencyMismatch, "currency", "a participant holds another currency"));
     }
-    if payee.confirmation_mode != ConfirmationMode::Automatic {
-        return Err(Refusal::new(Reason::Internal, "confirmed-mode crediting is not available in this release yet"));
-    }
+    let confirmed = payee.confirmation_mode == ConfirmationMode::Confirmed;
     let outbox = switch.events.outbox(&switch.ledger, &payee.psp_id).map_err(ledger_refusal)?;
     if outbox.backlog() >= crate::events::EVENT_BACKLOG_MAX {
         return Err(Refusal::new(Reason::EventBacklogFull, "the payee PSP has too many unacknowledged events"));
@@ -148,8 +153,20 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
         flags: TransferFlags::default(),
         ..Transfer::default()
     };
-    let notification = proto::Event {
-        kind: Some(proto::event::Kind::CreditNotification(proto::CreditNotification {
+    let kind = if confirmed {
+        proto::event::Kind::CreditRequest(proto::CreditRequest {
+            payment_id: request.payment_id.clone(),
+            payer_alias: request.payer_alias.clone(),
+            payer_psp_id: payer.psp_id.to_string(),
+            payer_display_name: payer_entry.display_name.to_string(),
+            payee_alias: request.payee_alias.clone(),
+            amount_minor: request.amount_minor,
+            currency: currency.code.clone(),
+            note: request.note.clone(),
+            deadline_unix_ms,
+        })
+    } else {
+        proto::event::Kind::CreditNotification(proto::CreditNotification {
             payment_id: request.payment_id.clone(),
             payer_alias: request.payer_alias.clone(),
             payer_psp_id: payer.psp_id.to_string(),
@@ -159,17 +176,25 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
             currency: currency.code.clone(),
             note: request.note.clone(),
             completed_at_unix_ns: 0,
-        })),
-        ..proto::Event::default()
+        })
+    };
+    let notification = proto::Event { kind: Some(kind), ..proto::Event::default() };
+    let transfer = if confirmed {
+        // Reserve now (counts against the payer's cap), post or void on the payee's answer.
+        let seconds = deadline_unix_ms.saturating_sub(now_ms).div_ceil(1_000) + LEDGER_EXPIRY_MARGIN_SECONDS;
+        let timeout = u32::try_from(seconds).unwrap_or(u32::MAX);
+        Transfer { flags: TransferFlags(TransferFlags::PENDING), timeout, ..transfer }
+    } else {
+        transfer
     };
     // One linked chain: the metadata, the transfer, and the payee's notification commit
     // together or not at all (a refused transfer, or a retry, records neither).
     let events = [
         record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true),
-        Event::CreateTransfer(Transfer { flags: TransferFlags(TransferFlags::LINKED), ..transfer }),
+        Event::CreateTransfer(Transfer { flags: TransferFlags(transfer.flags.0 | TransferFlags::LINKED), ..transfer }),
         crate::events::append(&payee.psp_id, &notification, false),
     ];
-    Ok(Prepared { id, payee: payee.psp_id.clone(), events })
+    Ok(Prepared { id, payee: payee.psp_id.clone(), confirmed, deadline_unix_ms, events })
 }
 
 /// What a transfer's result code means for the payment.
@@ -251,15 +276,12 @@ pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -
         .map_err(ledger_refusal)?
         .and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok())
         .unwrap_or_default();
-    let (state, reason) = match outcome(stored.stored.result) {
-        Ok(state) => (state, Reason::Unspecified),
-        Err(refusal) => (PaymentState::Failed, refusal.reason),
-    };
+    let state = crate::confirm::state_of(id, &stored);
     Ok(proto::Payment {
         payment_id: id.to_be_bytes().to_vec(),
         kind: PaymentKind::Push as i32,
-        state: state as i32,
-        reason: reason as i32,
+        state: state.state as i32,
+        reason: state.reason as i32,
         payer_alias: metadata.payer_alias,
         payer_psp_id: psp_of(transfer.debit_account_id).unwrap_or_default(),
         payee_alias: metadata.payee_alias,
@@ -269,9 +291,21 @@ pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -
         note: metadata.note,
         deadline_unix_ms: metadata.deadline_unix_ms,
         accepted_at_unix_ns: transfer.timestamp,
-        finalized_at_unix_ns: transfer.timestamp,
+        finalized_at_unix_ns: state.finalized_at_unix_ns,
         ..proto::Payment::default()
     })
+}
+
+/// A payment's current state from the ledger, if the payment exists.
+fn current_outcome(switch: &Switch, id: u128) -> Result<Option<crate::confirm::Outcome>, Refusal> {
+    let record = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
+    Ok(record.map(|record| crate::confirm::state_of(id, &record)))
+}
+
+/// A payment's deadline, from its metadata record.
+pub fn deadline_of(switch: &Switch, id: u128) -> Result<Option<u64>, Refusal> {
+    let bytes = switch.ledger.record(tables::PAYMENTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
+    Ok(bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).map(|record| record.deadline_unix_ms))
 }
 
 fn unimplemented(what: &str) -> Status {
@@ -285,14 +319,59 @@ impl PaymentService for Payments {
         let payer = self.switch.active_participant(&psp)?;
         let request = request.into_inner();
         let prepared = prepare(&self.switch, &payer, &request)?;
-        let results = self.switch.submit(prepared.events.into()).await?;
+        let (id, confirmed, deadline, payee) =
+            (prepared.id, prepared.confirmed, prepared.deadline_unix_ms, prepared.payee.clone());
+        // Listen before submitting: a fast payee must not decide before anyone waits.
+        let waiter = if confirmed { Some(self.switch.confirmations.register(id)?) } else { None };
+        let results = match self.switch.submit(prepared.events.into()).await {
+            Ok(results) => results,
+            Err(refusal) => {
+                self.switch.confirmations.finish(id, None);
+                return Err(refusal.into());
+            }
+        };
         let code = results[TRANSFER_INDEX];
         if code == ResultCode::Ok {
-            self.switch.events.committed(&self.switch.ledger, &prepared.payee, 1).map_err(ledger_refusal)?;
+            self.switch.events.committed(&self.switch.ledger, &payee, 1).map_err(ledger_refusal)?;
+            if confirmed {
+                crate::confirm::arm_deadline(Arc::clone(&self.switch), id, deadline);
+            }
         }
-        let state = outcome(code)?;
-        let timestamp = committed_at(&self.switch, prepared.id, code, results.timestamp + TRANSFER_INDEX as u64);
-        Ok(Response::new(result_message(&request.payment_id, Ok((state, timestamp)))))
+        let state = match outcome(code) {
+            Ok(state) => state,
+            Err(refusal) => {
+                self.switch.confirmations.finish(id, None);
+                return Err(refusal.into());
+            }
+        };
+        let Some(waiter) = waiter else {
+            let timestamp = committed_at(&self.switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
+            return Ok(Response::new(result_message(&request.payment_id, Ok((state, timestamp)))));
+        };
+        // Confirmed mode (a first attempt or a retry): the final state, once the payee answers.
+        let current = current_outcome(&self.switch, id)?;
+        let final_outcome = match current {
+            Some(outcome) if outcome.state != PaymentState::Pending => {
+                self.switch.confirmations.finish(id, Some(outcome));
+                Some(outcome)
+            }
+            _ => crate::confirm::wait(waiter, deadline).await,
+        };
+        match final_outcome {
+            Some(outcome) if outcome.state == PaymentState::Completed => Ok(Response::new(result_message(
+                &request.payment_id,
+                Ok((PaymentState::Completed, outcome.finalized_at_unix_ns)),
+            ))),
+            Some(outcome) => {
+                let message = if outcome.reason == Reason::PayeeDeclined {
+                    "the payee declined"
+                } else {
+                    "the payee did not answer in time"
+                };
+                Err(Refusal::new(outcome.reason, message).into())
+            }
+            None => Ok(Response::new(result_message(&request.payment_id, Ok((PaymentState::Pending, 0))))),
+        }
     }
 
     async fn pay_batch(
@@ -330,10 +409,17 @@ impl PaymentService for Payments {
                 let batch_timestamp = results.timestamp + event_index as u64;
                 if code == ResultCode::Ok {
                     self.switch.events.committed(&self.switch.ledger, &ready.payee, 1).map_err(ledger_refusal)?;
+                    if ready.confirmed {
+                        crate::confirm::arm_deadline(Arc::clone(&self.switch), ready.id, ready.deadline_unix_ms);
+                    }
                 }
-                outcomes[*position] = Some(
-                    outcome(code).map(|state| (state, committed_at(&self.switch, ready.id, code, batch_timestamp))),
-                );
+                // A batch does not wait for confirming payees: their payments answer PENDING and
+                // finish on the payee's decision or deadline (GetPaymentStatus tells).
+                let pending = ready.confirmed && matches!(code, ResultCode::Ok | ResultCode::Exists);
+                outcomes[*position] = Some(outcome(code).map(|state| {
+                    let state = if pending { PaymentState::Pending } else { state };
+                    (state, committed_at(&self.switch, ready.id, code, batch_timestamp))
+                }));
             }
         }
         let results = payments

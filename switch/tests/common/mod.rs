@@ -96,6 +96,11 @@ impl TestSwitch {
 
     /// Registers an automatic-mode PSP with a net debit cap and a prefunded position.
     pub async fn onboard(&self, psp: &str, cap: u64, funds: u64) -> Psp {
+        self.onboard_in_mode(psp, cap, funds, ConfirmationMode::Automatic).await
+    }
+
+    /// Registers a PSP in the given confirmation mode.
+    pub async fn onboard_in_mode(&self, psp: &str, cap: u64, funds: u64, mode: ConfirmationMode) -> Psp {
         let mut operator = self.operator().await;
         operator
             .register_participant(proto::RegisterParticipantRequest {
@@ -103,7 +108,7 @@ impl TestSwitch {
                 name: format!("{psp} bank"),
                 currency: "INR".into(),
                 net_debit_cap_minor: cap,
-                confirmation_mode: ConfirmationMode::Automatic as i32,
+                confirmation_mode: mode as i32,
             })
             .await
             .expect("register participant");
