@@ -20,6 +20,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod confirm;
 pub mod core;

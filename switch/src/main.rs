@@ -3,6 +3,7 @@
 //! - `switch serve [--config FILE] [--data DIR] [--listen ADDR]`: with no arguments, runs on the
 //!   embedded defaults (data under `./data`, a development CA created on first start).
 //! - `switch certs issue --psp ID` / `--operator NAME`: client certificates from the development CA.
+//! - `switch client --as NAME ...`: register, fund, alias, pay, status by hand (see `--help`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,18 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Call a running switch with a certificate from the development CA.
+    Client {
+        #[arg(long, default_value = "https://localhost:50051")]
+        server: String,
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        /// Act as this operator (e.g. `admin`) or PSP (e.g. `bank-a`).
+        #[arg(long = "as")]
+        caller: String,
+        #[command(subcommand)]
+        command: switch::client::ClientCommand,
     },
 }
 
@@ -89,6 +102,12 @@ fn main() -> anyhow::Result<()> {
             }
             config.check()?;
             run(config)
+        }
+        Command::Client { server, data, caller, command } => {
+            switch::client::check_server(&server)?;
+            let connection = switch::client::Connection { server, data, caller };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(switch::client::run(connection, command))
         }
         Command::Certs { command: CertsCommand::Init { data } } => {
             let ca = DevelopmentCa::new(data.join("certs"));

@@ -1,0 +1,178 @@
+//! `switch client`: a command-line client for operators and for trying the switch by hand:
+//! register and fund participants, register aliases, pay, and read a payment's status, each call
+//! made over mutual TLS with a certificate from the development CA.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::proto::directory_service_client::DirectoryServiceClient;
+use crate::proto::operator_service_client::OperatorServiceClient;
+use crate::proto::payment_service_client::PaymentServiceClient;
+use crate::proto::{self, ConfirmationMode};
+use crate::tls::DevelopmentCa;
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Register a participant (operator).
+    RegisterParticipant {
+        #[arg(long)]
+        psp: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "INR")]
+        currency: String,
+        /// Net debit cap, minor units.
+        #[arg(long, default_value_t = 0)]
+        cap: u64,
+        /// Ask the payee to confirm each credit instead of crediting automatically.
+        #[arg(long)]
+        confirmed: bool,
+    },
+    /// Prefund a participant's position from the settlement account (operator).
+    FundIn {
+        #[arg(long)]
+        psp: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value = "INR")]
+        currency: String,
+        /// Transfer id (idempotency key), a decimal u128; random when omitted.
+        #[arg(long)]
+        id: Option<u128>,
+    },
+    /// Register one of the caller's aliases (PSP).
+    Alias {
+        #[arg(long)]
+        alias: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Pay by alias (PSP).
+    Pay {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        amount: u64,
+        #[arg(long, default_value = "INR")]
+        currency: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Payment id (idempotency key), a decimal u128; random when omitted.
+        #[arg(long)]
+        id: Option<u128>,
+    },
+    /// The definitive state of a payment (PSP).
+    Status {
+        #[arg(long)]
+        id: u128,
+    },
+    /// The caller's position (PSP).
+    Position,
+}
+
+/// Connection settings shared by every client command.
+pub struct Connection {
+    pub server: String,
+    pub data: PathBuf,
+    /// The certificate to act with: an operator name or a PSP id from the development CA.
+    pub caller: String,
+}
+
+impl Connection {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let ca = DevelopmentCa::new(self.data.join("certs"));
+        let operator = ca.operator(&self.caller);
+        let pair = if operator.certificate.exists() { operator } else { ca.psp(&self.caller) };
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&ca.ca_certificate())?))
+            .identity(Identity::from_pem(read(&pair.certificate)?, read(&pair.key)?))
+            .domain_name("localhost");
+        let endpoint = Channel::from_shared(self.server.clone()).context("server address")?.tls_config(tls)?;
+        endpoint.connect().await.with_context(|| format!("connecting to {}", self.server))
+    }
+}
+
+/// A fresh random id (never a reserved one).
+fn random_id() -> u128 {
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&blake3::hash(&crate::core::now_unix_ns().to_be_bytes()).as_bytes()[..16]);
+    u128::from_be_bytes(bytes).clamp(1, u128::MAX - 1)
+}
+
+fn describe(status: tonic::Status) -> anyhow::Error {
+    let reason = crate::reason::reason_of(&status).map_or("-", |reason| reason.as_str_name());
+    anyhow::anyhow!("{:?} {reason}: {}", status.code(), status.message())
+}
+
+pub async fn run(connection: Connection, command: ClientCommand) -> anyhow::Result<()> {
+    let channel = connection.channel().await?;
+    match command {
+        ClientCommand::RegisterParticipant { psp, name, currency, cap, confirmed } => {
+            let mode = if confirmed { ConfirmationMode::Confirmed } else { ConfirmationMode::Automatic };
+            let request = proto::RegisterParticipantRequest {
+                psp_id: psp,
+                name,
+                currency,
+                net_debit_cap_minor: cap,
+                confirmation_mode: mode as i32,
+            };
+            let participant =
+                OperatorServiceClient::new(channel).register_participant(request).await.map_err(describe)?;
+            println!("{:#?}", participant.into_inner());
+        }
+        ClientCommand::FundIn { psp, amount, currency, id } => {
+            let transfer_id = id.unwrap_or_else(random_id).to_be_bytes().to_vec();
+            let request =
+                proto::FundRequest { psp_id: psp, transfer_id, amount_minor: amount, currency, note: String::new() };
+            let result = OperatorServiceClient::new(channel).fund_in(request).await.map_err(describe)?;
+            println!("{:#?}", result.into_inner());
+        }
+        ClientCommand::Alias { alias, name } => {
+            let request = proto::RegisterAliasRequest { alias, display_name: name };
+            let alias = DirectoryServiceClient::new(channel).register_alias(request).await.map_err(describe)?;
+            println!("{:#?}", alias.into_inner());
+        }
+        ClientCommand::Pay { from, to, amount, currency, note, id } => {
+            let id = id.unwrap_or_else(random_id);
+            let request = proto::PayRequest {
+                payment_id: id.to_be_bytes().to_vec(),
+                payer_alias: from,
+                payee_alias: to,
+                amount_minor: amount,
+                currency,
+                note,
+                deadline_unix_ms: 0,
+            };
+            let result = PaymentServiceClient::new(channel).pay(request).await.map_err(describe)?.into_inner();
+            let state = proto::PaymentState::try_from(result.state).map_or("?", |state| state.as_str_name());
+            println!("payment {id}: {state}");
+        }
+        ClientCommand::Status { id } => {
+            let request = proto::GetPaymentStatusRequest { payment_id: id.to_be_bytes().to_vec() };
+            let payment = PaymentServiceClient::new(channel).get_payment_status(request).await.map_err(describe)?;
+            println!("{:#?}", payment.into_inner());
+        }
+        ClientCommand::Position => {
+            let position = PaymentServiceClient::new(channel)
+                .get_position(proto::GetPositionRequest {})
+                .await
+                .map_err(describe)?;
+            println!("{:#?}", position.into_inner());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a server address before connecting.
+pub fn check_server(server: &str) -> anyhow::Result<()> {
+    if !server.starts_with("https://") {
+        bail!("--server must be an https:// address (every connection is mutual TLS)");
+    }
+    Ok(())
+}
