@@ -336,3 +336,37 @@ async fn a_restart_keeps_participants_aliases_payments_and_positions() {
     assert_eq!(position.balance_minor, 860);
     test.assert_money_conserved();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_payments_get_one_answer_each() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let requests: Vec<proto::PayStreamRequest> = (1..=50u64)
+        .map(|number| proto::PayStreamRequest {
+            correlation_id: 1_000 + number,
+            // 50 × 30 = 1,500 asked of 1,000 funds: some must fail, none may overdraw.
+            payment: Some(pay(u128::from(number), "ana@bank-a", "bo@bank-b", 30)),
+        })
+        .chain(std::iter::once(proto::PayStreamRequest {
+            correlation_id: 9_999,
+            payment: Some(pay(77, "ana@bank-a", "nobody@bank-b", 1)),
+        }))
+        .collect();
+    let mut responses = bank_a.payments.pay_stream(tokio_stream::iter(requests)).await.expect("stream").into_inner();
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(response) = responses.message().await.expect("stream ok") {
+        let result = response.result.expect("result");
+        assert!(answers.insert(response.correlation_id, result).is_none(), "one answer per request");
+    }
+    assert_eq!(answers.len(), 51);
+    let completed = answers.values().filter(|result| result.state == PaymentState::Completed as i32).count();
+    let failed = answers.values().filter(|result| result.reason == Reason::InsufficientLiquidity as i32).count();
+    assert_eq!((completed, failed), (33, 17), "1,000 funds cover exactly 33 payments of 30");
+    assert_eq!(answers[&9_999].reason, Reason::UnknownAlias as i32);
+    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    assert_eq!(position.balance_minor, 1_000 - 33 * 30);
+    test.assert_money_conserved();
+}

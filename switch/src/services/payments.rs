@@ -29,6 +29,8 @@ use crate::reason::Refusal;
 const NOTE_BYTES_MAX: usize = 140;
 /// Most payments in one `PayBatch`.
 const BATCH_SIZE_MAX: usize = 8_190;
+/// Most payments in flight on one `PayStream` (`PAY_STREAM_IN_FLIGHT_MAX`).
+const PAY_STREAM_IN_FLIGHT_MAX: usize = 4_096;
 
 /// The durable metadata of a payment (ledger record keyed by payment id).
 #[derive(Clone, PartialEq, Message)]
@@ -308,6 +310,68 @@ pub fn deadline_of(switch: &Switch, id: u128) -> Result<Option<u64>, Refusal> {
     Ok(bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).map(|record| record.deadline_unix_ms))
 }
 
+/// Executes one payment as `Pay` does: to an automatic payee at once, to a confirming payee once
+/// it answers (or its deadline passes). Refusals come back as `Err`.
+async fn execute(
+    switch: &Arc<Switch>,
+    payer: &Participant,
+    request: &proto::PayRequest,
+) -> Result<proto::PaymentResult, Refusal> {
+    let prepared = prepare(switch, payer, request)?;
+    let (id, confirmed, deadline, payee) =
+        (prepared.id, prepared.confirmed, prepared.deadline_unix_ms, prepared.payee.clone());
+    // Listen before submitting: a fast payee must not decide before anyone waits.
+    let waiter = if confirmed { Some(switch.confirmations.register(id)?) } else { None };
+    let results = match switch.submit(prepared.events.into()).await {
+        Ok(results) => results,
+        Err(refusal) => {
+            switch.confirmations.finish(id, None);
+            return Err(refusal);
+        }
+    };
+    let code = results[TRANSFER_INDEX];
+    if code == ResultCode::Ok {
+        switch.events.committed(&switch.ledger, &payee, 1).map_err(ledger_refusal)?;
+        if confirmed {
+            crate::confirm::arm_deadline(Arc::clone(switch), id, deadline);
+        }
+    }
+    let state = match outcome(code) {
+        Ok(state) => state,
+        Err(refusal) => {
+            switch.confirmations.finish(id, None);
+            return Err(refusal);
+        }
+    };
+    let Some(waiter) = waiter else {
+        let timestamp = committed_at(&switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
+        return Ok(result_message(&request.payment_id, Ok((state, timestamp))));
+    };
+    // Confirmed mode (a first attempt or a retry): the final state, once the payee answers.
+    let current = current_outcome(&switch, id)?;
+    let final_outcome = match current {
+        Some(outcome) if outcome.state != PaymentState::Pending => {
+            switch.confirmations.finish(id, Some(outcome));
+            Some(outcome)
+        }
+        _ => crate::confirm::wait(waiter, deadline).await,
+    };
+    match final_outcome {
+        Some(outcome) if outcome.state == PaymentState::Completed => {
+            Ok(result_message(&request.payment_id, Ok((PaymentState::Completed, outcome.finalized_at_unix_ns))))
+        }
+        Some(outcome) => {
+            let message = if outcome.reason == Reason::PayeeDeclined {
+                "the payee declined"
+            } else {
+                "the payee did not answer in time"
+            };
+            Err(Refusal::new(outcome.reason, message))
+        }
+        None => Ok(result_message(&request.payment_id, Ok((PaymentState::Pending, 0)))),
+    }
+}
+
 fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not available in this release yet"))
 }
@@ -317,61 +381,7 @@ impl PaymentService for Payments {
     async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
         let psp = auth::psp(&request)?;
         let payer = self.switch.active_participant(&psp)?;
-        let request = request.into_inner();
-        let prepared = prepare(&self.switch, &payer, &request)?;
-        let (id, confirmed, deadline, payee) =
-            (prepared.id, prepared.confirmed, prepared.deadline_unix_ms, prepared.payee.clone());
-        // Listen before submitting: a fast payee must not decide before anyone waits.
-        let waiter = if confirmed { Some(self.switch.confirmations.register(id)?) } else { None };
-        let results = match self.switch.submit(prepared.events.into()).await {
-            Ok(results) => results,
-            Err(refusal) => {
-                self.switch.confirmations.finish(id, None);
-                return Err(refusal.into());
-            }
-        };
-        let code = results[TRANSFER_INDEX];
-        if code == ResultCode::Ok {
-            self.switch.events.committed(&self.switch.ledger, &payee, 1).map_err(ledger_refusal)?;
-            if confirmed {
-                crate::confirm::arm_deadline(Arc::clone(&self.switch), id, deadline);
-            }
-        }
-        let state = match outcome(code) {
-            Ok(state) => state,
-            Err(refusal) => {
-                self.switch.confirmations.finish(id, None);
-                return Err(refusal.into());
-            }
-        };
-        let Some(waiter) = waiter else {
-            let timestamp = committed_at(&self.switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
-            return Ok(Response::new(result_message(&request.payment_id, Ok((state, timestamp)))));
-        };
-        // Confirmed mode (a first attempt or a retry): the final state, once the payee answers.
-        let current = current_outcome(&self.switch, id)?;
-        let final_outcome = match current {
-            Some(outcome) if outcome.state != PaymentState::Pending => {
-                self.switch.confirmations.finish(id, Some(outcome));
-                Some(outcome)
-            }
-            _ => crate::confirm::wait(waiter, deadline).await,
-        };
-        match final_outcome {
-            Some(outcome) if outcome.state == PaymentState::Completed => Ok(Response::new(result_message(
-                &request.payment_id,
-                Ok((PaymentState::Completed, outcome.finalized_at_unix_ns)),
-            ))),
-            Some(outcome) => {
-                let message = if outcome.reason == Reason::PayeeDeclined {
-                    "the payee declined"
-                } else {
-                    "the payee did not answer in time"
-                };
-                Err(Refusal::new(outcome.reason, message).into())
-            }
-            None => Ok(Response::new(result_message(&request.payment_id, Ok((PaymentState::Pending, 0))))),
-        }
+        Ok(Response::new(execute(&self.switch, &payer, request.get_ref()).await?))
     }
 
     async fn pay_batch(
@@ -438,9 +448,34 @@ impl PaymentService for Payments {
 
     async fn pay_stream(
         &self,
-        _request: Request<Streaming<proto::PayStreamRequest>>,
+        request: Request<Streaming<proto::PayStreamRequest>>,
     ) -> Result<Response<Self::PayStreamStream>, Status> {
-        Err(unimplemented("streamed submission"))
+        let psp = auth::psp(&request)?;
+        let payer = self.switch.active_participant(&psp)?;
+        let mut incoming = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(PAY_STREAM_IN_FLIGHT_MAX);
+        let switch = Arc::clone(&self.switch);
+        tokio::spawn(async move {
+            // At the bound the loop stops reading: HTTP/2 flow control pushes back on the client.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(PAY_STREAM_IN_FLIGHT_MAX));
+            while let Ok(Some(item)) = incoming.message().await {
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
+                let (switch, payer, sender) = (Arc::clone(&switch), Arc::clone(&payer), sender.clone());
+                tokio::spawn(async move {
+                    let payment = item.payment.unwrap_or_default();
+                    let result = match execute(&switch, &payer, &payment).await {
+                        Ok(result) => result,
+                        Err(refusal) => result_message(&payment.payment_id, Err(refusal)),
+                    };
+                    let response =
+                        proto::PayStreamResponse { correlation_id: item.correlation_id, result: Some(result) };
+                    let _ = sender.send(Ok(response)).await;
+                    drop(permit);
+                });
+            }
+            // Half-closed: the spawned payments hold senders; the stream ends when all answered.
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
     }
 
     async fn get_payment_status(
