@@ -344,11 +344,11 @@ async fn execute(
         }
     };
     let Some(waiter) = waiter else {
-        let timestamp = committed_at(&switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
+        let timestamp = committed_at(switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
         return Ok(result_message(&request.payment_id, Ok((state, timestamp))));
     };
     // Confirmed mode (a first attempt or a retry): the final state, once the payee answers.
-    let current = current_outcome(&switch, id)?;
+    let current = current_outcome(switch, id)?;
     let final_outcome = match current {
         Some(outcome) if outcome.state != PaymentState::Pending => {
             switch.confirmations.finish(id, Some(outcome));
