@@ -25,6 +25,8 @@ pub mod tables {
     pub const EVENTS: u8 = 4;
     /// Per-PSP acknowledged event position.
     pub const EVENT_ACKS: u8 = 5;
+    /// What has been refunded of each payment.
+    pub const REFUNDS: u8 = 6;
 }
 
 /// Ledger account codes (chart of accounts).
@@ -32,6 +34,7 @@ pub mod codes {
     pub const SETTLEMENT_ACCOUNT: u16 = 1;
     pub const PARTICIPANT_ACCOUNT: u16 = 2;
     pub const PAYMENT: u16 = 1;
+    pub const REFUND: u16 = 2;
     pub const FUND_IN: u16 = 10;
     pub const FUND_OUT: u16 = 11;
 }
@@ -54,6 +57,8 @@ pub struct Switch {
     pub directory: Directory,
     pub events: crate::events::EventHub,
     pub confirmations: crate::confirm::Confirmations,
+    /// Serialises refunds: the read-modify-write of a payment's refunded total must not race.
+    pub refund_lock: tokio::sync::Mutex<()>,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
 }
@@ -100,7 +105,17 @@ impl Switch {
         tracing::info!(participants = participants.len(), aliases = directory.len(), "switch state loaded");
         let operator_lock = tokio::sync::Mutex::new(());
         let confirmations = crate::confirm::Confirmations::default();
-        Ok(Arc::new(Switch { config, ledger, participants, directory, events, confirmations, operator_lock }))
+        let refund_lock = tokio::sync::Mutex::new(());
+        Ok(Arc::new(Switch {
+            config,
+            ledger,
+            participants,
+            directory,
+            events,
+            confirmations,
+            refund_lock,
+            operator_lock,
+        }))
     }
 
     /// Submits events to the ledger and waits until they are durable.

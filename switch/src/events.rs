@@ -126,11 +126,13 @@ pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<
 /// Stamps events with the commit time of the payment they report (known only once committed,
 /// so not stored in the event): one batched ledger read per chunk of events.
 fn fill_times(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
-    let payment_id = |event: &proto::Event| match &event.kind {
-        Some(proto::event::Kind::CreditNotification(notification)) => {
-            notification.payment_id.as_slice().try_into().ok().map(u128::from_be_bytes)
-        }
-        _ => None,
+    let payment_id = |event: &proto::Event| {
+        let id = match &event.kind {
+            Some(proto::event::Kind::CreditNotification(notification)) => &notification.payment_id,
+            Some(proto::event::Kind::RefundNotice(notice)) => &notice.refund_id,
+            _ => return None,
+        };
+        id.as_slice().try_into().ok().map(u128::from_be_bytes)
     };
     let ids: Vec<u128> = events.iter().filter_map(payment_id).collect();
     let mut stamps = ledger.lookup_transfers(&ids)?.into_iter();
@@ -140,8 +142,10 @@ fn fill_times(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), Ledger
         }
         let timestamp = stamps.next().flatten().map_or(0, |record| record.stored.transfer.timestamp);
         event.recorded_at_unix_ns = timestamp;
-        if let Some(proto::event::Kind::CreditNotification(notification)) = &mut event.kind {
-            notification.completed_at_unix_ns = timestamp;
+        match &mut event.kind {
+            Some(proto::event::Kind::CreditNotification(notification)) => notification.completed_at_unix_ns = timestamp,
+            Some(proto::event::Kind::RefundNotice(notice)) => notice.completed_at_unix_ns = timestamp,
+            _ => {}
         }
     }
     Ok(())

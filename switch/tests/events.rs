@@ -235,3 +235,74 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     assert_eq!(retry.state, PaymentState::Completed as i32);
     test.assert_money_conserved();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_never_exceed_the_original_and_notify_the_payer() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    let mut bank_c = test.onboard("bank-c", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 500)).await.expect("pay");
+    let mut payer_events = subscribe(&test, "bank-a", 0).await;
+    let refund = |refund_id: u128, amount: u64| proto::RefundRequest {
+        refund_id: id(refund_id),
+        original_payment_id: id(1),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: "returned".into(),
+    };
+    let done = bank_b.payments.refund(refund(100, 200)).await.expect("partial refund").into_inner();
+    assert_eq!(done.state, PaymentState::Completed as i32);
+    match event(&mut payer_events).await {
+        proto::event::Kind::RefundNotice(notice) => {
+            assert_eq!(
+                (notice.amount_minor, notice.refunded_total_minor, notice.original_amount_minor),
+                (200, 200, 500)
+            );
+            assert!(notice.completed_at_unix_ns > 0);
+        }
+        other => panic!("expected a refund notice, got {other:?}"),
+    }
+    // Retry: same outcome, no second movement; other content: conflict.
+    bank_b.payments.refund(refund(100, 200)).await.expect("idempotent");
+    let status = bank_b.payments.refund(refund(100, 201)).await.expect_err("conflict");
+    assert_eq!(reason(&status), Some(Reason::PaymentIdConflict));
+    let status = bank_b.payments.refund(refund(101, 301)).await.expect_err("beyond the remaining 300");
+    assert_eq!(reason(&status), Some(Reason::RefundExceedsRemaining));
+    bank_b.payments.refund(refund(102, 300)).await.expect("the rest");
+    let status = bank_b.payments.refund(refund(103, 1)).await.expect_err("nothing left");
+    assert_eq!(reason(&status), Some(Reason::RefundExceedsRemaining));
+    // Only the payee refunds; a stranger does not even see the payment; a refund is not refundable.
+    let status = bank_a.payments.refund(refund(104, 1)).await.expect_err("payer cannot refund");
+    assert_eq!(reason(&status), Some(Reason::RefundNotByPayee));
+    let status = bank_c.payments.refund(refund(105, 1)).await.expect_err("not a party");
+    assert_eq!(reason(&status), Some(Reason::PaymentNotFound));
+    let mut of_refund = refund(106, 1);
+    of_refund.original_payment_id = id(100);
+    let status = bank_a.payments.refund(of_refund).await.expect_err("refund of a refund");
+    assert_eq!(reason(&status), Some(Reason::PaymentNotRefundable));
+
+    let original = bank_a
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(1) })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!((original.refunded_amount_minor, original.refund_ids.len()), (500, 2));
+    let refund_status = bank_a
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(100) })
+        .await
+        .expect("refund status")
+        .into_inner();
+    assert_eq!(refund_status.kind, proto::PaymentKind::Refund as i32);
+    assert_eq!(refund_status.original_payment_id, id(1));
+    let positions = (
+        bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("a").into_inner().balance_minor,
+        bank_b.payments.get_position(proto::GetPositionRequest {}).await.expect("b").into_inner().balance_minor,
+    );
+    assert_eq!(positions, (1_000, 0), "fully refunded");
+    test.assert_money_conserved();
+}

@@ -4,6 +4,7 @@ pub mod directory;
 pub mod events;
 pub mod operator;
 pub mod payments;
+pub mod refund;
 
 use crate::config::Currency;
 use crate::core::Switch;

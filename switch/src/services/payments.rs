@@ -45,6 +45,12 @@ pub struct PaymentRecord {
     pub deadline_unix_ms: u64,
     #[prost(string, tag = "5")]
     pub currency: String,
+    /// `PaymentKind`; 0 (unset) reads as a push payment.
+    #[prost(int32, tag = "6")]
+    pub kind: i32,
+    /// For a refund, the payment it refunds.
+    #[prost(bytes = "vec", tag = "7")]
+    pub original_payment_id: Vec<u8>,
 }
 
 pub struct Payments {
@@ -143,6 +149,8 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
         note: request.note.clone(),
         deadline_unix_ms,
         currency: currency.code.clone(),
+        kind: PaymentKind::Push as i32,
+        original_payment_id: Vec::new(),
     };
     let transfer = Transfer {
         id,
@@ -272,16 +280,16 @@ pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -
             .find(|participant| participant.account_id == account)
             .map(|p| p.psp_id.to_string())
     };
-    let metadata = switch
-        .ledger
-        .record(tables::PAYMENTS, &id.to_be_bytes())
-        .map_err(ledger_refusal)?
-        .and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok())
-        .unwrap_or_default();
+    let metadata = payment_metadata(switch, id)?;
+    let refunds = super::refund::refunds_of(switch, id)?;
+    let kind = match PaymentKind::try_from(metadata.kind) {
+        Ok(PaymentKind::Unspecified) | Err(_) => PaymentKind::Push,
+        Ok(kind) => kind,
+    };
     let state = crate::confirm::state_of(id, &stored);
     Ok(proto::Payment {
         payment_id: id.to_be_bytes().to_vec(),
-        kind: PaymentKind::Push as i32,
+        kind: kind as i32,
         state: state.state as i32,
         reason: state.reason as i32,
         payer_alias: metadata.payer_alias,
@@ -294,8 +302,17 @@ pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -
         deadline_unix_ms: metadata.deadline_unix_ms,
         accepted_at_unix_ns: transfer.timestamp,
         finalized_at_unix_ns: state.finalized_at_unix_ns,
+        original_payment_id: metadata.original_payment_id,
+        refunded_amount_minor: refunds.refunded_minor,
+        refund_ids: refunds.refund_ids,
         ..proto::Payment::default()
     })
+}
+
+/// A payment's metadata record (empty fields if it has none, e.g. a recorded failure).
+pub fn payment_metadata(switch: &Switch, id: u128) -> Result<PaymentRecord, Refusal> {
+    let bytes = switch.ledger.record(tables::PAYMENTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
+    Ok(bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default())
 }
 
 /// A payment's current state from the ledger, if the payment exists.
@@ -500,8 +517,10 @@ impl PaymentService for Payments {
         Err(unimplemented("collect"))
     }
 
-    async fn refund(&self, _request: Request<proto::RefundRequest>) -> Result<Response<proto::PaymentResult>, Status> {
-        Err(unimplemented("refund"))
+    async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<Response<proto::PaymentResult>, Status> {
+        let psp = auth::psp(&request)?;
+        let caller = self.switch.active_participant(&psp)?;
+        Ok(Response::new(super::refund::refund(&self.switch, &caller, request.get_ref()).await?))
     }
 
     async fn get_position(
