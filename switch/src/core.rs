@@ -27,6 +27,8 @@ pub mod tables {
     pub const EVENT_ACKS: u8 = 5;
     /// What has been refunded of each payment.
     pub const REFUNDS: u8 = 6;
+    /// Collect requests and their state.
+    pub const COLLECTS: u8 = 7;
 }
 
 /// Ledger account codes (chart of accounts).
@@ -59,6 +61,8 @@ pub struct Switch {
     pub confirmations: crate::confirm::Confirmations,
     /// Serialises refunds: the read-modify-write of a payment's refunded total must not race.
     pub refund_lock: tokio::sync::Mutex<()>,
+    /// Serialises collect decisions and expiry: a collect resolves once.
+    pub collect_lock: tokio::sync::Mutex<()>,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
 }
@@ -114,6 +118,7 @@ impl Switch {
             events,
             confirmations,
             refund_lock,
+            collect_lock: tokio::sync::Mutex::new(()),
             operator_lock,
         }))
     }

@@ -11,10 +11,9 @@
 //! lock-free queue. Errors carry a stable reason (`reason`, `proto/paymentswitch/v1/errors.proto`).
 //!
 //! Status of the API (issue 3 is being built in slices): operator participants and funding,
-//! the directory, push payments to automatic-acceptance PSPs (single and batch) with their
-//! durable credit notifications on the event stream, status and positions are served.
-//! Confirmed-mode crediting, collect, refund, streaming submission and settlement windows answer
-//! UNIMPLEMENTED (or, for registration in CONFIRMED mode, a clear refusal) until they land.
+//! the directory, push payments to automatic and confirming payees (single, batch, stream),
+//! collect, refund, the durable event stream, status and positions are served. Settlement windows
+//! answer UNIMPLEMENTED until they land.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -66,8 +66,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let rearmed = crate::confirm::rearm_after_restart(&switch).map_err(|refusal| anyhow::anyhow!(refusal.message))?;
+    let rearmed = rearmed
+        + crate::services::collect::rearm_after_restart(&switch).map_err(|refusal| anyhow::anyhow!(refusal.message))?;
     if rearmed > 0 {
-        tracing::info!(rearmed, "deadline timers re-armed for payments awaiting their payee");
+        tracing::info!(rearmed, "deadline timers re-armed for payments and collects awaiting an answer");
     }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PaymentServiceServer<Payments>>().await;

@@ -306,3 +306,120 @@ async fn refunds_never_exceed_the_original_and_notify_the_payer() {
     assert_eq!(positions, (1_000, 0), "fully refunded");
     test.assert_money_conserved();
 }
+
+async fn collect_decision(
+    subscription: &mut Subscription,
+    collect: u128,
+    decision: proto::Decision,
+) -> proto::DecisionReceipt {
+    let message = Incoming::CollectDecision(proto::CollectDecision {
+        collect_id: id(collect),
+        decision: decision as i32,
+        decline_reason: 0,
+    });
+    subscription.requests.send(proto::SubscribeRequest { message: Some(message) }).await.expect("decide");
+    loop {
+        match next(&mut subscription.responses).await {
+            Some(Outgoing::DecisionReceipt(receipt)) => return receipt,
+            Some(Outgoing::Event(_)) => continue,
+            other => panic!("expected a receipt, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collect_requests_are_approved_declined_or_expire() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let mut payer_events = subscribe(&test, "bank-a", 0).await;
+    let mut payee_events = subscribe(&test, "bank-b", 0).await;
+    let ask = |collect: u128, amount: u64, expiry_unix_ms: u64| proto::RequestCollectRequest {
+        collect_id: id(collect),
+        payee_alias: "bo@bank-b".into(),
+        payer_alias: "ana@bank-a".into(),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: "invoice".into(),
+        expiry_unix_ms,
+    };
+    let status_of = |psp: &Psp, collect: u128| {
+        let mut client = psp.payments.clone();
+        async move {
+            client
+                .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(collect) })
+                .await
+                .expect("status")
+                .into_inner()
+        }
+    };
+
+    // Approved: the payment executes and both PSPs hear the outcome.
+    let asked = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("request").into_inner();
+    assert_eq!(asked.state, PaymentState::AwaitingApproval as i32);
+    match event(&mut payer_events).await {
+        proto::event::Kind::CollectRequest(request) => assert_eq!(request.amount_minor, 400),
+        other => panic!("expected a collect request, got {other:?}"),
+    }
+    assert_eq!(status_of(&bank_a, 1).await.state, PaymentState::AwaitingApproval as i32);
+    let receipt = collect_decision(&mut payer_events, 1, proto::Decision::Accept).await;
+    assert_eq!((receipt.status_code, receipt.reason), (0, 0));
+    match event(&mut payee_events).await {
+        proto::event::Kind::PaymentOutcome(outcome) => assert_eq!(outcome.state, PaymentState::Completed as i32),
+        other => panic!("expected an outcome, got {other:?}"),
+    }
+    let paid = status_of(&bank_b, 1).await;
+    assert_eq!((paid.state, paid.kind), (PaymentState::Completed as i32, proto::PaymentKind::Collect as i32));
+    // Idempotent request; a second decision is refused.
+    let again = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("retry").into_inner();
+    assert_eq!(again.state, PaymentState::Completed as i32);
+    let status = bank_b.payments.request_collect(ask(1, 401, 0)).await.expect_err("conflict");
+    assert_eq!(reason(&status), Some(Reason::PaymentIdConflict));
+    let receipt = collect_decision(&mut payer_events, 1, proto::Decision::Decline).await;
+    assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
+
+    // Declined.
+    bank_b.payments.request_collect(ask(2, 100, 0)).await.expect("request");
+    let receipt = collect_decision(&mut payer_events, 2, proto::Decision::Decline).await;
+    assert_eq!(receipt.status_code, 0);
+    let declined = status_of(&bank_b, 2).await;
+    assert_eq!((declined.state, declined.reason), (PaymentState::Declined as i32, Reason::PayerDeclined as i32));
+
+    // Approved beyond the payer's liquidity: failed, recorded.
+    bank_b.payments.request_collect(ask(3, 700, 0)).await.expect("request");
+    let receipt = collect_decision(&mut payer_events, 3, proto::Decision::Accept).await;
+    assert_eq!(receipt.reason, Reason::InsufficientLiquidity as i32);
+    assert_eq!(status_of(&bank_b, 3).await.state, PaymentState::Failed as i32);
+
+    // Expired: nobody answered in time; a late approval is refused.
+    let soon = switch::core::now_unix_ns() / 1_000_000 + 700;
+    bank_b.payments.request_collect(ask(4, 100, soon)).await.expect("request");
+    let expired = async {
+        loop {
+            if status_of(&bank_b, 4).await.state == PaymentState::Expired as i32 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, expired).await.expect("the collect expires");
+    let receipt = collect_decision(&mut payer_events, 4, proto::Decision::Accept).await;
+    assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
+
+    // Only the two PSPs see a collect; only the payer decides it.
+    let mut bank_c = test.onboard("bank-c", 0, 0).await;
+    let status = bank_c
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(2) })
+        .await
+        .expect_err("stranger");
+    assert_eq!(reason(&status), Some(Reason::PaymentNotFound));
+    let positions = (
+        bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("a").into_inner().balance_minor,
+        bank_b.payments.get_position(proto::GetPositionRequest {}).await.expect("b").into_inner().balance_minor,
+    );
+    assert_eq!(positions, (600, 400), "only the approved collect moved money");
+    test.assert_money_conserved();
+}

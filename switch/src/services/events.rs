@@ -164,8 +164,8 @@ impl Stream {
                 Ok(())
             }
             Some(Incoming::CollectDecision(decision)) => {
-                let refusal = Refusal::new(Reason::NoDecisionPending, "no collect request pending");
-                self.receipt(decision.collect_id, Some(refusal)).await;
+                let outcome = crate::services::collect::decide(&self.switch, &self.psp, &decision).await;
+                self.receipt(decision.collect_id, outcome.err()).await;
                 Ok(())
             }
             Some(Incoming::Hello(_)) | None => {

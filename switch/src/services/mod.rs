@@ -1,5 +1,6 @@
 //! The gRPC services, and the request checks they share.
 
+pub mod collect;
 pub mod directory;
 pub mod events;
 pub mod operator;

@@ -265,7 +265,30 @@ fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u6
 pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -> Result<proto::Payment, Refusal> {
     let not_found = || Refusal::field(Reason::PaymentNotFound, "payment_id", "no such payment");
     let stored = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
-    let Some(stored) = stored else { return Err(not_found()) };
+    let Some(stored) = stored else {
+        // Not a transfer: perhaps a collect that did not (or not yet) execute.
+        let collect = super::collect::collect_of(switch, id)?.ok_or_else(not_found)?;
+        let party = |psp: &str| viewer.is_none_or(|viewer| &*viewer.psp_id == psp);
+        if !party(&collect.payer_psp_id) && !party(&collect.payee_psp_id) {
+            return Err(not_found());
+        }
+        return Ok(proto::Payment {
+            payment_id: id.to_be_bytes().to_vec(),
+            kind: PaymentKind::Collect as i32,
+            state: collect.state,
+            reason: collect.reason,
+            payer_alias: collect.payer_alias,
+            payer_psp_id: collect.payer_psp_id,
+            payee_alias: collect.payee_alias,
+            payee_psp_id: collect.payee_psp_id,
+            amount_minor: collect.amount_minor,
+            currency: collect.currency,
+            note: collect.note,
+            deadline_unix_ms: collect.expiry_unix_ms,
+            finalized_at_unix_ns: collect.finalized_at_unix_ns,
+            ..proto::Payment::default()
+        });
+    };
     let transfer = stored.stored.transfer;
     if viewer.is_some_and(|viewer| {
         viewer.account_id != transfer.debit_account_id && viewer.account_id != transfer.credit_account_id
@@ -389,10 +412,6 @@ async fn execute(
     }
 }
 
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release yet"))
-}
-
 #[tonic::async_trait]
 impl PaymentService for Payments {
     async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
@@ -512,9 +531,11 @@ impl PaymentService for Payments {
 
     async fn request_collect(
         &self,
-        _request: Request<proto::RequestCollectRequest>,
+        request: Request<proto::RequestCollectRequest>,
     ) -> Result<Response<proto::PaymentResult>, Status> {
-        Err(unimplemented("collect"))
+        let psp = auth::psp(&request)?;
+        let payee = self.switch.active_participant(&psp)?;
+        Ok(Response::new(super::collect::request(&self.switch, &payee, request.get_ref()).await?))
     }
 
     async fn refund(&self, request: Request<proto::RefundRequest>) -> Result<Response<proto::PaymentResult>, Status> {

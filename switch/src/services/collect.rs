@@ -1,0 +1,342 @@
+//! Collect (request to pay): the payee PSP asks the payer's PSP for money; the payer PSP approves
+//! (the payment executes, single-phase, under the payer's cap), declines, or lets it expire.
+//!
+//! The collect's state is a ledger record (`tables::COLLECTS`) written in the same linked chain as
+//! the events it causes, so a request and its CollectRequest, or a decision and its outcomes, are
+//! durable together. Decisions and expiry are serialised by one lock (a collect resolves once);
+//! expiry timers are re-armed after a restart from the awaiting records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger::{Event, ResultCode, Transfer, TransferFlags};
+use prost::Message;
+
+use super::payments::PaymentRecord;
+use super::{check_amount, parse_id};
+use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, Switch};
+use crate::directory::{alias_owner, check_text};
+use crate::participants::Participant;
+use crate::proto::{self, Decision, PaymentKind, PaymentState, Reason};
+use crate::reason::Refusal;
+
+const NOTE_BYTES_MAX: usize = 140;
+/// Expiry used when a request gives none (`COLLECT_EXPIRY_MS_DEFAULT`).
+const EXPIRY_MS_DEFAULT: u64 = 30 * 60 * 1_000;
+/// Furthest expiry (`COLLECT_EXPIRY_MS_MAX`).
+const EXPIRY_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+
+/// A collect request and its state (ledger record keyed by collect id).
+#[derive(Clone, PartialEq, Message)]
+pub struct CollectRecord {
+    #[prost(string, tag = "1")]
+    pub payee_alias: String,
+    #[prost(string, tag = "2")]
+    pub payer_alias: String,
+    #[prost(string, tag = "3")]
+    pub payee_psp_id: String,
+    #[prost(string, tag = "4")]
+    pub payer_psp_id: String,
+    #[prost(uint64, tag = "5")]
+    pub amount_minor: u64,
+    #[prost(string, tag = "6")]
+    pub currency: String,
+    #[prost(string, tag = "7")]
+    pub note: String,
+    #[prost(uint64, tag = "8")]
+    pub expiry_unix_ms: u64,
+    /// `PaymentState`: AWAITING_APPROVAL until decided or expired.
+    #[prost(int32, tag = "9")]
+    pub state: i32,
+    #[prost(int32, tag = "10")]
+    pub reason: i32,
+    #[prost(uint64, tag = "11")]
+    pub finalized_at_unix_ns: u64,
+}
+
+impl CollectRecord {
+    fn same_request(&self, request: &proto::RequestCollectRequest) -> bool {
+        self.payee_alias == request.payee_alias
+            && self.payer_alias == request.payer_alias
+            && self.amount_minor == request.amount_minor
+            && self.currency == request.currency
+            && self.note == request.note
+    }
+
+    fn awaiting(&self) -> bool {
+        self.state == PaymentState::AwaitingApproval as i32
+    }
+
+    pub fn result(&self, collect_id: &[u8]) -> proto::PaymentResult {
+        proto::PaymentResult {
+            payment_id: collect_id.to_vec(),
+            state: self.state,
+            reason: self.reason,
+            status_code: if self.reason == 0 {
+                0
+            } else {
+                crate::reason::code_of(Reason::try_from(self.reason).unwrap_or(Reason::Internal)) as i32
+            },
+            finalized_at_unix_ns: self.finalized_at_unix_ns,
+            ..proto::PaymentResult::default()
+        }
+    }
+}
+
+pub fn collect_of(switch: &Switch, id: u128) -> Result<Option<CollectRecord>, Refusal> {
+    let bytes = switch.ledger.record(tables::COLLECTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
+    Ok(bytes.and_then(|bytes| CollectRecord::decode(bytes.as_slice()).ok()))
+}
+
+fn outcome_event(id: u128, collect: &CollectRecord) -> proto::Event {
+    proto::Event {
+        kind: Some(proto::event::Kind::PaymentOutcome(proto::PaymentOutcome {
+            payment_id: id.to_be_bytes().to_vec(),
+            kind: PaymentKind::Collect as i32,
+            state: collect.state,
+            reason: collect.reason,
+            payer_alias: collect.payer_alias.clone(),
+            payee_alias: collect.payee_alias.clone(),
+            amount_minor: collect.amount_minor,
+            currency: collect.currency.clone(),
+            finalized_at_unix_ns: collect.finalized_at_unix_ns,
+            ..proto::PaymentOutcome::default()
+        })),
+        ..proto::Event::default()
+    }
+}
+
+/// `RequestCollect`, called by the payee PSP.
+pub async fn request(
+    switch: &Arc<Switch>,
+    payee: &Participant,
+    request: &proto::RequestCollectRequest,
+) -> Result<proto::PaymentResult, Refusal> {
+    let id = parse_id(&request.collect_id, "collect_id")?;
+    let currency = check_amount(switch, request.amount_minor, &request.currency)?;
+    check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
+    if alias_owner(&request.payee_alias)? != &*payee.psp_id {
+        return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "payee_alias", "the payee alias is not the caller's"));
+    }
+    alias_owner(&request.payer_alias)?;
+    if switch.directory.resolve(&request.payee_alias).is_none() {
+        return Err(Refusal::field(Reason::OwnAliasNotRegistered, "payee_alias", "the payee alias is not registered"));
+    }
+    let payer_entry = switch
+        .directory
+        .resolve(&request.payer_alias)
+        .ok_or_else(|| Refusal::field(Reason::UnknownAlias, "payer_alias", "no such alias"))?;
+    if payer_entry.psp == payee.psp_id {
+        return Err(Refusal::new(Reason::OnUsNotSupported, "payer and payee are at the same PSP"));
+    }
+    let payer = switch
+        .participants
+        .get(&payer_entry.psp)
+        .ok_or_else(|| Refusal::new(Reason::Internal, "alias of an unregistered PSP"))?;
+    if !payer.is_active() {
+        return Err(Refusal::new(Reason::CounterpartySuspended, "the payer's PSP is suspended"));
+    }
+    if payer.currency != currency.code || payee.currency != currency.code {
+        return Err(Refusal::field(Reason::CurrencyMismatch, "currency", "a participant holds another currency"));
+    }
+    let now_ms = now_unix_ns() / 1_000_000;
+    if request.expiry_unix_ms != 0 && request.expiry_unix_ms <= now_ms {
+        return Err(Refusal::field(Reason::DeadlinePassed, "expiry_unix_ms", "the expiry has passed"));
+    }
+    if request.expiry_unix_ms > now_ms + EXPIRY_MS_MAX {
+        return Err(Refusal::field(Reason::DeadlineTooFar, "expiry_unix_ms", "the expiry is too far ahead"));
+    }
+    let expiry_unix_ms = if request.expiry_unix_ms == 0 { now_ms + EXPIRY_MS_DEFAULT } else { request.expiry_unix_ms };
+
+    let _serial = switch.collect_lock.lock().await;
+    if let Some(existing) = collect_of(switch, id)? {
+        return if existing.same_request(request) {
+            Ok(existing.result(&request.collect_id))
+        } else {
+            Err(Refusal::field(Reason::PaymentIdConflict, "collect_id", "collect id already used with other content"))
+        };
+    }
+    if switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?[0].is_some() {
+        return Err(Refusal::field(Reason::PaymentIdConflict, "collect_id", "the id belongs to a payment"));
+    }
+    let collect = CollectRecord {
+        payee_alias: request.payee_alias.clone(),
+        payer_alias: request.payer_alias.clone(),
+        payee_psp_id: payee.psp_id.to_string(),
+        payer_psp_id: payer.psp_id.to_string(),
+        amount_minor: request.amount_minor,
+        currency: currency.code.clone(),
+        note: request.note.clone(),
+        expiry_unix_ms,
+        state: PaymentState::AwaitingApproval as i32,
+        reason: 0,
+        finalized_at_unix_ns: 0,
+    };
+    let ask = proto::Event {
+        kind: Some(proto::event::Kind::CollectRequest(proto::CollectRequest {
+            collect_id: request.collect_id.clone(),
+            payee_alias: request.payee_alias.clone(),
+            payee_psp_id: payee.psp_id.to_string(),
+            payee_display_name: switch
+                .directory
+                .resolve(&request.payee_alias)
+                .map(|e| e.display_name.to_string())
+                .unwrap_or_default(),
+            payer_alias: request.payer_alias.clone(),
+            amount_minor: request.amount_minor,
+            currency: currency.code.clone(),
+            note: request.note.clone(),
+            expiry_unix_ms,
+        })),
+        ..proto::Event::default()
+    };
+    let events = vec![
+        record(tables::COLLECTS, id.to_be_bytes(), collect.encode_to_vec(), true),
+        crate::events::append(&payer.psp_id, &ask, false),
+    ];
+    let results = switch.submit(events).await?;
+    if results.iter().any(|code| *code != ResultCode::Ok) {
+        return Err(Refusal::new(Reason::Internal, format!("ledger answered {:?}", results.to_vec())));
+    }
+    switch.events.committed(&switch.ledger, &payer.psp_id, 1).map_err(ledger_refusal)?;
+    arm_expiry(Arc::clone(switch), id, expiry_unix_ms);
+    Ok(collect.result(&request.collect_id))
+}
+
+/// The payer PSP's decision on a collect addressed to it.
+pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::CollectDecision) -> Result<(), Refusal> {
+    let id = parse_id(&decision.collect_id, "collect_id")?;
+    let accept = match Decision::try_from(decision.decision) {
+        Ok(Decision::Accept) => true,
+        Ok(Decision::Decline) => false,
+        _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
+    };
+    let _serial = switch.collect_lock.lock().await;
+    let Some(collect) = collect_of(switch, id)?.filter(|collect| collect.payer_psp_id == payer_psp) else {
+        return Err(Refusal::new(Reason::NoDecisionPending, "no collect request of yours has this id"));
+    };
+    if !collect.awaiting() {
+        return Err(Refusal::new(Reason::AlreadyDecided, "the collect is already final"));
+    }
+    if collect.expiry_unix_ms <= now_unix_ns() / 1_000_000 {
+        finish(switch, id, collect, PaymentState::Expired, Reason::CollectExpired).await?;
+        return Err(Refusal::new(Reason::CollectExpired, "the collect request expired"));
+    }
+    if !accept {
+        finish(switch, id, collect, PaymentState::Declined, Reason::PayerDeclined).await?;
+        return Ok(());
+    }
+    execute(switch, id, collect).await
+}
+
+/// Executes an approved collect: the payment, the collect's final state, and both outcomes.
+async fn execute(switch: &Arc<Switch>, id: u128, collect: CollectRecord) -> Result<(), Refusal> {
+    let (payer, payee) = (participant(switch, &collect.payer_psp_id)?, participant(switch, &collect.payee_psp_id)?);
+    let ledger_number = switch.config.currency(&collect.currency).map_or(payer.ledger, |currency| currency.ledger);
+    let metadata = PaymentRecord {
+        payer_alias: collect.payer_alias.clone(),
+        payee_alias: collect.payee_alias.clone(),
+        note: collect.note.clone(),
+        deadline_unix_ms: collect.expiry_unix_ms,
+        currency: collect.currency.clone(),
+        kind: PaymentKind::Collect as i32,
+        original_payment_id: Vec::new(),
+    };
+    let transfer = Transfer {
+        id,
+        debit_account_id: payer.account_id,
+        credit_account_id: payee.account_id,
+        amount: u128::from(collect.amount_minor),
+        ledger: ledger_number,
+        code: codes::PAYMENT,
+        flags: TransferFlags(TransferFlags::LINKED),
+        ..Transfer::default()
+    };
+    let done =
+        CollectRecord { state: PaymentState::Completed as i32, finalized_at_unix_ns: now_unix_ns(), ..collect.clone() };
+    let outcome = outcome_event(id, &done);
+    let events = vec![
+        record(tables::COLLECTS, id.to_be_bytes(), done.encode_to_vec(), true),
+        record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true),
+        Event::CreateTransfer(transfer),
+        crate::events::append(&payee.psp_id, &outcome, true),
+        crate::events::append(&payer.psp_id, &outcome, false),
+    ];
+    let results = switch.submit(events).await?;
+    match results[2] {
+        ResultCode::Ok => {
+            switch.events.committed(&switch.ledger, &payee.psp_id, 1).map_err(ledger_refusal)?;
+            switch.events.committed(&switch.ledger, &payer.psp_id, 1).map_err(ledger_refusal)?;
+            Ok(())
+        }
+        ResultCode::ExceedsCredits => {
+            finish(switch, id, collect, PaymentState::Failed, Reason::InsufficientLiquidity).await?;
+            Err(Refusal::new(Reason::InsufficientLiquidity, "the payer PSP's net debit cap does not cover it"))
+        }
+        code => Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
+    }
+}
+
+fn participant(switch: &Switch, psp: &str) -> Result<Arc<Participant>, Refusal> {
+    switch.participants.get(psp).ok_or_else(|| Refusal::new(Reason::Internal, "collect of an unknown participant"))
+}
+
+/// Ends a collect without a payment (declined, expired, failed) and tells both PSPs.
+async fn finish(
+    switch: &Switch,
+    id: u128,
+    collect: CollectRecord,
+    state: PaymentState,
+    reason: Reason,
+) -> Result<(), Refusal> {
+    let done =
+        CollectRecord { state: state as i32, reason: reason as i32, finalized_at_unix_ns: now_unix_ns(), ..collect };
+    let outcome = outcome_event(id, &done);
+    let events = vec![
+        record(tables::COLLECTS, id.to_be_bytes(), done.encode_to_vec(), true),
+        crate::events::append(&done.payee_psp_id, &outcome, true),
+        crate::events::append(&done.payer_psp_id, &outcome, false),
+    ];
+    let results = switch.submit(events).await?;
+    if results.iter().any(|code| *code != ResultCode::Ok) {
+        return Err(Refusal::new(Reason::Internal, format!("ledger answered {:?}", results.to_vec())));
+    }
+    switch.events.committed(&switch.ledger, &done.payee_psp_id, 1).map_err(ledger_refusal)?;
+    switch.events.committed(&switch.ledger, &done.payer_psp_id, 1).map_err(ledger_refusal)?;
+    Ok(())
+}
+
+/// Expires a collect at its expiry unless it was decided first.
+pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
+    tokio::spawn(async move {
+        let remaining = Duration::from_millis(expiry_unix_ms.saturating_sub(now_unix_ns() / 1_000_000));
+        tokio::time::sleep(remaining).await;
+        let _serial = switch.collect_lock.lock().await;
+        match collect_of(&switch, id) {
+            Ok(Some(collect)) if collect.awaiting() => {
+                if let Err(refusal) = finish(&switch, id, collect, PaymentState::Expired, Reason::CollectExpired).await
+                {
+                    tracing::error!(collect = id, reason = ?refusal.reason, "expiring a collect failed");
+                }
+            }
+            Ok(_) => {}
+            Err(refusal) => tracing::error!(collect = id, reason = ?refusal.reason, "reading a collect failed"),
+        }
+    });
+}
+
+/// Re-arms the expiry timers of collects still awaiting approval.
+pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
+    let mut armed = 0;
+    for (key, value) in switch.ledger.records(tables::COLLECTS).map_err(ledger_refusal)? {
+        let (Ok(key), Ok(collect)) = (<[u8; 16]>::try_from(key.as_slice()), CollectRecord::decode(value.as_slice()))
+        else {
+            continue;
+        };
+        if collect.awaiting() {
+            arm_expiry(Arc::clone(switch), u128::from_be_bytes(key), collect.expiry_unix_ms);
+            armed += 1;
+        }
+    }
+    Ok(armed)
+}
