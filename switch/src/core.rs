@@ -29,6 +29,8 @@ pub mod tables {
     pub const REFUNDS: u8 = 6;
     /// Collect requests and their state.
     pub const COLLECTS: u8 = 7;
+    /// Settlement windows: the open one and the reports of closed ones.
+    pub const SETTLEMENT: u8 = 8;
 }
 
 /// Ledger account codes (chart of accounts).
@@ -37,6 +39,7 @@ pub mod codes {
     pub const PARTICIPANT_ACCOUNT: u16 = 2;
     pub const PAYMENT: u16 = 1;
     pub const REFUND: u16 = 2;
+    pub const SETTLEMENT: u16 = 3;
     pub const FUND_IN: u16 = 10;
     pub const FUND_OUT: u16 = 11;
 }

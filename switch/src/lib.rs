@@ -12,8 +12,7 @@
 //!
 //! Status of the API (issue 3 is being built in slices): operator participants and funding,
 //! the directory, push payments to automatic and confirming payees (single, batch, stream),
-//! collect, refund, the durable event stream, status and positions are served. Settlement windows
-//! answer UNIMPLEMENTED until they land.
+//! collect, refund, the durable event stream, status, positions and settlement windows are served.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

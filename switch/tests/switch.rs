@@ -370,3 +370,72 @@ async fn streamed_payments_get_one_answer_each() {
     assert_eq!(position.balance_minor, 1_000 - 33 * 30);
     test.assert_money_conserved();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_reports_sum_to_zero_and_settle_the_window() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 500, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 500, 1_000).await;
+    let mut bank_c = test.onboard("bank-c", 500, 1_000).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    bank_c.alias("cy@bank-c", "Cy").await;
+    bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 300)).await.expect("pay");
+    bank_b.payments.pay(pay(2, "bo@bank-b", "cy@bank-c", 100)).await.expect("pay");
+    bank_c.payments.pay(pay(3, "cy@bank-c", "ana@bank-a", 50)).await.expect("pay");
+    bank_a.payments.pay(pay(4, "ana@bank-a", "cy@bank-c", 1_200)).await.expect("uses the cap");
+    let mut operator = test.operator().await;
+    let provisional = operator
+        .get_settlement_report(proto::GetSettlementReportRequest { window_id: 1 })
+        .await
+        .expect("provisional report")
+        .into_inner();
+    assert_eq!(provisional.state, proto::SettlementWindowState::Open as i32);
+
+    let report = operator
+        .close_settlement_window(proto::CloseSettlementWindowRequest { window_id: 1 })
+        .await
+        .expect("close")
+        .into_inner();
+    assert_eq!(report.state, proto::SettlementWindowState::Closed as i32);
+    let net: std::collections::BTreeMap<String, i64> =
+        report.positions.iter().map(|position| (position.psp_id.clone(), position.net_position_minor)).collect();
+    assert_eq!(net.values().sum::<i64>(), 0, "a report's positions sum to zero");
+    assert_eq!(net["bank-a"], 50 - 300 - 1_200);
+    assert_eq!(net["bank-b"], 300 - 100);
+    assert_eq!(net["bank-c"], 100 + 1_200 - 50);
+    // Bilateral positions net each pair and agree with the multilateral ones.
+    let mut from_bilateral: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for pair in &report.bilateral {
+        *from_bilateral.entry(pair.debtor_psp_id.clone()).or_default() -= pair.amount_minor as i64;
+        *from_bilateral.entry(pair.creditor_psp_id.clone()).or_default() += pair.amount_minor as i64;
+    }
+    assert_eq!(from_bilateral, net);
+    // Settlement transfers bring every position back to its prefunding.
+    for psp in [&bank_a, &bank_b, &bank_c] {
+        let mut client = psp.payments.clone();
+        let position = client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+        assert_eq!(position.balance_minor, 1_000, "{}", position.psp_id);
+    }
+    // Closing again returns the same report and closes nothing; the next window is empty.
+    let again = operator
+        .close_settlement_window(proto::CloseSettlementWindowRequest { window_id: 1 })
+        .await
+        .expect("idempotent")
+        .into_inner();
+    assert_eq!(again, report);
+    let status = operator
+        .close_settlement_window(proto::CloseSettlementWindowRequest { window_id: 3 })
+        .await
+        .expect_err("not open");
+    assert_eq!(reason(&status), Some(Reason::SettlementWindowNotFound));
+    bank_b.payments.pay(pay(5, "bo@bank-b", "ana@bank-a", 10)).await.expect("pay in window 2");
+    let second = operator
+        .close_settlement_window(proto::CloseSettlementWindowRequest { window_id: 2 })
+        .await
+        .expect("close 2")
+        .into_inner();
+    let net: Vec<i64> = second.positions.iter().map(|position| position.net_position_minor).collect();
+    assert_eq!(net, vec![10, -10, 0], "only window 2's payment");
+    test.assert_money_conserved();
+}

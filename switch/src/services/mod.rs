@@ -6,6 +6,7 @@ pub mod events;
 pub mod operator;
 pub mod payments;
 pub mod refund;
+pub mod settlement;
 
 use crate::config::Currency;
 use crate::core::Switch;

@@ -31,10 +31,6 @@ pub struct Operator {
     pub switch: Arc<Switch>,
 }
 
-fn unimplemented(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this release yet"))
-}
-
 impl Operator {
     fn participant(&self, psp_id: &str) -> Result<Arc<Participant>, Refusal> {
         self.switch
@@ -313,16 +309,19 @@ impl OperatorService for Operator {
 
     async fn close_settlement_window(
         &self,
-        _request: Request<proto::CloseSettlementWindowRequest>,
+        request: Request<proto::CloseSettlementWindowRequest>,
     ) -> Result<Response<proto::SettlementReport>, Status> {
-        Err(unimplemented("settlement"))
+        auth::operator(&request)?;
+        let _serial = self.switch.operator_lock.lock().await;
+        Ok(Response::new(super::settlement::close(&self.switch, request.get_ref().window_id).await?))
     }
 
     async fn get_settlement_report(
         &self,
-        _request: Request<proto::GetSettlementReportRequest>,
+        request: Request<proto::GetSettlementReportRequest>,
     ) -> Result<Response<proto::SettlementReport>, Status> {
-        Err(unimplemented("settlement"))
+        auth::operator(&request)?;
+        Ok(Response::new(super::settlement::report(&self.switch, request.get_ref().window_id)?))
     }
 
     async fn get_payment(
