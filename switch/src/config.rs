@@ -59,6 +59,9 @@ pub struct Limits {
     pub participants_max: usize,
     /// Status queries per second per PSP (UPI's April 2025 outage was a status-query flood).
     pub status_queries_per_second: u32,
+    /// Payments per second per payer PSP (single, batch and stream together): a runaway PSP
+    /// cannot take the whole switch.
+    pub payments_per_second_per_psp: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -104,6 +107,7 @@ impl Default for Limits {
             aliases_max: 20_000_000,
             participants_max: 1_000,
             status_queries_per_second: 1_000,
+            payments_per_second_per_psp: 200_000,
         }
     }
 }

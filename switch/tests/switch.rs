@@ -439,3 +439,31 @@ async fn settlement_reports_sum_to_zero_and_settle_the_window() {
     assert_eq!(net, vec![10, -10, 0], "only window 2's payment");
     test.assert_money_conserved();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_psp_over_its_payment_rate_is_told_to_back_off() {
+    let test = TestSwitch::start_with(|config| config.limits.payments_per_second_per_psp = 5).await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    // A batch above the whole budget is refused as a whole, moving nothing.
+    let payments = (1..=6u128).map(|payment| pay(payment, "ana@bank-a", "bo@bank-b", 1)).collect();
+    let status = bank_a.payments.pay_batch(proto::PayBatchRequest { payments }).await.expect_err("over the rate");
+    assert_eq!((status.code(), reason(&status)), (Code::ResourceExhausted, Some(Reason::RateLimited)));
+    let mut limited = 0;
+    for payment in 10..30u128 {
+        match bank_a.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 1)).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(reason(&status), Some(Reason::RateLimited));
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited > 0, "20 payments at once never hit a 5-per-second limit");
+    // Another PSP has its own budget: its request reaches validation (checked after the rate).
+    let status = bank_b.payments.pay(pay(99, "bo@bank-b", "ana@bank-a", 0)).await.expect_err("zero amount");
+    assert_eq!(reason(&status), Some(Reason::AmountZero));
+    test.assert_money_conserved();
+}

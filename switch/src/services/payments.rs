@@ -56,13 +56,20 @@ pub struct PaymentRecord {
 pub struct Payments {
     pub switch: Arc<Switch>,
     status_limiter: RateLimiter,
+    payment_limiter: Arc<RateLimiter>,
 }
 
 impl Payments {
     pub fn new(switch: Arc<Switch>) -> Self {
-        let per_second = switch.config.limits.status_queries_per_second;
-        Payments { switch, status_limiter: RateLimiter::new(per_second) }
+        let limits = &switch.config.limits;
+        let status_limiter = RateLimiter::new(limits.status_queries_per_second);
+        let payment_limiter = Arc::new(RateLimiter::new(limits.payments_per_second_per_psp));
+        Payments { switch, status_limiter, payment_limiter }
     }
+}
+
+fn rate_limited() -> Refusal {
+    Refusal::new(Reason::RateLimited, "this PSP's payments per second are at their limit; back off")
 }
 
 /// Ledger events per payment: metadata record, transfer, the payee's credit notification.
@@ -417,6 +424,9 @@ impl PaymentService for Payments {
     async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
         let psp = auth::psp(&request)?;
         let payer = self.switch.active_participant(&psp)?;
+        if !self.payment_limiter.allow_many(&psp, 1) {
+            return Err(rate_limited().into());
+        }
         Ok(Response::new(execute(&self.switch, &payer, request.get_ref()).await?))
     }
 
@@ -430,6 +440,10 @@ impl PaymentService for Payments {
         if payments.is_empty() || payments.len() > BATCH_SIZE_MAX {
             let message = format!("a batch holds 1 to {BATCH_SIZE_MAX} payments");
             return Err(Refusal::field(Reason::BatchSizeOutOfRange, "payments", message).into());
+        }
+        // A whole batch is admitted or none of it.
+        if !self.payment_limiter.allow_many(&psp, payments.len() as u64) {
+            return Err(rate_limited().into());
         }
         let mut outcomes: Vec<Option<Result<(PaymentState, u64), Refusal>>> = vec![None; payments.len()];
         let mut prepared = Vec::with_capacity(payments.len());
@@ -491,15 +505,18 @@ impl PaymentService for Payments {
         let mut incoming = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(PAY_STREAM_IN_FLIGHT_MAX);
         let switch = Arc::clone(&self.switch);
+        let limiter = Arc::clone(&self.payment_limiter);
         tokio::spawn(async move {
             // At the bound the loop stops reading: HTTP/2 flow control pushes back on the client.
             let in_flight = Arc::new(tokio::sync::Semaphore::new(PAY_STREAM_IN_FLIGHT_MAX));
             while let Ok(Some(item)) = incoming.message().await {
                 let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
                 let (switch, payer, sender) = (Arc::clone(&switch), Arc::clone(&payer), sender.clone());
+                let admitted = limiter.allow_many(&payer.psp_id, 1);
                 tokio::spawn(async move {
                     let payment = item.payment.unwrap_or_default();
-                    let result = match execute(&switch, &payer, &payment).await {
+                    let outcome = if admitted { execute(&switch, &payer, &payment).await } else { Err(rate_limited()) };
+                    let result = match outcome {
                         Ok(result) => result,
                         Err(refusal) => result_message(&payment.payment_id, Err(refusal)),
                     };
@@ -569,6 +586,11 @@ impl RateLimiter {
     }
 
     pub fn allow(&self, psp: &str) -> bool {
+        self.allow_many(psp, 1)
+    }
+
+    /// Takes `count` units of this second's budget, all or none.
+    pub fn allow_many(&self, psp: &str, count: u64) -> bool {
         let second = (now_unix_ns() / 1_000_000_000) & 0xffff_ffff;
         let windows = self.windows.pin();
         let window = match windows.get(psp) {
@@ -579,10 +601,10 @@ impl RateLimiter {
         loop {
             let (window_second, used) = (current >> 32, current & 0xffff_ffff);
             let used = if window_second == second { used } else { 0 };
-            if used >= u64::from(self.per_second) {
+            if used + count > u64::from(self.per_second) {
                 return false;
             }
-            let next = (second << 32) | (used + 1);
+            let next = (second << 32) | (used + count);
             match window.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,

@@ -36,9 +36,21 @@ impl TestSwitch {
         Self::start_in(dir).await
     }
 
+    /// Starts a switch with a configuration adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestSwitch {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut config = config(dir.path().join("data"));
+        adjust(&mut config);
+        Self::start_configured(dir, config).await
+    }
+
     /// Starts (or restarts) a switch on the data in `dir`.
     pub async fn start_in(dir: tempfile::TempDir) -> TestSwitch {
         let config = config(dir.path().join("data"));
+        Self::start_configured(dir, config).await
+    }
+
+    async fn start_configured(dir: tempfile::TempDir, config: Config) -> TestSwitch {
         let tls = TlsFiles::resolve(&config).expect("development CA");
         let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
         let address = listener.local_addr().expect("address");
