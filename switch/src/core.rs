@@ -66,6 +66,9 @@ pub struct Switch {
     pub refund_lock: tokio::sync::Mutex<()>,
     /// Serialises collect decisions and expiry: a collect resolves once.
     pub collect_lock: tokio::sync::Mutex<()>,
+    /// Set when the switch begins to shut down: long-lived event streams end (UNAVAILABLE,
+    /// SHUTTING_DOWN) so that graceful shutdown does not wait on them forever.
+    pub shutting_down: tokio::sync::watch::Sender<bool>,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
 }
@@ -122,6 +125,7 @@ impl Switch {
             confirmations,
             refund_lock,
             collect_lock: tokio::sync::Mutex::new(()),
+            shutting_down: tokio::sync::watch::Sender::new(false),
             operator_lock,
         }))
     }

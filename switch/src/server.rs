@@ -98,7 +98,11 @@ pub async fn serve(
         .add_service(directory)
         .add_service(operator)
         .add_service(events)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            shutdown.await;
+            // Streams never finish by themselves: tell them to end, then wait for the rest.
+            switch.shutting_down.send_replace(true);
+        })
         .await?;
     // Every request has been answered; commit what the ledger still holds, then stop.
     let closing = Arc::clone(&switch);

@@ -423,3 +423,16 @@ async fn collect_requests_are_approved_declined_or_expire() {
     assert_eq!(positions, (600, 400), "only the approved collect moved money");
     test.assert_money_conserved();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_open_streams_instead_of_waiting_on_them() {
+    let test = TestSwitch::start().await;
+    test.onboard("bank-b", 0, 0).await;
+    let mut stream = subscribe(&test, "bank-b", 0).await;
+    // The stream is open and idle; a graceful stop must not wait for the PSP to hang up.
+    let stopping = tokio::spawn(test.stop());
+    let ended = tokio::time::timeout(WAIT, stream.responses.message()).await.expect("stream ends in time");
+    let status = ended.expect_err("ended with a status");
+    assert_eq!(reason(&status), Some(Reason::ShuttingDown));
+    tokio::time::timeout(WAIT, stopping).await.expect("stop completes").expect("stop task");
+}

@@ -256,52 +256,39 @@ impl Store {
         Ok(())
     }
 
-    /// Stored transfers by id, in the order asked. One batched read for all of them.
-    pub fn transfers(&self, ids: &[u128]) -> Result<Vec<Option<StoredTransfer>>, StoreError> {
+    /// Values under u128 keys of one column family, decoded, in the order asked: one batched
+    /// read for all of them.
+    fn get_many<T>(
+        &self,
+        family: &'static str,
+        ids: &[u128],
+        decode: impl Fn(&[u8]) -> Result<T, CodecError>,
+    ) -> Result<Vec<Option<T>>, StoreError> {
         let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
-        let values = self.db.batched_multi_get_cf(self.cf(CF_TRANSFERS), &keys, false);
+        let values = self.db.batched_multi_get_cf(self.cf(family), &keys, false);
         values
             .into_iter()
             .zip(&keys)
             .map(|(value, key)| match value? {
                 None => Ok(None),
-                Some(bytes) => {
-                    codec::decode_stored_transfer(&bytes).map(Some).map_err(|error| corrupt(CF_TRANSFERS, key, error))
-                }
+                Some(bytes) => decode(&bytes).map(Some).map_err(|error| corrupt(family, key, error)),
             })
             .collect()
+    }
+
+    /// Stored transfers by id, in the order asked.
+    pub fn transfers(&self, ids: &[u128]) -> Result<Vec<Option<StoredTransfer>>, StoreError> {
+        self.get_many(CF_TRANSFERS, ids, codec::decode_stored_transfer)
     }
 
     /// How pending transfers were resolved, by id, in the order asked.
     pub fn resolutions(&self, ids: &[u128]) -> Result<Vec<Option<PendingResolution>>, StoreError> {
-        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
-        let values = self.db.batched_multi_get_cf(self.cf(CF_PENDING_STATUS), &keys, false);
-        values
-            .into_iter()
-            .zip(&keys)
-            .map(|(value, key)| match value? {
-                None => Ok(None),
-                Some(bytes) => {
-                    codec::decode_resolution(&bytes).map(Some).map_err(|error| corrupt(CF_PENDING_STATUS, key, error))
-                }
-            })
-            .collect()
+        self.get_many(CF_PENDING_STATUS, ids, codec::decode_resolution)
     }
 
     /// Accounts by id, in the order asked.
     pub fn accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, StoreError> {
-        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
-        let values = self.db.batched_multi_get_cf(self.cf(CF_ACCOUNTS), &keys, false);
-        values
-            .into_iter()
-            .zip(&keys)
-            .map(|(value, key)| match value? {
-                None => Ok(None),
-                Some(bytes) => {
-                    codec::decode_account(&bytes).map(Some).map_err(|error| corrupt(CF_ACCOUNTS, key, error))
-                }
-            })
-            .collect()
+        self.get_many(CF_ACCOUNTS, ids, codec::decode_account)
     }
 
     /// Every account, in id order.

@@ -98,7 +98,11 @@ struct Stream {
 impl Stream {
     async fn run(self, mut incoming: Streaming<proto::SubscribeRequest>) {
         let mut sent = self.outbox.acknowledged.load(Ordering::Acquire);
+        let mut shutting_down = self.switch.shutting_down.subscribe();
         loop {
+            if *shutting_down.borrow_and_update() {
+                return self.end(Refusal::new(Reason::ShuttingDown, "the switch is shutting down")).await;
+            }
             // Register for wake-ups before looking, so a commit between look and wait is not missed.
             let notified = self.outbox.notify.notified();
             tokio::pin!(notified);
@@ -114,6 +118,7 @@ impl Stream {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                _ = shutting_down.changed() => {}
                 message = incoming.message() => match message {
                     Ok(Some(request)) => {
                         if let Err(refusal) = self.handle(request).await {
