@@ -176,10 +176,6 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     bank_a.alias("ana@bank-a", "Ana").await;
     bank_c.alias("cy@bank-c", "Cy").await;
     let mut stream = subscribe(&test, "bank-c", 0).await;
-    let position = |psp: &Psp| {
-        let mut client = psp.payments.clone();
-        async move { client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner() }
-    };
 
     // Accept: the payer's call waits for the payee, then completes.
     let mut payer = bank_a.payments.clone();
@@ -190,12 +186,12 @@ async fn confirmed_payees_accept_decline_or_time_out() {
         }
         other => panic!("expected a credit request, got {other:?}"),
     }
-    assert_eq!(position(&bank_a).await.reserved_minor, 300, "reserved while the payee decides");
+    assert_eq!(bank_a.position().await.reserved_minor, 300, "reserved while the payee decides");
     let receipt = decide(&mut stream, 1, proto::Decision::Accept).await;
     assert_eq!((receipt.status_code, receipt.reason), (0, 0));
     let result = call.await.expect("task").expect("completed").into_inner();
     assert_eq!(result.state, PaymentState::Completed as i32);
-    assert_eq!((position(&bank_a).await.balance_minor, position(&bank_c).await.balance_minor), (700, 300));
+    assert_eq!((bank_a.position().await.balance_minor, bank_c.position().await.balance_minor), (700, 300));
 
     // Decline: the reservation is released and the payer told.
     let mut payer = bank_a.payments.clone();
@@ -209,7 +205,7 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     assert_eq!(receipt.status_code, 0);
     let status = call.await.expect("task").expect_err("declined");
     assert_eq!(reason(&status), Some(Reason::PayeeDeclined));
-    let after = position(&bank_a).await;
+    let after = bank_a.position().await;
     assert_eq!((after.balance_minor, after.reserved_minor), (700, 0));
     // Deciding again is refused: one resolution only.
     let receipt = decide(&mut stream, 2, proto::Decision::Accept).await;
@@ -229,7 +225,7 @@ async fn confirmed_payees_accept_decline_or_time_out() {
         .expect("status")
         .into_inner();
     assert_eq!(payment.state, PaymentState::Expired as i32);
-    assert_eq!(position(&bank_a).await.reserved_minor, 0);
+    assert_eq!(bank_a.position().await.reserved_minor, 0);
     // A retry of the completed payment answers its outcome without asking the payee again.
     let retry = bank_a.payments.pay(pay(1, "ana@bank-a", "cy@bank-c", 300)).await.expect("retry").into_inner();
     assert_eq!(retry.state, PaymentState::Completed as i32);
@@ -299,10 +295,7 @@ async fn refunds_never_exceed_the_original_and_notify_the_payer() {
         .into_inner();
     assert_eq!(refund_status.kind, proto::PaymentKind::Refund as i32);
     assert_eq!(refund_status.original_payment_id, id(1));
-    let positions = (
-        bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("a").into_inner().balance_minor,
-        bank_b.payments.get_position(proto::GetPositionRequest {}).await.expect("b").into_inner().balance_minor,
-    );
+    let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
     assert_eq!(positions, (1_000, 0), "fully refunded");
     test.assert_money_conserved();
 }
@@ -416,10 +409,7 @@ async fn collect_requests_are_approved_declined_or_expire() {
         .await
         .expect_err("stranger");
     assert_eq!(reason(&status), Some(Reason::PaymentNotFound));
-    let positions = (
-        bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("a").into_inner().balance_minor,
-        bank_b.payments.get_position(proto::GetPositionRequest {}).await.expect("b").into_inner().balance_minor,
-    );
+    let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
     assert_eq!(positions, (600, 400), "only the approved collect moved money");
     test.assert_money_conserved();
 }

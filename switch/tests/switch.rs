@@ -19,18 +19,14 @@ async fn automatic_payment_moves_positions_and_retries_are_idempotent() {
     let result = bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 2_500)).await.expect("pay").into_inner();
     assert_eq!(result.state, PaymentState::Completed as i32);
     assert!(result.finalized_at_unix_ns > 0);
-    let position = |psp: &mut Psp| {
-        let mut client = psp.payments.clone();
-        async move { client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner() }
-    };
-    assert_eq!(position(&mut bank_a).await.balance_minor, 7_500);
-    assert_eq!(position(&mut bank_b).await.balance_minor, 2_500);
+    assert_eq!(bank_a.position().await.balance_minor, 7_500);
+    assert_eq!(bank_b.position().await.balance_minor, 2_500);
 
     // The same payment again: the original outcome, no second debit.
     let retry = bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 2_500)).await.expect("retry").into_inner();
     assert_eq!(retry.state, PaymentState::Completed as i32);
     assert_eq!(retry.finalized_at_unix_ns, result.finalized_at_unix_ns);
-    assert_eq!(position(&mut bank_a).await.balance_minor, 7_500);
+    assert_eq!(bank_a.position().await.balance_minor, 7_500);
 
     // Same id, other content.
     let mut changed = pay(1, "ana@bank-a", "bo@bank-b", 2_500);
@@ -181,7 +177,7 @@ async fn bad_input_gets_a_reason_and_changes_nothing() {
         assert_eq!(reason(&status), Some(expected), "{request:?}: {status:?}");
         assert_eq!(status.code(), switch::reason::code_of(expected));
     }
-    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    let position = bank_a.position().await;
     assert_eq!(position.balance_minor, 1_000, "refused payments moved nothing");
     // The id was never used by a refusal that records nothing.
     bank_a.payments.pay(base).await.expect("the same id now succeeds");
@@ -306,7 +302,7 @@ async fn a_restart_keeps_participants_aliases_payments_and_positions() {
     let test = TestSwitch::start_in(dir).await;
     let mut bank_a = test.psp("bank-a").await;
     let mut bank_b = test.psp("bank-b").await;
-    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    let position = bank_a.position().await;
     assert_eq!((position.balance_minor, position.net_debit_cap_minor), (1_000 - 140, 100));
     for payment in acknowledged {
         let status = bank_b
@@ -332,7 +328,7 @@ async fn a_restart_keeps_participants_aliases_payments_and_positions() {
     assert_eq!(reason(&gone), Some(Reason::UnknownAlias));
     // Retrying an old payment after the restart still returns its outcome, not a second debit.
     bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 7)).await.expect("retry");
-    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    let position = bank_a.position().await;
     assert_eq!(position.balance_minor, 860);
     test.assert_money_conserved();
 }
@@ -366,7 +362,7 @@ async fn streamed_payments_get_one_answer_each() {
     let failed = answers.values().filter(|result| result.reason == Reason::InsufficientLiquidity as i32).count();
     assert_eq!((completed, failed), (33, 17), "1,000 funds cover exactly 33 payments of 30");
     assert_eq!(answers[&9_999].reason, Reason::UnknownAlias as i32);
-    let position = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+    let position = bank_a.position().await;
     assert_eq!(position.balance_minor, 1_000 - 33 * 30);
     test.assert_money_conserved();
 }
@@ -413,8 +409,7 @@ async fn settlement_reports_sum_to_zero_and_settle_the_window() {
     assert_eq!(from_bilateral, net);
     // Settlement transfers bring every position back to its prefunding.
     for psp in [&bank_a, &bank_b, &bank_c] {
-        let mut client = psp.payments.clone();
-        let position = client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner();
+        let position = psp.position().await;
         assert_eq!(position.balance_minor, 1_000, "{}", position.psp_id);
     }
     // Closing again returns the same report and closes nothing; the next window is empty.

@@ -162,6 +162,12 @@ pub struct Psp {
 }
 
 impl Psp {
+    /// This PSP's position as the switch reports it.
+    pub async fn position(&self) -> proto::Participant {
+        let mut client = self.payments.clone();
+        client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner()
+    }
+
     pub async fn alias(&mut self, alias: &str, name: &str) {
         self.directory
             .register_alias(proto::RegisterAliasRequest { alias: alias.into(), display_name: name.into() })
