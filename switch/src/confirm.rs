@@ -173,9 +173,7 @@ pub async fn resolve(
     };
     let payee = switch
         .participants
-        .all()
-        .into_iter()
-        .find(|participant| participant.account_id == pending.credit_account_id)
+        .by_account(pending.credit_account_id)
         .ok_or_else(|| Refusal::new(Reason::Internal, "pending payment to an unknown participant"))?;
     let (state, reason) = match resolution {
         Resolution::Accept => (PaymentState::Completed, Reason::Unspecified),

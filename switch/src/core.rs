@@ -64,8 +64,9 @@ pub struct Switch {
     pub confirmations: crate::confirm::Confirmations,
     /// Serialises refunds: the read-modify-write of a payment's refunded total must not race.
     pub refund_lock: tokio::sync::Mutex<()>,
-    /// Serialises collect decisions and expiry: a collect resolves once.
-    pub collect_lock: tokio::sync::Mutex<()>,
+    /// Collects awaiting approval, per requesting PSP. The lock also serialises collect requests,
+    /// decisions and expiry, so a collect resolves once.
+    pub collects_awaiting: tokio::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// Set when the switch begins to shut down: long-lived event streams end (UNAVAILABLE,
     /// SHUTTING_DOWN) so that graceful shutdown does not wait on them forever.
     pub shutting_down: tokio::sync::watch::Sender<bool>,
@@ -124,7 +125,7 @@ impl Switch {
             events,
             confirmations,
             refund_lock,
-            collect_lock: tokio::sync::Mutex::new(()),
+            collects_awaiting: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             shutting_down: tokio::sync::watch::Sender::new(false),
             operator_lock,
         }))

@@ -109,7 +109,21 @@ pub mod accounts {
     }
 }
 
-type Snapshot = HashMap<Arc<str>, Arc<Participant>>;
+/// One published state of the registry: participants by id, and by ledger account (status,
+/// confirmations, refunds and settlement go from a transfer's accounts back to its PSPs).
+#[derive(Clone, Default)]
+struct Snapshot {
+    by_id: HashMap<Arc<str>, Arc<Participant>>,
+    by_account: HashMap<u128, Arc<Participant>>,
+}
+
+impl Snapshot {
+    fn insert(&mut self, participant: Participant) {
+        let participant = Arc::new(participant);
+        self.by_account.insert(participant.account_id, Arc::clone(&participant));
+        self.by_id.insert(participant.psp_id.clone(), participant);
+    }
+}
 
 #[derive(Default)]
 pub struct Registry {
@@ -118,24 +132,32 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(participants: impl IntoIterator<Item = Participant>) -> Self {
-        let snapshot: Snapshot =
-            participants.into_iter().map(|participant| (participant.psp_id.clone(), Arc::new(participant))).collect();
+        let mut snapshot = Snapshot::default();
+        for participant in participants {
+            snapshot.insert(participant);
+        }
         Registry { snapshot: ArcSwap::from_pointee(snapshot) }
     }
 
     /// Lock-free lookup.
     pub fn get(&self, psp_id: &str) -> Option<Arc<Participant>> {
-        self.snapshot.load().get(psp_id).cloned()
+        self.snapshot.load().by_id.get(psp_id).cloned()
     }
 
+    /// Lock-free lookup of the participant owning a ledger account.
+    pub fn by_account(&self, account_id: u128) -> Option<Arc<Participant>> {
+        self.snapshot.load().by_account.get(&account_id).cloned()
+    }
+
+    /// Every participant, in id order.
     pub fn all(&self) -> Vec<Arc<Participant>> {
-        let mut all: Vec<_> = self.snapshot.load().values().cloned().collect();
+        let mut all: Vec<_> = self.snapshot.load().by_id.values().cloned().collect();
         all.sort_by(|left, right| left.psp_id.cmp(&right.psp_id));
         all
     }
 
     pub fn len(&self) -> usize {
-        self.snapshot.load().len()
+        self.snapshot.load().by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,7 +168,7 @@ impl Registry {
     /// lock), so a copy-on-write here never loses a concurrent update.
     pub fn publish(&self, participant: Participant) {
         let mut next = Snapshot::clone(&self.snapshot.load());
-        next.insert(participant.psp_id.clone(), Arc::new(participant));
+        next.insert(participant);
         self.snapshot.store(Arc::new(next));
     }
 }
@@ -191,6 +213,9 @@ mod tests {
         registry.publish(Participant { net_debit_cap_minor: 7, ..sample() });
         assert_eq!(registry.get("bank-a").map(|p| p.net_debit_cap_minor), Some(7));
         assert!(registry.get("bank-b").is_none());
+        let account = accounts::participant(356, "bank-a");
+        assert_eq!(registry.by_account(account).map(|p| p.net_debit_cap_minor), Some(7));
+        assert!(registry.by_account(account + 1).is_none());
         assert_eq!(registry.len(), 1);
     }
 }

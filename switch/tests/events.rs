@@ -64,10 +64,7 @@ async fn ack(subscription: &Subscription, sequence: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credit_notifications_are_durable_ordered_and_resumable() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 10_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, bank_b) = test.payer_and_payee(0, 10_000).await;
 
     let mut stream = subscribe(&test, "bank-b", 0).await;
     assert_eq!((stream.welcome.acknowledged_sequence, stream.welcome.last_sequence), (0, 0));
@@ -323,10 +320,7 @@ async fn collect_decision(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collect_requests_are_approved_declined_or_expire() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (bank_a, mut bank_b) = test.payer_and_payee(0, 1_000).await;
     let mut payer_events = subscribe(&test, "bank-a", 0).await;
     let mut payee_events = subscribe(&test, "bank-b", 0).await;
     let ask = |collect: u128, amount: u64, expiry_unix_ms: u64| proto::RequestCollectRequest {

@@ -11,10 +11,7 @@ use tonic::Code;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn automatic_payment_moves_positions_and_retries_are_idempotent() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 10_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, bank_b) = test.payer_and_payee(0, 10_000).await;
 
     let result = bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", 2_500)).await.expect("pay").into_inner();
     assert_eq!(result.state, PaymentState::Completed as i32);
@@ -41,10 +38,7 @@ async fn automatic_payment_moves_positions_and_retries_are_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn net_debit_cap_limits_payments_and_failures_are_recorded() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 1_000, 500).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(1_000, 500).await;
     // 500 own funds + 1,000 cap: 1,500 may go out.
     bank_a.payments.pay(pay(10, "ana@bank-a", "bo@bank-b", 1_400)).await.expect("within cap");
     let status = bank_a.payments.pay(pay(11, "ana@bank-a", "bo@bank-b", 101)).await.expect_err("over cap");
@@ -153,10 +147,7 @@ async fn a_psp_cannot_use_another_psps_aliases_or_the_operator_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_reason_and_changes_nothing() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
     let base = pay(1, "ana@bank-a", "bo@bank-b", 10);
     let cases = [
         (proto::PayRequest { payment_id: vec![1, 2, 3], ..base.clone() }, Reason::IdMalformed),
@@ -187,10 +178,7 @@ async fn bad_input_gets_a_reason_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_answer_each_payment_in_order() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
     let payments = vec![
         pay(1, "ana@bank-a", "bo@bank-b", 300),
         pay(2, "ana@bank-a", "nobody@bank-b", 300),
@@ -217,10 +205,7 @@ async fn batches_answer_each_payment_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_controls_funding_caps_and_suspension() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 500, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, mut bank_b) = test.payer_and_payee(500, 1_000).await;
     let mut operator = test.operator().await;
     let fund_out = |transfer: u128, amount: u64| proto::FundRequest {
         psp_id: "bank-a".into(),
@@ -285,10 +270,7 @@ async fn operator_controls_funding_caps_and_suspension() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_keeps_participants_aliases_payments_and_positions() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 100, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, bank_b) = test.payer_and_payee(100, 1_000).await;
     bank_a.alias("gone@bank-a", "Gone").await;
     bank_a.directory.remove_alias(proto::RemoveAliasRequest { alias: "gone@bank-a".into() }).await.expect("remove");
     let mut acknowledged = Vec::new();
@@ -336,10 +318,7 @@ async fn a_restart_keeps_participants_aliases_payments_and_positions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_payments_get_one_answer_each() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
     let requests: Vec<proto::PayStreamRequest> = (1..=50u64)
         .map(|number| proto::PayStreamRequest {
             correlation_id: 1_000 + number,
@@ -438,10 +417,7 @@ async fn settlement_reports_sum_to_zero_and_settle_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_psp_over_its_payment_rate_is_told_to_back_off() {
     let test = TestSwitch::start_with(|config| config.limits.payments_per_second_per_psp = 5).await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
-    let mut bank_b = test.onboard("bank-b", 0, 0).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, mut bank_b) = test.payer_and_payee(0, 1_000).await;
     // A batch above the whole budget is refused as a whole, moving nothing.
     let payments = (1..=6u128).map(|payment| pay(payment, "ana@bank-a", "bo@bank-b", 1)).collect();
     let status = bank_a.payments.pay_batch(proto::PayBatchRequest { payments }).await.expect_err("over the rate");

@@ -25,6 +25,25 @@ const NOTE_BYTES_MAX: usize = 140;
 const EXPIRY_MS_DEFAULT: u64 = 30 * 60 * 1_000;
 /// Furthest expiry (`COLLECT_EXPIRY_MS_MAX`).
 const EXPIRY_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// Most collects awaiting approval per requesting PSP (`COLLECTS_PENDING_MAX`): each holds a
+/// record and an expiry timer.
+pub const COLLECTS_PENDING_MAX: usize = 100_000;
+
+/// Forgets an awaiting collect of `payee_psp` once it is final (re-read: a refused write leaves
+/// it awaiting).
+fn settle_count(
+    switch: &Switch,
+    awaiting: &mut std::collections::HashMap<String, usize>,
+    id: u128,
+    payee_psp: &str,
+) -> Result<(), Refusal> {
+    if !collect_of(switch, id)?.is_some_and(|collect| collect.awaiting()) {
+        if let Some(count) = awaiting.get_mut(payee_psp) {
+            *count = count.saturating_sub(1);
+        }
+    }
+    Ok(())
+}
 
 /// A collect request and its state (ledger record keyed by collect id).
 #[derive(Clone, PartialEq, Message)]
@@ -148,7 +167,7 @@ pub async fn request(
     }
     let expiry_unix_ms = if request.expiry_unix_ms == 0 { now_ms + EXPIRY_MS_DEFAULT } else { request.expiry_unix_ms };
 
-    let _serial = switch.collect_lock.lock().await;
+    let mut awaiting = switch.collects_awaiting.lock().await;
     if let Some(existing) = collect_of(switch, id)? {
         return if existing.same_request(request) {
             Ok(existing.result(&request.collect_id))
@@ -158,6 +177,9 @@ pub async fn request(
     }
     if switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?[0].is_some() {
         return Err(Refusal::field(Reason::PaymentIdConflict, "collect_id", "the id belongs to a payment"));
+    }
+    if awaiting.get(&*payee.psp_id).copied().unwrap_or(0) >= COLLECTS_PENDING_MAX {
+        return Err(Refusal::new(Reason::CollectsPendingLimit, "too many of this PSP's collects await approval"));
     }
     let collect = CollectRecord {
         payee_alias: request.payee_alias.clone(),
@@ -199,6 +221,7 @@ pub async fn request(
         return Err(Refusal::new(Reason::Internal, format!("ledger answered {:?}", results.to_vec())));
     }
     switch.events.committed(&switch.ledger, &payer.psp_id, 1).map_err(ledger_refusal)?;
+    *awaiting.entry(payee.psp_id.to_string()).or_default() += 1;
     arm_expiry(Arc::clone(switch), id, expiry_unix_ms);
     Ok(collect.result(&request.collect_id))
 }
@@ -211,22 +234,25 @@ pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::Col
         Ok(Decision::Decline) => false,
         _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
     };
-    let _serial = switch.collect_lock.lock().await;
+    let mut awaiting = switch.collects_awaiting.lock().await;
     let Some(collect) = collect_of(switch, id)?.filter(|collect| collect.payer_psp_id == payer_psp) else {
         return Err(Refusal::new(Reason::NoDecisionPending, "no collect request of yours has this id"));
     };
     if !collect.awaiting() {
         return Err(Refusal::new(Reason::AlreadyDecided, "the collect is already final"));
     }
-    if collect.expiry_unix_ms <= now_unix_ns() / 1_000_000 {
-        finish(switch, id, collect, PaymentState::Expired, Reason::CollectExpired).await?;
-        return Err(Refusal::new(Reason::CollectExpired, "the collect request expired"));
-    }
-    if !accept {
-        finish(switch, id, collect, PaymentState::Declined, Reason::PayerDeclined).await?;
-        return Ok(());
-    }
-    execute(switch, id, collect).await
+    let payee_psp = collect.payee_psp_id.clone();
+    let outcome = if collect.expiry_unix_ms <= now_unix_ns() / 1_000_000 {
+        finish(switch, id, collect, PaymentState::Expired, Reason::CollectExpired)
+            .await
+            .and(Err(Refusal::new(Reason::CollectExpired, "the collect request expired")))
+    } else if accept {
+        execute(switch, id, collect).await
+    } else {
+        finish(switch, id, collect, PaymentState::Declined, Reason::PayerDeclined).await
+    };
+    settle_count(switch, &mut awaiting, id, &payee_psp)?;
+    outcome
 }
 
 /// Executes an approved collect: the payment, the collect's final state, and both outcomes.
@@ -311,11 +337,15 @@ pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
     tokio::spawn(async move {
         let remaining = Duration::from_millis(expiry_unix_ms.saturating_sub(now_unix_ns() / 1_000_000));
         tokio::time::sleep(remaining).await;
-        let _serial = switch.collect_lock.lock().await;
+        let mut awaiting = switch.collects_awaiting.lock().await;
         match collect_of(&switch, id) {
             Ok(Some(collect)) if collect.awaiting() => {
-                if let Err(refusal) = finish(&switch, id, collect, PaymentState::Expired, Reason::CollectExpired).await
-                {
+                let payee_psp = collect.payee_psp_id.clone();
+                let expired = finish(&switch, id, collect, PaymentState::Expired, Reason::CollectExpired).await;
+                if let Err(refusal) = settle_count(&switch, &mut awaiting, id, &payee_psp) {
+                    tracing::error!(collect = id, reason = ?refusal.reason, "reading a collect failed");
+                }
+                if let Err(refusal) = expired {
                     tracing::error!(collect = id, reason = ?refusal.reason, "expiring a collect failed");
                 }
             }
@@ -325,8 +355,9 @@ pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
     });
 }
 
-/// Re-arms the expiry timers of collects still awaiting approval.
-pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
+/// Re-arms the expiry timers of collects still awaiting approval, and counts them.
+pub async fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
+    let mut awaiting = switch.collects_awaiting.lock().await;
     let mut armed = 0;
     for (key, value) in switch.ledger.records(tables::COLLECTS).map_err(ledger_refusal)? {
         let (Ok(key), Ok(collect)) = (<[u8; 16]>::try_from(key.as_slice()), CollectRecord::decode(value.as_slice()))
@@ -334,6 +365,7 @@ pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
             continue;
         };
         if collect.awaiting() {
+            *awaiting.entry(collect.payee_psp_id.clone()).or_default() += 1;
             arm_expiry(Arc::clone(switch), u128::from_be_bytes(key), collect.expiry_unix_ms);
             armed += 1;
         }

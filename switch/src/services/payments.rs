@@ -302,14 +302,7 @@ pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -
     }) {
         return Err(not_found());
     }
-    let psp_of = |account: u128| {
-        switch
-            .participants
-            .all()
-            .into_iter()
-            .find(|participant| participant.account_id == account)
-            .map(|p| p.psp_id.to_string())
-    };
+    let psp_of = |account: u128| switch.participants.by_account(account).map(|p| p.psp_id.to_string());
     let metadata = payment_metadata(switch, id)?;
     let refunds = super::refund::refunds_of(switch, id)?;
     let kind = match PaymentKind::try_from(metadata.kind) {

@@ -120,9 +120,7 @@ pub async fn refund(
     }
     let payer = switch
         .participants
-        .all()
-        .into_iter()
-        .find(|participant| participant.account_id == paid.debit_account_id)
+        .by_account(paid.debit_account_id)
         .ok_or_else(|| Refusal::new(Reason::Internal, "payment from an unknown participant"))?;
     if !payer.is_active() {
         return Err(Refusal::new(Reason::CounterpartySuspended, "the original payer's PSP is suspended"));

@@ -66,7 +66,6 @@ fn positions(
     state: SettlementWindowState,
 ) -> Result<proto::SettlementReport, Refusal> {
     let participants = switch.participants.all();
-    let psp_of: BTreeMap<u128, &str> = participants.iter().map(|p| (p.account_id, &*p.psp_id)).collect();
     let mut gross: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     let mut report = proto::SettlementReport {
         window_id,
@@ -93,8 +92,9 @@ fn positions(
                 if transfer.debit_account_id == participant.account_id {
                     position.sent_minor = position.sent_minor.saturating_add(amount);
                     position.sent_count += 1;
-                    let creditor = psp_of.get(&transfer.credit_account_id).copied().unwrap_or("?");
-                    let key = (participant.psp_id.to_string(), creditor.to_string(), participant.currency.clone());
+                    let creditor = switch.participants.by_account(transfer.credit_account_id);
+                    let creditor = creditor.map_or_else(|| "?".to_string(), |creditor| creditor.psp_id.to_string());
+                    let key = (participant.psp_id.to_string(), creditor, participant.currency.clone());
                     *gross.entry(key).or_default() += amount;
                 } else {
                     position.received_minor = position.received_minor.saturating_add(amount);

@@ -139,6 +139,16 @@ impl TestSwitch {
         self.psp(psp).await
     }
 
+    /// The usual pair: `bank-a` (cap and funds as given) with alias `ana@bank-a`, and an unfunded
+    /// `bank-b` with alias `bo@bank-b`, both automatic.
+    pub async fn payer_and_payee(&self, cap: u64, funds: u64) -> (Psp, Psp) {
+        let mut bank_a = self.onboard("bank-a", cap, funds).await;
+        let mut bank_b = self.onboard("bank-b", 0, 0).await;
+        bank_a.alias("ana@bank-a", "Ana").await;
+        bank_b.alias("bo@bank-b", "Bo").await;
+        (bank_a, bank_b)
+    }
+
     /// Every position and the settlement accounts net to zero in the ledger.
     pub fn assert_money_conserved(&self) {
         let accounts = self.switch.ledger.store().all_accounts().expect("accounts");
