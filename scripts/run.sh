@@ -1,17 +1,44 @@
 #!/usr/bin/env bash
-# The main job (README, first command): set up a fresh machine, build, and run the durable ledger
-# under load, then audit it. Extra arguments go to `ledger bench` (see `--help`).
+# The main job (README, first command): set up a fresh machine, build, start a switch on its
+# embedded defaults, drive it with loadgen at population scale for a minute, verify every payment
+# against the ledger, compare with a PostgreSQL ledger on the same machine, stop the switch and
+# audit its ledger file by file. Extra arguments go to loadgen (see `loadgen --help`), e.g.
+# `bash scripts/run.sh --rate 25000 --submit single`.
 #
-# Until the switch and loadgen land (issues 3 and 4), the load runs in-process against the
-# ledger's real sequencer and RocksDB: hot skew (80% of transfers from 1% of accounts), group
-# commit with one synced write per batch, and a full audit of the result.
+# Everything lives in target/main-job/ (recreated on each run): the switch's data, its log, the
+# report (report.html, report.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # The whole workspace, as the tests build it: building one package alone can unify dependency
 # features differently and recompile RocksDB.
 cargo build --release --workspace
-mkdir -p data
-rm -rf data/bench-ledger
-exec ./target/release/ledger bench --data data/bench-ledger --accounts 100000 --transfers 10000000 \
-  --skew hot --verify "$@"
+bin="$(pwd)/target/release"
+job=target/main-job
+rm -rf "$job"
+mkdir -p "$job"
+cd "$job"
+
+# `switch serve` with no arguments: data in ./data, a development CA on first start, port 50051.
+"$bin/switch" serve >switch.log 2>&1 &
+switch_pid=$!
+trap 'kill "$switch_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  grep -q "switch listening" switch.log && break
+  kill -0 "$switch_pid" 2>/dev/null || { cat switch.log; echo "run: the switch did not start" >&2; exit 1; }
+  sleep 0.1
+done
+grep "switch listening" switch.log
+
+status=0
+"$bin/loadgen" --duration 60 --report-dir report --baseline postgres --switch-pid "$switch_pid" "$@" || status=$?
+
+echo
+echo "run: stopping the switch (graceful: in-flight batches are committed) and auditing its ledger"
+kill -TERM "$switch_pid"
+wait "$switch_pid" || true
+trap - EXIT
+"$bin/ledger" verify --data data/ledger || status=$?
+echo
+echo "report: $(pwd)/report/report.html"
+exit "$status"

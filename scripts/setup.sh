@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build the switch: clang and libclang for RocksDB's
-# bindings (bindgen), protoc for the gRPC code generator, and the Rust components the checks use.
+# bindings (bindgen), protoc for the gRPC code generator, PostgreSQL for loadgen's baseline, and the
+# Rust components the checks use.
 # Idempotent: installs only what is missing, so it is cheap on a machine that has everything.
 set -euo pipefail
 
@@ -13,6 +14,8 @@ fi
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 # tonic's code generator runs protoc on proto/.
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+# loadgen's baseline runs the same workload against a private PostgreSQL cluster (initdb, pg_ctl).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"

@@ -215,9 +215,13 @@ pub async fn resolve(
 
 /// Voids a pending payment at its deadline unless the payee decided first.
 pub fn arm_deadline(switch: Arc<Switch>, payment: u128, deadline_unix_ms: u64) {
+    // A sleeping timer must not keep a stopped switch (and its ledger's files) alive: it holds a
+    // weak reference, and a restart re-arms what is still pending.
+    let switch = Arc::downgrade(&switch);
     tokio::spawn(async move {
         let remaining = Duration::from_millis(deadline_unix_ms.saturating_sub(now_unix_ns() / 1_000_000));
         tokio::time::sleep(remaining).await;
+        let Some(switch) = switch.upgrade() else { return };
         match resolve(&switch, payment, Resolution::Timeout, DeclineReason::Unspecified).await {
             Ok(_) => {}
             Err(refusal) if refusal.reason == Reason::AlreadyDecided => {}

@@ -200,8 +200,8 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     }
     let receipt = decide(&mut stream, 2, proto::Decision::Decline).await;
     assert_eq!(receipt.status_code, 0);
-    let status = call.await.expect("task").expect_err("declined");
-    assert_eq!(reason(&status), Some(Reason::PayeeDeclined));
+    let result = call.await.expect("task").expect("an answer, not an error").into_inner();
+    assert_eq!((result.state, result.reason), (PaymentState::Declined as i32, Reason::PayeeDeclined as i32));
     let after = bank_a.position().await;
     assert_eq!((after.balance_minor, after.reserved_minor), (700, 0));
     // Deciding again is refused: one resolution only.
@@ -211,8 +211,8 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     // Silence past the deadline: voided, payer told, a late accept refused.
     let mut late = pay(3, "ana@bank-a", "cy@bank-c", 100);
     late.deadline_unix_ms = switch::core::now_unix_ns() / 1_000_000 + 1_500;
-    let status = bank_a.payments.pay(late).await.expect_err("timed out");
-    assert_eq!(reason(&status), Some(Reason::PayeeTimeout));
+    let result = bank_a.payments.pay(late).await.expect("an answer, not an error").into_inner();
+    assert_eq!((result.state, result.reason), (PaymentState::Expired as i32, Reason::PayeeTimeout as i32));
     let receipt = decide(&mut stream, 3, proto::Decision::Accept).await;
     assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
     let payment = bank_a

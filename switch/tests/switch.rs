@@ -98,6 +98,35 @@ async fn status_is_visible_to_the_two_psps_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_looks_up_payments_in_batches() {
+    let test = TestSwitch::start().await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
+    bank_a.payments.pay(pay(7, "ana@bank-a", "bo@bank-b", 40)).await.expect("pay");
+    let mut operator = test.operator().await;
+    let lookup = |ids: Vec<Vec<u8>>| proto::GetPaymentsRequest { payment_ids: ids };
+    let answer = operator.get_payments(lookup(vec![id(8), id(7)])).await.expect("lookup").into_inner();
+    assert_eq!(answer.payments.len(), 2, "one answer per id");
+    assert_eq!((answer.payments[0].payment_id.clone(), answer.payments[0].found), (id(8), false));
+    let found = &answer.payments[1];
+    let payment = found.payment.as_ref().expect("payment 7");
+    assert!(found.found);
+    assert_eq!((payment.amount_minor, payment.state), (40, PaymentState::Completed as i32));
+    assert_eq!((payment.payer_psp_id.as_str(), payment.payee_psp_id.as_str()), ("bank-a", "bank-b"));
+
+    let status = operator.get_payments(lookup(vec![id(7), vec![1, 2, 3]])).await.expect_err("malformed id");
+    assert_eq!((status.code(), reason(&status)), (Code::InvalidArgument, Some(Reason::IdMalformed)));
+    let status = operator.get_payments(lookup(vec![])).await.expect_err("empty");
+    assert_eq!(reason(&status), Some(Reason::BatchSizeOutOfRange));
+    let status = operator.get_payments(lookup(vec![id(7); 8_191])).await.expect_err("too many");
+    assert_eq!(reason(&status), Some(Reason::BatchSizeOutOfRange));
+    let channel = test.channel(Some(&test.ca.psp("bank-a"))).await.expect("PSP connects");
+    let mut as_psp = switch::proto::operator_service_client::OperatorServiceClient::new(channel);
+    let status = as_psp.get_payments(lookup(vec![id(7)])).await.expect_err("operator only");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_certificate_are_refused() {
     let test = TestSwitch::start().await;
     // The handshake itself fails, or the first call does (TLS 1.3 reports the refusal late).

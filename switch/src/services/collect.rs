@@ -334,9 +334,12 @@ async fn finish(
 
 /// Expires a collect at its expiry unless it was decided first.
 pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
+    // Weak while sleeping, as the payment deadline timers (`confirm::arm_deadline`).
+    let switch = Arc::downgrade(&switch);
     tokio::spawn(async move {
         let remaining = Duration::from_millis(expiry_unix_ms.saturating_sub(now_unix_ns() / 1_000_000));
         tokio::time::sleep(remaining).await;
+        let Some(switch) = switch.upgrade() else { return };
         let mut awaiting = switch.collects_awaiting.lock().await;
         match collect_of(&switch, id) {
             Ok(Some(collect)) if collect.awaiting() => {

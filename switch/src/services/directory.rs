@@ -10,16 +10,13 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::status_code;
+use super::{status_code, BATCH_SIZE_MAX};
 use crate::auth;
 use crate::core::{now_unix_ns, record, tables, AliasRecord, Switch};
 use crate::directory::{alias_owner, check_text, AliasEntry, DISPLAY_NAME_BYTES_MAX};
 use crate::proto::directory_service_server::DirectoryService;
 use crate::proto::{self, Reason};
 use crate::reason::Refusal;
-
-/// Most aliases in one `RegisterAliasBatch`.
-const BATCH_SIZE_MAX: usize = 8_190;
 
 pub struct Directory {
     pub switch: Arc<Switch>,

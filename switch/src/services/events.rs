@@ -134,8 +134,15 @@ impl Stream {
     /// Sends committed events after `sent`, within the window. `None`: the client is gone.
     async fn send_available(&self, mut sent: u64) -> Result<Option<u64>, Refusal> {
         let window_end = self.outbox.acknowledged.load(Ordering::Acquire) + EVENT_WINDOW_MAX;
-        while sent < window_end && sent < self.outbox.appended.load(Ordering::Acquire) {
-            let limit = usize::try_from(window_end - sent).unwrap_or(READ_CHUNK).min(READ_CHUNK);
+        loop {
+            // Never beyond `appended`: an event can be readable in the ledger before the payment
+            // path counts it, and a client acknowledging what it received must never be told the
+            // event does not exist yet.
+            let end = window_end.min(self.outbox.appended.load(Ordering::Acquire));
+            if sent >= end {
+                break;
+            }
+            let limit = usize::try_from(end - sent).unwrap_or(READ_CHUNK).min(READ_CHUNK);
             let batch =
                 events::read(&self.switch.ledger, &self.psp, sent, limit).map_err(crate::core::ledger_refusal)?;
             if batch.is_empty() {

@@ -13,6 +13,10 @@ use crate::core::Switch;
 use crate::proto::{self, Reason};
 use crate::reason::Refusal;
 
+/// Most items in one batch call (`PayBatch`, `RegisterAliasBatch`, `GetPayments`): the ledger's batch
+/// (`BATCH_SIZE_MAX` in common.proto), so one call never needs two ledger batches.
+pub const BATCH_SIZE_MAX: usize = 8_190;
+
 /// A client-chosen id: exactly 16 bytes, a big-endian u128, neither all zeros nor all ones.
 pub fn parse_id(bytes: &[u8], field: &'static str) -> Result<u128, Refusal> {
     let array: [u8; 16] = bytes

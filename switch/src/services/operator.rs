@@ -11,7 +11,7 @@ use ledger::{Account, AccountFlags, Event, ResultCode, Transfer};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{check_amount, parse_id, participant_view};
+use super::{check_amount, parse_id, participant_view, BATCH_SIZE_MAX};
 use crate::auth;
 use crate::core::{codes, record, tables, Switch};
 use crate::directory::check_text;
@@ -331,5 +331,31 @@ impl OperatorService for Operator {
         auth::operator(&request)?;
         let payment_id = parse_id(&request.get_ref().payment_id, "payment_id")?;
         Ok(Response::new(super::payments::payment_status(&self.switch, payment_id, None)?))
+    }
+
+    async fn get_payments(
+        &self,
+        request: Request<proto::GetPaymentsRequest>,
+    ) -> Result<Response<proto::GetPaymentsResponse>, Status> {
+        auth::operator(&request)?;
+        let ids = request.into_inner().payment_ids;
+        if ids.is_empty() || ids.len() > BATCH_SIZE_MAX {
+            let message = format!("a lookup holds 1 to {BATCH_SIZE_MAX} ids");
+            return Err(Refusal::field(Reason::BatchSizeOutOfRange, "payment_ids", message).into());
+        }
+        // Every id is checked before any is looked up: a malformed id refuses the whole call.
+        let parsed = ids.iter().map(|id| parse_id(id, "payment_ids")).collect::<Result<Vec<_>, _>>()?;
+        let mut payments = Vec::with_capacity(parsed.len());
+        for (bytes, id) in ids.into_iter().zip(parsed) {
+            let lookup = match super::payments::payment_status(&self.switch, id, None) {
+                Ok(payment) => proto::PaymentLookup { payment_id: bytes, found: true, payment: Some(payment) },
+                Err(refusal) if refusal.reason == Reason::PaymentNotFound => {
+                    proto::PaymentLookup { payment_id: bytes, found: false, payment: None }
+                }
+                Err(refusal) => return Err(refusal.into()),
+            };
+            payments.push(lookup);
+        }
+        Ok(Response::new(proto::GetPaymentsResponse { payments }))
     }
 }

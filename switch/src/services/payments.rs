@@ -16,7 +16,7 @@ use ledger::{Event, ResultCode, Transfer, TransferFlags};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{check_amount, parse_id, participant_view, status_code};
+use super::{check_amount, parse_id, participant_view, status_code, BATCH_SIZE_MAX};
 use crate::auth;
 use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, Switch};
 use crate::directory::{alias_owner, check_text};
@@ -27,8 +27,6 @@ use crate::reason::Refusal;
 
 /// Longest note, in UTF-8 bytes (`NOTE_BYTES_MAX`).
 const NOTE_BYTES_MAX: usize = 140;
-/// Most payments in one `PayBatch`.
-const BATCH_SIZE_MAX: usize = 8_190;
 /// Most payments in flight on one `PayStream` (`PAY_STREAM_IN_FLIGHT_MAX`).
 const PAY_STREAM_IN_FLIGHT_MAX: usize = 4_096;
 
@@ -400,14 +398,15 @@ async fn execute(
         Some(outcome) if outcome.state == PaymentState::Completed => {
             Ok(result_message(&request.payment_id, Ok((PaymentState::Completed, outcome.finalized_at_unix_ns))))
         }
-        Some(outcome) => {
-            let message = if outcome.reason == Reason::PayeeDeclined {
-                "the payee declined"
-            } else {
-                "the payee did not answer in time"
-            };
-            Err(Refusal::new(outcome.reason, message))
-        }
+        // Declined and expired are answers, not errors (payments.proto: OK with the state), so
+        // batch and stream items carry them as DECLINED / EXPIRED rather than REJECTED.
+        Some(outcome) => Ok(proto::PaymentResult {
+            payment_id: request.payment_id.clone(),
+            state: outcome.state as i32,
+            reason: outcome.reason as i32,
+            finalized_at_unix_ns: outcome.finalized_at_unix_ns,
+            ..proto::PaymentResult::default()
+        }),
         None => Ok(result_message(&request.payment_id, Ok((PaymentState::Pending, 0)))),
     }
 }

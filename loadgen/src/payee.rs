@@ -1,0 +1,218 @@
+//! Simulated PSP back offices: each PSP keeps its event stream open like a real one, answers credit
+//! requests (confirmed mode) and collect requests with a configurable decline rate and think time,
+//! acknowledges every event in batches, and remembers collect outcomes for the verification.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use switch::proto::event_service_client::EventServiceClient;
+use switch::proto::subscribe_request::Message as Outgoing;
+use switch::proto::subscribe_response::Message as Incoming;
+use switch::proto::{self, event, Decision, DeclineReason, PaymentKind, PaymentState};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::setup::Psp;
+
+/// Acknowledge after this many events (the switch sends at most EVENT_WINDOW_MAX = 8,192 beyond
+/// the last ack, so this keeps the window open while making acks, which the switch writes
+/// durably, cheap).
+const ACK_EVERY: u64 = 1_024;
+/// ...or after this long without one, so a quiet stream is acknowledged too.
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Behaviour {
+    /// Share of credit and collect requests declined, 0..=1.
+    pub decline_rate: f64,
+    /// How long the simulated back office takes to decide.
+    pub think_time: Duration,
+}
+
+/// What the simulators saw, shared with the verification.
+#[derive(Default)]
+pub struct PayeeStats {
+    pub events: AtomicU64,
+    pub credit_requests: AtomicU64,
+    pub collect_requests: AtomicU64,
+    pub declined: AtomicU64,
+    /// Decisions the switch refused (e.g. after the deadline).
+    pub late_decisions: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Why the last event stream ended, for the report.
+    pub last_disconnect: Mutex<Option<String>>,
+    /// Final states of collects, from PaymentOutcome events to the requesting PSP.
+    pub collect_outcomes: Mutex<HashMap<u128, PaymentState>>,
+    stop: AtomicBool,
+}
+
+impl PayeeStats {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    pub fn collect_outcome(&self, id: u128) -> Option<PaymentState> {
+        self.collect_outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&id).copied()
+    }
+
+    pub fn collect_outcomes_seen(&self) -> usize {
+        self.collect_outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len()
+    }
+}
+
+/// Starts one simulator per PSP; they run until `stats.stop()`.
+pub async fn start(psps: &[Psp], behaviour: Behaviour, seed: u64) -> anyhow::Result<Arc<PayeeStats>> {
+    let stats = Arc::new(PayeeStats::default());
+    for psp in psps {
+        let client = EventServiceClient::new(psp.channels[psp.channels.len() - 1].clone());
+        let (stats, id) = (stats.clone(), psp.id.clone());
+        let mut rng = SmallRng::seed_from_u64(seed ^ (u64::from(psp.index) << 32));
+        // The first connection is made here so that a refused subscription fails the run at once.
+        let first = subscribe(client.clone())
+            .await
+            .map_err(|status| anyhow::anyhow!("subscribing to {id}'s events: {}", crate::connect::describe(&status)))?;
+        tokio::spawn(async move {
+            let mut connection = Some(first);
+            while !stats.stop.load(Ordering::Acquire) {
+                let (sender, inbound) = match connection.take() {
+                    Some(connection) => connection,
+                    None => match subscribe(client.clone()).await {
+                        Ok(connection) => connection,
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                    },
+                };
+                serve(&stats, &mut rng, behaviour, sender, inbound).await;
+                if !stats.stop.load(Ordering::Acquire) {
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+    Ok(stats)
+}
+
+type Connection = (mpsc::Sender<proto::SubscribeRequest>, tonic::Streaming<proto::SubscribeResponse>);
+
+async fn subscribe(mut client: EventServiceClient<tonic::transport::Channel>) -> Result<Connection, tonic::Status> {
+    let (sender, receiver) = mpsc::channel(4_096);
+    let hello = proto::Hello { last_acknowledged_sequence: 0 };
+    // The switch resumes after its durable acknowledgement, so 0 means "what you have for me".
+    let _ = sender.send(proto::SubscribeRequest { message: Some(Outgoing::Hello(hello)) }).await;
+    let inbound = client.subscribe(ReceiverStream::new(receiver)).await?.into_inner();
+    Ok((sender, inbound))
+}
+
+fn id_of(bytes: &[u8]) -> Option<u128> {
+    Some(u128::from_be_bytes(bytes.try_into().ok()?))
+}
+
+async fn serve(
+    stats: &PayeeStats,
+    rng: &mut SmallRng,
+    behaviour: Behaviour,
+    sender: mpsc::Sender<proto::SubscribeRequest>,
+    mut inbound: tonic::Streaming<proto::SubscribeResponse>,
+) {
+    let (mut seen, mut acked) = (0u64, 0u64);
+    let mut ticker = tokio::time::interval(ACK_INTERVAL);
+    loop {
+        if stats.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let message = tokio::select! {
+            message = inbound.message() => message,
+            _ = ticker.tick() => {
+                if seen > acked && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await {
+                    acked = seen;
+                }
+                continue;
+            }
+        };
+        let message = match message {
+            Ok(Some(message)) => message,
+            Ok(None) => return note_end(stats, "the switch ended the event stream".into()),
+            Err(status) => return note_end(stats, crate::connect::describe(&status)),
+        };
+        match message.message {
+            Some(Incoming::Event(event)) => {
+                stats.events.fetch_add(1, Ordering::Relaxed);
+                seen = seen.max(event.sequence);
+                if let Some(decision) = decide(stats, rng, behaviour, event.kind) {
+                    if behaviour.think_time.is_zero() {
+                        send(&sender, decision).await;
+                    } else {
+                        let (sender, think) = (sender.clone(), behaviour.think_time);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(think).await;
+                            send(&sender, decision).await;
+                        });
+                    }
+                }
+                if seen >= acked + ACK_EVERY && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await {
+                    acked = seen;
+                }
+            }
+            Some(Incoming::DecisionReceipt(receipt)) if receipt.status_code != 0 => {
+                stats.late_decisions.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn note_end(stats: &PayeeStats, why: String) {
+    *stats.last_disconnect.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(why);
+}
+
+async fn send(sender: &mpsc::Sender<proto::SubscribeRequest>, message: Outgoing) -> bool {
+    sender.send(proto::SubscribeRequest { message: Some(message) }).await.is_ok()
+}
+
+/// The back office's answer to an event, if it needs one.
+fn decide(stats: &PayeeStats, rng: &mut SmallRng, behaviour: Behaviour, kind: Option<event::Kind>) -> Option<Outgoing> {
+    let mut verdict = || {
+        if behaviour.decline_rate > 0.0 && rng.random_bool(behaviour.decline_rate.min(1.0)) {
+            stats.declined.fetch_add(1, Ordering::Relaxed);
+            (Decision::Decline as i32, DeclineReason::CustomerLimitExceeded as i32)
+        } else {
+            (Decision::Accept as i32, DeclineReason::Unspecified as i32)
+        }
+    };
+    match kind? {
+        event::Kind::CreditRequest(request) => {
+            stats.credit_requests.fetch_add(1, Ordering::Relaxed);
+            let (decision, decline_reason) = verdict();
+            Some(Outgoing::CreditDecision(proto::CreditDecision {
+                payment_id: request.payment_id,
+                decision,
+                decline_reason,
+            }))
+        }
+        event::Kind::CollectRequest(request) => {
+            stats.collect_requests.fetch_add(1, Ordering::Relaxed);
+            let (decision, decline_reason) = verdict();
+            Some(Outgoing::CollectDecision(proto::CollectDecision {
+                collect_id: request.collect_id,
+                decision,
+                decline_reason,
+            }))
+        }
+        event::Kind::PaymentOutcome(outcome) => {
+            if outcome.kind == PaymentKind::Collect as i32 {
+                if let (Some(id), Ok(state)) = (id_of(&outcome.payment_id), PaymentState::try_from(outcome.state)) {
+                    stats.collect_outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(id, state);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}

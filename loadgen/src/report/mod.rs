@@ -1,0 +1,164 @@
+//! The run's report: the terminal summary, `--json`, and the files (`report.html`, `report.json`)
+//! written to the report directory.
+
+pub mod html;
+pub mod model;
+
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use model::{LatencySummary, Report};
+
+/// Thousands separators, for counts an operator reads at a glance.
+pub fn grouped(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// Microseconds as the unit a reader expects.
+pub fn duration_us(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => format!("{:.2} ms", us as f64 / 1e3),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+fn latency_line(latency: &LatencySummary) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        duration_us(latency.p50_us),
+        duration_us(latency.p90_us),
+        duration_us(latency.p99_us),
+        duration_us(latency.p999_us),
+        duration_us(latency.max_us)
+    )
+}
+
+/// The terminal summary.
+pub fn text(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\n== loadgen: {}", report.title);
+    if let Some(why) = &report.aborted {
+        let _ = writeln!(out, "!! ABORTED, partial report: {why}");
+    }
+    for (name, value) in &report.settings {
+        let _ = writeln!(out, "   {name:<22} {value}");
+    }
+    let offered =
+        report.offered_per_s.map_or_else(|| "closed loop".to_string(), |rate| format!("{}/s", grouped(rate as u64)));
+    let _ = writeln!(out, "\n   offered                {offered}");
+    let _ = writeln!(
+        out,
+        "   achieved               {}/s over {:.1} s",
+        grouped(report.achieved_per_s as u64),
+        report.duration_s
+    );
+    let _ = writeln!(
+        out,
+        "   operations             {} sent, {} answered, {} without answer",
+        grouped(report.sent),
+        grouped(report.answered),
+        grouped(report.unanswered)
+    );
+    let _ = writeln!(out, "   latency                {}", latency_line(&report.latency));
+    let _ = writeln!(out, "   (from each operation's intended send time; {} samples)", grouped(report.latency.count));
+    let _ = writeln!(out, "\n   outcomes");
+    let total: u64 = report.outcomes.iter().map(|outcome| outcome.count).sum();
+    for outcome in &report.outcomes {
+        let share = if total == 0 { 0.0 } else { outcome.count as f64 * 100.0 / total as f64 };
+        let _ = writeln!(out, "     {:>12}  {share:6.2}%  {}", grouped(outcome.count), outcome.label);
+    }
+    if let Some(verification) = &report.verification {
+        let verdict = if verification.passed { "PASSED" } else { "FAILED" };
+        let _ = writeln!(
+            out,
+            "\n   verification           {verdict} ({} records checked)",
+            grouped(verification.payments_checked)
+        );
+        for check in &verification.checks {
+            let _ = writeln!(out, "     ok? {check}");
+        }
+        for problem in &verification.problems {
+            let _ = writeln!(out, "     !! {problem}");
+        }
+    }
+    if let Some(baseline) = &report.baseline {
+        let _ = writeln!(out, "\n   baseline               {}", baseline.name);
+        let _ = writeln!(
+            out,
+            "     {}/s ({} committed, {} refused by the cap, {} connections, {:.1} s)",
+            grouped(baseline.achieved_per_s as u64),
+            grouped(baseline.committed),
+            grouped(baseline.refused),
+            baseline.connections,
+            baseline.duration_s
+        );
+        let _ = writeln!(out, "     latency {}", latency_line(&baseline.latency));
+        for check in &baseline.verification {
+            let _ = writeln!(out, "     ok: {check}");
+        }
+        let _ = writeln!(out, "   switch / baseline      {:.1}x", baseline.ratio);
+    }
+    out
+}
+
+/// Writes `report.html` and `report.json` into `dir`; returns the HTML path.
+pub fn write_files(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let html = dir.join("report.html");
+    std::fs::write(&html, html::render(report)).with_context(|| format!("writing {}", html.display()))?;
+    let json = dir.join("report.json");
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", json.display()))?;
+    Ok(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_at_a_glance() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1_000), "1,000");
+        assert_eq!(grouped(12_345_678), "12,345,678");
+        assert_eq!(duration_us(850), "850 µs");
+        assert_eq!(duration_us(4_200), "4.20 ms");
+        assert_eq!(duration_us(1_350_000), "1.35 s");
+    }
+
+    #[test]
+    fn the_summary_shows_aborts_verification_and_the_baseline() {
+        let report = Report {
+            title: "test".into(),
+            aborted: Some("the switch stopped answering".into()),
+            verification: Some(model::Verification {
+                passed: false,
+                problems: vec!["lost 1".into()],
+                ..Default::default()
+            }),
+            baseline: Some(model::Baseline { name: "PostgreSQL 15".into(), ratio: 63.0, ..Default::default() }),
+            ..Report::default()
+        };
+        let text = text(&report);
+        assert!(text.contains("ABORTED, partial report: the switch stopped answering"));
+        assert!(text.contains("FAILED") && text.contains("!! lost 1"));
+        assert!(text.contains("63.0x"));
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let html = write_files(&report, dir.path()).expect("written");
+        assert!(html.exists() && dir.path().join("report.json").exists());
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).expect("read")).expect("valid JSON");
+        assert_eq!(json["aborted"], "the switch stopped answering");
+    }
+}
