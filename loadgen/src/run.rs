@@ -217,7 +217,12 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     if args.baseline.is_some() && aborted.is_none() {
         note(format!("  baseline: PostgreSQL, same workload shape, {:.0} s...", args.baseline_duration));
         match run_baseline(&args, &population, checked.skew, report.achieved_per_s).await {
-            Ok(baseline) => report.baseline = Some(baseline),
+            Ok((baseline, version)) => {
+                let what =
+                    format!("PostgreSQL {version}: PL/pgSQL pay() (cap check, credit, insert), synchronous commit");
+                report.settings.push(("baseline".into(), what));
+                report.baseline = Some(baseline);
+            }
             Err(error) => {
                 report.aborted.get_or_insert_with(|| format!("the PostgreSQL baseline failed: {error:#}"));
             }
@@ -321,12 +326,13 @@ async fn watch(load: Arc<Load>, abort_ratio: f64, quiet: bool) -> Option<String>
     }
 }
 
+/// The baseline's figures, and the server's full version string.
 async fn run_baseline(
     args: &Args,
     population: &Population,
     skew: crate::workload::Skew,
     switch_rate: f64,
-) -> anyhow::Result<model::Baseline> {
+) -> anyhow::Result<(model::Baseline, String)> {
     // The same shape: the baseline's accounts are the PSPs, payers drawn by the same skew over
     // the same population, so the hot PSP is as hot there as in the switch.
     let traffic = Arc::new(
@@ -352,8 +358,9 @@ async fn run_baseline(
     let result = baseline::run(&options, pick).await?;
     let seconds = result.duration.as_secs_f64().max(1e-9);
     let achieved = result.committed as f64 / seconds;
-    Ok(model::Baseline {
-        name: format!("PostgreSQL {} (stored procedure, synchronous commit)", result.server_version),
+    let baseline = model::Baseline {
+        // "15.18 (Debian 15.18-0+deb12u1)" → "PostgreSQL 15.18": the packaging is in the settings.
+        name: format!("PostgreSQL {}", result.server_version.split_whitespace().next().unwrap_or("?")),
         connections: args.baseline_connections,
         duration_s: seconds,
         committed: result.committed,
@@ -362,7 +369,8 @@ async fn run_baseline(
         latency: summarize(&result.latency),
         ratio: if achieved > 0.0 { switch_rate / achieved } else { 0.0 },
         verification: result.checks,
-    })
+    };
+    Ok((baseline, result.server_version))
 }
 
 /// One `<id as 32 hex digits> <amount>` line per payment, collect or refund acknowledged COMPLETED.
