@@ -15,7 +15,7 @@ use crate::connect::Connector;
 use crate::drive::{self, Load, Model};
 use crate::payee::{self, Behaviour};
 use crate::report::model::{self, Report};
-use crate::report::{self, grouped};
+use crate::report::{self, fmt_count};
 use crate::setup::{self, Onboarding};
 use crate::stats::summarize;
 use crate::submit::PspClients;
@@ -51,7 +51,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     let started_ms = unix_ms();
     let ids = IdSpace::new(started_ms, (args.seed ^ u64::from(std::process::id())) as u16 ^ (started_ms >> 48) as u16);
 
-    note(format!("loadgen: {} PSPs, {} users, switch {}", args.psps, grouped(args.users), args.server));
+    note(format!("loadgen: {} PSPs, {} users, switch {}", args.psps, fmt_count(args.users), args.server));
     let mut operator = setup::operator(&connector, &args.operator).await?;
     let onboarding = Onboarding {
         currency: args.currency.clone(),
@@ -91,7 +91,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     let title = format!(
         "{}, {}, {}, {}",
         match checked.model {
-            Model::Open { rate } => format!("open loop {}/s", grouped(rate as u64)),
+            Model::Open { rate } => format!("open loop {}/s", fmt_count(rate as u64)),
             Model::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
         },
         checked.submission.name(),
@@ -180,17 +180,17 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     }
     report
         .settings
-        .push(("completed per second".into(), format!("{}/s", grouped((completed as f64 / seconds) as u64))));
+        .push(("completed per second".into(), format!("{}/s", fmt_count((completed as f64 / seconds) as u64))));
     report.settings.push((
         "payee events".into(),
         format!(
             "{} received, {} credit requests, {} collect requests, {} declined, {} late decisions, {} reconnects",
-            grouped(payees.events.load(Ordering::Relaxed)),
-            grouped(payees.credit_requests.load(Ordering::Relaxed)),
-            grouped(payees.collect_requests.load(Ordering::Relaxed)),
-            grouped(payees.declined.load(Ordering::Relaxed)),
-            grouped(payees.late_decisions.load(Ordering::Relaxed)),
-            grouped(payees.reconnects.load(Ordering::Relaxed)),
+            fmt_count(payees.events.load(Ordering::Relaxed)),
+            fmt_count(payees.credit_requests.load(Ordering::Relaxed)),
+            fmt_count(payees.collect_requests.load(Ordering::Relaxed)),
+            fmt_count(payees.declined.load(Ordering::Relaxed)),
+            fmt_count(payees.late_decisions.load(Ordering::Relaxed)),
+            fmt_count(payees.reconnects.load(Ordering::Relaxed)),
         ),
     ));
     if let Some(why) = payees.last_disconnect.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone() {
@@ -199,7 +199,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     payees.stop();
 
     if !args.no_verify {
-        note(format!("  verifying {} records against the switch's ledger...", grouped(totals.sent.len() as u64)));
+        note(format!("  verifying {} records against the switch's ledger...", fmt_count(totals.sent.len() as u64)));
         let checked_at = Instant::now();
         report.verification =
             Some(match verify::verify(&mut operator, &before, &totals.sent, &payees, &population).await {
@@ -247,19 +247,19 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
 
 fn settings(args: &Args, checked: &Checked) -> Vec<(String, String)> {
     let model = match checked.model {
-        Model::Open { rate } => format!("open loop at {}/s", grouped(rate as u64)),
+        Model::Open { rate } => format!("open loop at {}/s", fmt_count(rate as u64)),
         Model::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
     };
     vec![
         ("switch".into(), args.server.clone()),
         ("PSPs".into(), format!("{} ({}-01 ..), {} connections each", args.psps, args.psp_prefix, args.connections)),
-        ("users (aliases)".into(), grouped(args.users)),
+        ("users (aliases)".into(), fmt_count(args.users)),
         ("acceptance".into(), format!("{:?}", args.acceptance).to_lowercase()),
         ("load model".into(), model),
         ("submission".into(), checked.submission.name()),
         ("skew".into(), checked.skew.name()),
         ("mix".into(), args.mix.describe()),
-        ("amounts".into(), format!("{} to {} minor units", grouped(args.amount_min), grouped(args.amount_max))),
+        ("amounts".into(), format!("{} to {} minor units", fmt_count(args.amount_min), fmt_count(args.amount_max))),
         ("payee decline rate".into(), format!("{}", args.decline_rate)),
         ("payee think time".into(), format!("{} ms", args.think_time_ms)),
         ("duration".into(), format!("{} s", args.duration)),
@@ -291,11 +291,11 @@ async fn watch(load: Arc<Load>, abort_ratio: f64, quiet: bool) -> Option<String>
             let line = format!(
                 "  [{:>4.0}s] {:>10} answered  {:>9}/s  errors {:>8}  in flight {:>7}  p99 so far {}",
                 now.duration_since(start).as_secs_f64(),
-                grouped(answered),
-                grouped(rate),
-                grouped(errors),
-                grouped(load.in_flight() as u64),
-                report::duration_us(p99)
+                fmt_count(answered),
+                fmt_count(rate),
+                fmt_count(errors),
+                fmt_count(load.in_flight() as u64),
+                report::fmt_us(p99)
             );
             if terminal {
                 eprint!("\r{line}\x1b[K");
@@ -314,8 +314,8 @@ async fn watch(load: Arc<Load>, abort_ratio: f64, quiet: bool) -> Option<String>
             load.stop();
             return Some(format!(
                 "{} of the {} operations answered in the last 5 s failed (over {:.0}%): the switch is rejecting",
-                grouped(failed),
-                grouped(recent),
+                fmt_count(failed),
+                fmt_count(recent),
                 abort_ratio * 100.0
             ));
         }

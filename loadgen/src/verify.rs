@@ -60,7 +60,7 @@ pub fn compare(
         let record = found.get(&item.id);
         let payer = &population.psp_ids[usize::from(item.payer_psp)];
         let payee = &population.psp_ids[usize::from(item.payee_psp)];
-        let name = format!("{} {:032x}", item.kind.name(), item.id);
+        let name = Named(item);
         if let Some(record) = record {
             if record.amount != item.amount || &record.payer_psp != payer || &record.payee_psp != payee {
                 problem(
@@ -150,6 +150,15 @@ pub fn compare(
         sent.len()
     ));
     expected
+}
+
+/// "pay <id>" in a problem line, formatted only when a problem is reported (not once per payment).
+struct Named<'a>(&'a Sent);
+
+impl std::fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:032x}", self.0.kind.name(), self.0.id)
+    }
 }
 
 fn is_final(state: PaymentState) -> bool {

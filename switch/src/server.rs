@@ -112,3 +112,53 @@ pub async fn serve(
     tracing::info!("switch stopped");
     Ok(())
 }
+
+/// A switch served in the background of the current tokio runtime until `stop`: how tests and
+/// tools run one in-process (the binary serves in the foreground, `main.rs`).
+pub struct Background {
+    pub address: std::net::SocketAddr,
+    pub switch: Arc<Switch>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Background {
+    /// Opens the switch on `config` (creating the development CA if no PEM files are configured)
+    /// and serves it on `config.listen` (port 0: an ephemeral port, see `address`).
+    pub async fn start(config: Config) -> anyhow::Result<Background> {
+        let tls = TlsFiles::resolve(&config)?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let address = listener.local_addr()?;
+        // Opening replays the ledger's tail from disk: off the async threads.
+        let switch = tokio::task::spawn_blocking(move || Switch::open(config)).await??;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = Arc::clone(&switch);
+        let task = tokio::spawn(async move {
+            serve(serving, listener, &tls, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Ok(Background { address, switch, stop: Some(stop), task: Some(task) })
+    }
+
+    /// Stops gracefully: in-flight requests answered, open streams ended, the ledger committed
+    /// and closed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

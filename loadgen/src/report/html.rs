@@ -499,7 +499,7 @@ fn trim_zeros(s: String) -> String {
     }
 }
 
-fn fmt_count(n: u64) -> String {
+pub fn fmt_count(n: u64) -> String {
     group(&n.to_string())
 }
 
@@ -521,7 +521,7 @@ fn sig3(v: f64) -> String {
     }
 }
 
-fn fmt_us(us: u64) -> String {
+pub fn fmt_us(us: u64) -> String {
     if us < 1000 {
         format!("{us} µs")
     } else if us < 999_500 {

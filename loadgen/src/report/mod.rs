@@ -10,36 +10,17 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use model::{LatencySummary, Report};
 
-/// Thousands separators, for counts an operator reads at a glance.
-pub fn grouped(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// Microseconds as the unit a reader expects.
-pub fn duration_us(us: u64) -> String {
-    match us {
-        0..=999 => format!("{us} µs"),
-        1_000..=999_999 => format!("{:.2} ms", us as f64 / 1e3),
-        _ => format!("{:.2} s", us as f64 / 1e6),
-    }
-}
+// One set of number formats for the terminal and the HTML report.
+pub use html::{fmt_count, fmt_us};
 
 fn latency_line(latency: &LatencySummary) -> String {
     format!(
         "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        duration_us(latency.p50_us),
-        duration_us(latency.p90_us),
-        duration_us(latency.p99_us),
-        duration_us(latency.p999_us),
-        duration_us(latency.max_us)
+        fmt_us(latency.p50_us),
+        fmt_us(latency.p90_us),
+        fmt_us(latency.p99_us),
+        fmt_us(latency.p999_us),
+        fmt_us(latency.max_us)
     )
 }
 
@@ -54,35 +35,35 @@ pub fn text(report: &Report) -> String {
         let _ = writeln!(out, "   {name:<22} {value}");
     }
     let offered =
-        report.offered_per_s.map_or_else(|| "closed loop".to_string(), |rate| format!("{}/s", grouped(rate as u64)));
+        report.offered_per_s.map_or_else(|| "closed loop".to_string(), |rate| format!("{}/s", fmt_count(rate as u64)));
     let _ = writeln!(out, "\n   offered                {offered}");
     let _ = writeln!(
         out,
         "   achieved               {}/s over {:.1} s",
-        grouped(report.achieved_per_s as u64),
+        fmt_count(report.achieved_per_s as u64),
         report.duration_s
     );
     let _ = writeln!(
         out,
         "   operations             {} sent, {} answered, {} without answer",
-        grouped(report.sent),
-        grouped(report.answered),
-        grouped(report.unanswered)
+        fmt_count(report.sent),
+        fmt_count(report.answered),
+        fmt_count(report.unanswered)
     );
     let _ = writeln!(out, "   latency                {}", latency_line(&report.latency));
-    let _ = writeln!(out, "   (from each operation's intended send time; {} samples)", grouped(report.latency.count));
+    let _ = writeln!(out, "   (from each operation's intended send time; {} samples)", fmt_count(report.latency.count));
     let _ = writeln!(out, "\n   outcomes");
     let total: u64 = report.outcomes.iter().map(|outcome| outcome.count).sum();
     for outcome in &report.outcomes {
         let share = if total == 0 { 0.0 } else { outcome.count as f64 * 100.0 / total as f64 };
-        let _ = writeln!(out, "     {:>12}  {share:6.2}%  {}", grouped(outcome.count), outcome.label);
+        let _ = writeln!(out, "     {:>12}  {share:6.2}%  {}", fmt_count(outcome.count), outcome.label);
     }
     if let Some(verification) = &report.verification {
         let verdict = if verification.passed { "PASSED" } else { "FAILED" };
         let _ = writeln!(
             out,
             "\n   verification           {verdict} ({} records checked)",
-            grouped(verification.payments_checked)
+            fmt_count(verification.payments_checked)
         );
         for check in &verification.checks {
             let _ = writeln!(out, "     ok? {check}");
@@ -96,9 +77,9 @@ pub fn text(report: &Report) -> String {
         let _ = writeln!(
             out,
             "     {}/s ({} committed, {} refused by the cap, {} connections, {:.1} s)",
-            grouped(baseline.achieved_per_s as u64),
-            grouped(baseline.committed),
-            grouped(baseline.refused),
+            fmt_count(baseline.achieved_per_s as u64),
+            fmt_count(baseline.committed),
+            fmt_count(baseline.refused),
             baseline.connections,
             baseline.duration_s
         );
@@ -125,17 +106,6 @@ pub fn write_files(report: &Report, dir: &Path) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_read_at_a_glance() {
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(1_000), "1,000");
-        assert_eq!(grouped(12_345_678), "12,345,678");
-        assert_eq!(duration_us(850), "850 µs");
-        assert_eq!(duration_us(4_200), "4.20 ms");
-        assert_eq!(duration_us(1_350_000), "1.35 s");
-    }
 
     #[test]
     fn the_summary_shows_aborts_verification_and_the_baseline() {

@@ -345,9 +345,11 @@ impl OperatorService for Operator {
         }
         // Every id is checked before any is looked up: a malformed id refuses the whole call.
         let parsed = ids.iter().map(|id| parse_id(id, "payment_ids")).collect::<Result<Vec<_>, _>>()?;
+        // One ledger read for every transfer of the batch; metadata and refunds per found id.
+        let transfers = self.switch.ledger.lookup_transfers(&parsed).map_err(crate::core::ledger_refusal)?;
         let mut payments = Vec::with_capacity(parsed.len());
-        for (bytes, id) in ids.into_iter().zip(parsed) {
-            let lookup = match super::payments::payment_status(&self.switch, id, None) {
+        for ((bytes, id), stored) in ids.into_iter().zip(parsed).zip(transfers) {
+            let lookup = match super::payments::status_of(&self.switch, id, stored, None) {
                 Ok(payment) => proto::PaymentLookup { payment_id: bytes, found: true, payment: Some(payment) },
                 Err(refusal) if refusal.reason == Reason::PaymentNotFound => {
                     proto::PaymentLookup { payment_id: bytes, found: false, payment: None }

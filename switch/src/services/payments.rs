@@ -12,7 +12,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ledger::{Event, ResultCode, Transfer, TransferFlags};
+use ledger::{Event, ResultCode, Transfer, TransferFlags, TransferRecord};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -268,8 +268,19 @@ fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u6
 /// The definitive state of a payment. With a viewer, only the payer's or payee's PSP sees it;
 /// anyone else gets the same answer as for an id that does not exist.
 pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -> Result<proto::Payment, Refusal> {
-    let not_found = || Refusal::field(Reason::PaymentNotFound, "payment_id", "no such payment");
     let stored = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
+    status_of(switch, id, stored, viewer)
+}
+
+/// `payment_status` of a transfer already looked up (or `None`: not a transfer), so a batch of ids
+/// (`OperatorService.GetPayments`) reads its transfers in one ledger call.
+pub fn status_of(
+    switch: &Switch,
+    id: u128,
+    stored: Option<TransferRecord>,
+    viewer: Option<&Participant>,
+) -> Result<proto::Payment, Refusal> {
+    let not_found = || Refusal::field(Reason::PaymentNotFound, "payment_id", "no such payment");
     let Some(stored) = stored else {
         // Not a transfer: perhaps a collect that did not (or not yet) execute.
         let collect = super::collect::collect_of(switch, id)?.ok_or_else(not_found)?;

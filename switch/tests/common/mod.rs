@@ -12,9 +12,8 @@ use switch::proto::directory_service_client::DirectoryServiceClient;
 use switch::proto::operator_service_client::OperatorServiceClient;
 use switch::proto::payment_service_client::PaymentServiceClient;
 use switch::proto::{self, ConfirmationMode};
-use switch::server::{serve, TlsFiles};
+use switch::server::Background;
 use switch::tls::{DevelopmentCa, PemPair};
-use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 pub struct TestSwitch {
@@ -22,8 +21,7 @@ pub struct TestSwitch {
     pub address: SocketAddr,
     pub ca: DevelopmentCa,
     pub switch: Arc<Switch>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    server: Option<Background>,
 }
 
 pub fn config(data: PathBuf) -> Config {
@@ -51,21 +49,9 @@ impl TestSwitch {
     }
 
     async fn start_configured(dir: tempfile::TempDir, config: Config) -> TestSwitch {
-        let tls = TlsFiles::resolve(&config).expect("development CA");
-        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
-        let address = listener.local_addr().expect("address");
-        let switch =
-            tokio::task::spawn_blocking(move || Switch::open(config)).await.expect("open task").expect("open switch");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = Arc::clone(&switch);
-        let task = tokio::spawn(async move {
-            serve(serving, listener, &tls, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
+        let server = Background::start(config).await.expect("start switch");
         let ca = DevelopmentCa::new(dir.path().join("data/certs"));
-        TestSwitch { dir, address, ca, switch, stop: Some(stop), task: Some(task) }
+        TestSwitch { dir, address: server.address, ca, switch: Arc::clone(&server.switch), server: Some(server) }
     }
 
     /// Stops the server gracefully and returns its data directory, for a restart.
@@ -76,11 +62,8 @@ impl TestSwitch {
     }
 
     async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server stopped cleanly");
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("server stopped cleanly");
         }
     }
 
@@ -155,14 +138,6 @@ impl TestSwitch {
         let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
         let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
         assert_eq!(debits, credits, "money created or lost");
-    }
-}
-
-impl Drop for TestSwitch {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
