@@ -8,3 +8,5 @@ bash scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets -- -D warnings
 cargo test --release --workspace
+# The Kubernetes PrometheusRule wraps the generated alert rules: it must not go stale.
+bash deploy/k8s/make-prometheusrule.sh --check

@@ -271,6 +271,16 @@ impl Ledger {
         &self.shared.stats
     }
 
+    /// The last batch known durable.
+    pub fn committed_sequence(&self) -> u64 {
+        self.shared.committed_sequence.load(Ordering::Acquire)
+    }
+
+    /// Whether a storage failure stopped the ledger (it refuses all work until reopened).
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
+    }
+
     pub fn events_in_flight(&self) -> usize {
         self.shared.events_in_flight.load(Ordering::Relaxed)
     }

@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::codec::HASH_SIZE;
 use crate::error::LedgerError;
 use crate::event::{Batch, Event};
+use crate::histogram::{self, Histogram};
 use crate::result::ResultCode;
 use crate::state::{Effects, Known, Prefetched, StateMachine};
 use crate::store::{Store, WriteScratch};
@@ -60,12 +61,32 @@ pub(crate) enum Message {
 }
 
 /// Counters shared between the threads and readers (metrics, benchmarks).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     pub batches_committed: AtomicU64,
     pub events_committed: AtomicU64,
     pub commit_nanoseconds_total: AtomicU64,
     pub last_batch_events: AtomicUsize,
+    /// Events per committed batch: how well group commit is batching.
+    pub batch_events: Histogram,
+    /// The synced write of one batch, whole.
+    pub commit_nanoseconds: Histogram,
+    /// The part of it spent appending to and syncing the WAL (RocksDB's own timer).
+    pub wal_sync_nanoseconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            batches_committed: AtomicU64::new(0),
+            events_committed: AtomicU64::new(0),
+            commit_nanoseconds_total: AtomicU64::new(0),
+            last_batch_events: AtomicUsize::new(0),
+            batch_events: Histogram::new(histogram::BATCH_EVENTS),
+            commit_nanoseconds: Histogram::new(histogram::DURATION_NANOSECONDS_FAST),
+            wal_sync_nanoseconds: Histogram::new(histogram::DURATION_NANOSECONDS_FAST),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -251,10 +272,10 @@ impl Committer {
             }
             let started = Instant::now();
             match self.shared.store.write_batch(&commit.batch, &commit.effects, &self.previous_hash, &mut scratch) {
-                Ok(hash) => {
-                    self.previous_hash = hash;
+                Ok(written) => {
+                    self.previous_hash = written.hash;
                     self.shared.committed_sequence.store(commit.batch.sequence, Ordering::Release);
-                    self.record_stats(events, started);
+                    self.record_stats(events, started, written.wal_nanoseconds);
                     // Room is made before results are released: a submitter that resubmits as
                     // soon as it hears back must find the room it just freed.
                     self.shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
@@ -268,13 +289,16 @@ impl Committer {
         }
     }
 
-    fn record_stats(&self, events: usize, started: Instant) {
+    fn record_stats(&self, events: usize, started: Instant, wal_nanoseconds: u64) {
         let stats = &self.shared.stats;
         stats.batches_committed.fetch_add(1, Ordering::Relaxed);
         stats.events_committed.fetch_add(events as u64, Ordering::Relaxed);
         let nanoseconds = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         stats.commit_nanoseconds_total.fetch_add(nanoseconds, Ordering::Relaxed);
         stats.last_batch_events.store(events, Ordering::Relaxed);
+        stats.batch_events.observe(events as u64);
+        stats.commit_nanoseconds.observe(nanoseconds);
+        stats.wal_sync_nanoseconds.observe(wal_nanoseconds);
     }
 }
 

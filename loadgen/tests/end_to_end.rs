@@ -2,7 +2,6 @@
 //! and submission mode runs, verifies, and survives a restart of the switch; bad setups end with a
 //! clear error instead of a hang.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -13,8 +12,7 @@ use switch::proto::operator_service_client::OperatorServiceClient;
 use switch::server::Background;
 
 async fn start(data: &std::path::Path) -> Background {
-    let config =
-        Config { data_dir: data.to_path_buf(), listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() };
+    let config = Config { data_dir: data.to_path_buf(), ..Config::default() }.on_ephemeral_ports();
     Background::start(config).await.expect("start switch")
 }
 

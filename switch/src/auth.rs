@@ -1,5 +1,12 @@
 //! Who is calling: the identity in the verified client certificate, and what it may do.
+//!
+//! Parsing an X.509 certificate costs microseconds, and every call on a connection presents
+//! the same one; so the caller a certificate names is remembered, keyed by the certificate's
+//! bytes (compared whole, so two certificates can never share an identity).
 
+use std::sync::OnceLock;
+
+use tonic::transport::CertificateDer;
 use tonic::Request;
 
 use crate::proto::Reason;
@@ -10,9 +17,31 @@ use crate::tls::{caller_from_certificate, Caller};
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, Refusal> {
     let certificates =
         request.peer_certs().ok_or_else(|| Refusal::new(Reason::NotAuthenticated, "no client certificate"))?;
-    let leaf = certificates.first().ok_or_else(|| Refusal::new(Reason::NotAuthenticated, "no client certificate"))?;
-    caller_from_certificate(leaf.as_ref())
+    if certificates.is_empty() {
+        return Err(Refusal::new(Reason::NotAuthenticated, "no client certificate"));
+    }
+    caller_of_certificates(&certificates)
         .ok_or_else(|| Refusal::new(Reason::NotAuthenticated, "the certificate names no PSP or operator"))
+}
+
+/// Most certificates remembered; past it the cache starts over (only the switch's CA issues
+/// certificates that get this far, so this is a bound against a misissuing CA, not a workload).
+const CALLERS_CACHED_MAX: usize = 100_000;
+
+/// The caller a verified chain's leaf names, parsed once per distinct certificate.
+pub fn caller_of_certificates(certificates: &[CertificateDer<'_>]) -> Option<Caller> {
+    static CALLERS: OnceLock<papaya::HashMap<Box<[u8]>, Option<Caller>>> = OnceLock::new();
+    let leaf: &[u8] = certificates.first()?.as_ref();
+    let callers = CALLERS.get_or_init(papaya::HashMap::new).pin();
+    if let Some(caller) = callers.get(leaf) {
+        return caller.clone();
+    }
+    if callers.len() >= CALLERS_CACHED_MAX {
+        callers.clear();
+    }
+    let caller = caller_from_certificate(leaf);
+    callers.insert(leaf.into(), caller.clone());
+    caller
 }
 
 /// The PSP id of the caller; operators may not use PSP services (they would act for nobody).

@@ -16,6 +16,7 @@ pub struct Config {
     /// The PSP-facing gRPC port (mutual TLS).
     pub listen: SocketAddr,
     pub tls: TlsConfig,
+    pub operator: OperatorSection,
     pub ledger: LedgerSection,
     pub limits: Limits,
     /// The currencies the switch settles; each is one ledger.
@@ -31,6 +32,26 @@ pub struct TlsConfig {
     /// The server's certificate and key (PEM). Empty: the development CA's server pair.
     pub server_certificate: Option<PathBuf>,
     pub server_key: Option<PathBuf>,
+}
+
+/// The operator-facing ports: plain (no TLS), for the operations network only.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorSection {
+    /// HTTP: Prometheus metrics at `/metrics`, the live dashboard at `/`, `/healthz`.
+    pub http_listen: SocketAddr,
+    /// gRPC health checking alone, without TLS, for orchestrators' probes (which cannot present
+    /// a client certificate to the mutual-TLS port).
+    pub health_listen: SocketAddr,
+}
+
+impl Default for OperatorSection {
+    fn default() -> Self {
+        OperatorSection {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            health_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -81,6 +102,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             tls: TlsConfig::default(),
+            operator: OperatorSection::default(),
             ledger: LedgerSection::default(),
             limits: Limits::default(),
             currencies: vec![Currency { code: "INR".into(), ledger: 356, amount_minor_max: 1_000_000_000 }],
@@ -167,6 +189,16 @@ impl Config {
             return invalid("tls.server_certificate and tls.server_key go together".into());
         }
         Ok(())
+    }
+
+    /// The same configuration with every port ephemeral on loopback: for tests and tools that
+    /// run switches side by side.
+    pub fn on_ephemeral_ports(mut self) -> Config {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.listen = loopback;
+        self.operator.http_listen = loopback;
+        self.operator.health_listen = loopback;
+        self
     }
 
     pub fn currency(&self, code: &str) -> Option<&Currency> {

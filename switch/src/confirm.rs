@@ -129,6 +129,15 @@ impl Confirmations {
         Ok(receiver)
     }
 
+    /// Payments whose payer is waiting for the payee's answer.
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Tells every waiter the outcome and forgets the payment.
     pub fn finish(&self, payment: u128, outcome: Option<Outcome>) {
         if let Some(sender) = self.waiting.pin().remove(&payment) {
@@ -196,6 +205,12 @@ pub async fn resolve(
     let results = switch.submit(events).await?;
     if results[0] == ResultCode::Ok {
         switch.events.committed(&switch.ledger, &payee.psp_id, 1).map_err(ledger_refusal)?;
+        if resolution == Resolution::Accept {
+            if let Some(payer) = switch.participants.by_account(pending.debit_account_id) {
+                let amount = u64::try_from(pending.amount).unwrap_or(u64::MAX);
+                switch.metrics.completed(&payer.psp_id, &payee.psp_id, amount);
+            }
+        }
     }
     // Whoever won, the ledger now holds the final state.
     let record = switch.ledger.lookup_transfers(&[payment]).map_err(ledger_refusal)?.into_iter().next().flatten();

@@ -72,6 +72,8 @@ pub struct Switch {
     pub shutting_down: tokio::sync::watch::Sender<bool>,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
+    /// Counters for operators (`crate::metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +130,7 @@ impl Switch {
             collects_awaiting: tokio::sync::Mutex::new(std::collections::HashMap::new()),
             shutting_down: tokio::sync::watch::Sender::new(false),
             operator_lock,
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         }))
     }
 

@@ -48,6 +48,8 @@ pub struct Outbox {
     pub appended: AtomicU64,
     /// Highest sequence the PSP acknowledged durably.
     pub acknowledged: AtomicU64,
+    /// Event streams of the PSP being served (the newest one delivers; older ones are ending).
+    pub streams: AtomicU64,
 }
 
 impl Outbox {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switch::config::Config;
-use switch::server::{serve, TlsFiles};
+use switch::server::{serve, Listeners, TlsFiles};
 use switch::tls::DevelopmentCa;
 
 #[derive(Parser)]
@@ -37,11 +37,23 @@ enum Command {
         /// Overrides `listen`.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Overrides `operator.http_listen` (metrics, dashboard).
+        #[arg(long)]
+        operator_listen: Option<SocketAddr>,
+        /// Overrides `operator.health_listen` (plain gRPC health checking).
+        #[arg(long)]
+        health_listen: Option<SocketAddr>,
     },
     /// Development certificate authority (not for production).
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Write the Grafana dashboard and Prometheus alert rules generated from code.
+    Observability {
+        /// The deploy directory: writes grafana/payment-switch.json and prometheus/alerts.yml in it.
+        #[arg(long, default_value = "deploy")]
+        deploy_dir: PathBuf,
     },
     /// Call a running switch with a certificate from the development CA.
     Client {
@@ -89,7 +101,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Command::Serve { config, data, listen } => {
+        Command::Serve { config, data, listen, operator_listen, health_listen } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
@@ -100,6 +112,12 @@ fn main() -> anyhow::Result<()> {
             if let Some(listen) = listen {
                 config.listen = listen;
             }
+            if let Some(address) = operator_listen {
+                config.operator.http_listen = address;
+            }
+            if let Some(address) = health_listen {
+                config.operator.health_listen = address;
+            }
             config.check()?;
             run(config)
         }
@@ -108,6 +126,17 @@ fn main() -> anyhow::Result<()> {
             let connection = switch::client::Connection { server, data, caller };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(switch::client::run(connection, command))
+        }
+        Command::Observability { deploy_dir } => {
+            switch::observability::write(&deploy_dir)
+                .with_context(|| format!("writing to {}", deploy_dir.display()))?;
+            println!(
+                "wrote {} and {} under {}",
+                switch::observability::DASHBOARD_FILE,
+                switch::observability::ALERTS_FILE,
+                deploy_dir.display()
+            );
+            Ok(())
         }
         Command::Certs { command: CertsCommand::Init { data } } => {
             let ca = DevelopmentCa::new(data.join("certs"));
@@ -133,15 +162,32 @@ fn run(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let tls = TlsFiles::resolve(&config)?;
-        let listener =
-            tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let address = listener.local_addr()?;
-        let switch = switch::core::Switch::open(config.clone())?;
+        let listeners = Listeners::bind(&config).await?;
+        let (address, operator, health) = listeners.addresses()?;
+        let switch = switch::core::Switch::open(config.clone()).context("opening the switch")?;
         println!("switch listening on {address} (mutual TLS; CA {})", tls.ca_certificate.display());
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-        };
-        serve(switch, listener, &tls, shutdown).await
+        println!("dashboard   http://{operator}/   metrics http://{operator}/metrics");
+        println!("health      {health} (plain gRPC, grpc.health.v1)");
+        serve(switch, listeners, &tls, stop_signal()).await
     })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (systemd, Kubernetes, docker stop).
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops the switch");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
 }

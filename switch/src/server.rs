@@ -1,6 +1,10 @@
-//! The gRPC server: mutual TLS, the services, health checking and reflection, graceful shutdown.
+//! The servers of one switch: the PSP-facing gRPC port (mutual TLS: the services, health
+//! checking, reflection, RED metrics on every call), the plain gRPC health port for
+//! orchestrators' probes, and the operator HTTP port (metrics, dashboard); graceful shutdown of
+//! all three.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -57,11 +61,42 @@ impl TlsFiles {
     }
 }
 
-/// Serves the switch on `listener` until `shutdown` resolves, then finishes in-flight requests
-/// and lets the ledger commit everything queued.
+/// The switch's three bound ports.
+pub struct Listeners {
+    /// PSPs and operators: gRPC over mutual TLS.
+    pub grpc: TcpListener,
+    /// Operators: HTTP metrics, dashboard, health.
+    pub operator_http: TcpListener,
+    /// Orchestrators: plain gRPC health checking.
+    pub health: TcpListener,
+}
+
+impl Listeners {
+    /// Binds every port the configuration names.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let bind = |address: std::net::SocketAddr, what: &'static str| async move {
+            TcpListener::bind(address)
+                .await
+                .map_err(|error| anyhow::anyhow!("binding the {what} port {address}: {error}"))
+        };
+        Ok(Listeners {
+            grpc: bind(config.listen, "gRPC").await?,
+            operator_http: bind(config.operator.http_listen, "operator HTTP").await?,
+            health: bind(config.operator.health_listen, "health").await?,
+        })
+    }
+
+    /// The addresses bound, as (gRPC, operator HTTP, health).
+    pub fn addresses(&self) -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
+        Ok((self.grpc.local_addr()?, self.operator_http.local_addr()?, self.health.local_addr()?))
+    }
+}
+
+/// Serves the switch until `shutdown` resolves, then finishes in-flight requests and lets the
+/// ledger commit everything queued.
 pub async fn serve(
     switch: Arc<Switch>,
-    listener: TcpListener,
+    listeners: Listeners,
     tls: &TlsFiles,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -92,20 +127,40 @@ pub async fn serve(
     let operator = OperatorServiceServer::new(Operator { switch: Arc::clone(&switch) });
     let events = EventServiceServer::new(Events { switch: Arc::clone(&switch) });
 
-    Server::builder()
+    // The side ports stop when the main one has drained (a probe sees NOT_SERVING meanwhile).
+    let (side_stop, side_stopped) = tokio::sync::watch::channel(false);
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stopped| *stopped).await;
+    };
+    let health_port = tokio::spawn(
+        Server::builder()
+            .add_service(health.clone())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), stopped(side_stopped.clone())),
+    );
+    let operator_port =
+        tokio::spawn(crate::dashboard::serve(Arc::clone(&switch), listeners.operator_http, stopped(side_stopped)));
+
+    let served = Server::builder()
         .tls_config(tls.server_tls()?)?
+        .layer(crate::metrics::grpc::MeteredLayer::new(Arc::clone(&switch.metrics)))
         .add_service(health)
         .add_service(reflection)
         .add_service(payments)
         .add_service(directory)
         .add_service(operator)
         .add_service(events)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async {
             shutdown.await;
+            health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             // Streams never finish by themselves: tell them to end, then wait for the rest.
             switch.shutting_down.send_replace(true);
         })
-        .await?;
+        .await;
+    let _ = side_stop.send(true);
+    let (health_served, operator_served) = (health_port.await?, operator_port.await?);
+    served?;
+    health_served?;
+    operator_served?;
     // Every request has been answered; commit what the ledger still holds, then stop.
     let closing = Arc::clone(&switch);
     tokio::task::spawn_blocking(move || closing.close()).await?;
@@ -116,7 +171,12 @@ pub async fn serve(
 /// A switch served in the background of the current tokio runtime until `stop`: how tests and
 /// tools run one in-process (the binary serves in the foreground, `main.rs`).
 pub struct Background {
-    pub address: std::net::SocketAddr,
+    /// The gRPC (mutual TLS) address.
+    pub address: SocketAddr,
+    /// The operator HTTP address (metrics, dashboard).
+    pub operator_address: SocketAddr,
+    /// The plain gRPC health address.
+    pub health_address: SocketAddr,
     pub switch: Arc<Switch>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -124,22 +184,22 @@ pub struct Background {
 
 impl Background {
     /// Opens the switch on `config` (creating the development CA if no PEM files are configured)
-    /// and serves it on `config.listen` (port 0: an ephemeral port, see `address`).
+    /// and serves it on the configured ports (port 0: an ephemeral port, see the addresses).
     pub async fn start(config: Config) -> anyhow::Result<Background> {
         let tls = TlsFiles::resolve(&config)?;
-        let listener = TcpListener::bind(config.listen).await?;
-        let address = listener.local_addr()?;
+        let listeners = Listeners::bind(&config).await?;
+        let (address, operator_address, health_address) = listeners.addresses()?;
         // Opening replays the ledger's tail from disk: off the async threads.
         let switch = tokio::task::spawn_blocking(move || Switch::open(config)).await??;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&switch);
         let task = tokio::spawn(async move {
-            serve(serving, listener, &tls, async {
+            serve(serving, listeners, &tls, async {
                 let _ = stopped.await;
             })
             .await
         });
-        Ok(Background { address, switch, stop: Some(stop), task: Some(task) })
+        Ok(Background { address, operator_address, health_address, switch, stop: Some(stop), task: Some(task) })
     }
 
     /// Stops gracefully: in-flight requests answered, open streams ended, the ledger committed

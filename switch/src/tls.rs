@@ -81,6 +81,16 @@ fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     std::fs::write(path, contents).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
 }
 
+/// A private key: readable by its owner only (0600), from the moment it exists.
+fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| TlsError::Io { path: path.to_path_buf(), source };
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
+}
+
 fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
 }
@@ -146,7 +156,7 @@ impl DevelopmentCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         set_validity(&mut params);
         let certificate = params.self_signed(&key)?;
-        write(&self.dir.join("ca.key"), &key.serialize_pem())?;
+        write_private(&self.dir.join("ca.key"), &key.serialize_pem())?;
         write(&self.ca_certificate(), &certificate.pem())?;
 
         let mut server = leaf_params("switch", None, &["localhost", "127.0.0.1"])?;
@@ -185,7 +195,7 @@ impl DevelopmentCa {
         let issuer = Issuer::from_ca_cert_pem(&read(&self.ca_certificate())?, ca_key)?;
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &issuer)?;
-        write(&pair.key, &key.serialize_pem())?;
+        write_private(&pair.key, &key.serialize_pem())?;
         write(&pair.certificate, &certificate.pem())
     }
 }

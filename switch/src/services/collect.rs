@@ -293,6 +293,7 @@ async fn execute(switch: &Arc<Switch>, id: u128, collect: CollectRecord) -> Resu
         ResultCode::Ok => {
             switch.events.committed(&switch.ledger, &payee.psp_id, 1).map_err(ledger_refusal)?;
             switch.events.committed(&switch.ledger, &payer.psp_id, 1).map_err(ledger_refusal)?;
+            switch.metrics.completed(&payer.psp_id, &payee.psp_id, collect.amount_minor);
             Ok(())
         }
         ResultCode::ExceedsCredits => {

@@ -71,6 +71,7 @@ impl EventService for Events {
             last_sequence: last,
         };
         let _ = sender.send(Ok(response(Outgoing::Welcome(welcome)))).await;
+        outbox.streams.fetch_add(1, Ordering::AcqRel);
         let stream = Stream { switch: Arc::clone(&self.switch), psp, outbox, epoch, sender };
         tokio::spawn(stream.run(incoming));
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -93,6 +94,12 @@ struct Stream {
     outbox: Arc<Outbox>,
     epoch: u64,
     sender: Responses,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.outbox.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Stream {

@@ -11,6 +11,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ledger::{Event, ResultCode, Transfer, TransferFlags, TransferRecord};
 use prost::Message;
@@ -383,6 +384,8 @@ async fn execute(
         switch.events.committed(&switch.ledger, &payee, 1).map_err(ledger_refusal)?;
         if confirmed {
             crate::confirm::arm_deadline(Arc::clone(switch), id, deadline);
+        } else {
+            switch.metrics.completed(&payer.psp_id, &payee, request.amount_minor);
         }
     }
     let state = match outcome(code) {
@@ -422,31 +425,29 @@ async fn execute(
     }
 }
 
-#[tonic::async_trait]
-impl PaymentService for Payments {
-    async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
+impl Payments {
+    /// `Pay` up to the answer: refusals as `Err`.
+    async fn pay_one(&self, request: Request<proto::PayRequest>) -> Result<proto::PaymentResult, Refusal> {
         let psp = auth::psp(&request)?;
         let payer = self.switch.active_participant(&psp)?;
         if !self.payment_limiter.allow_many(&psp, 1) {
-            return Err(rate_limited().into());
+            return Err(rate_limited());
         }
-        Ok(Response::new(execute(&self.switch, &payer, request.get_ref()).await?))
+        execute(&self.switch, &payer, request.get_ref()).await
     }
 
-    async fn pay_batch(
-        &self,
-        request: Request<proto::PayBatchRequest>,
-    ) -> Result<Response<proto::PayBatchResponse>, Status> {
+    /// `PayBatch` up to the answers: one result per payment, or a refusal of the whole batch.
+    async fn pay_many(&self, request: Request<proto::PayBatchRequest>) -> Result<Vec<proto::PaymentResult>, Refusal> {
         let psp = auth::psp(&request)?;
         let payer = self.switch.active_participant(&psp)?;
         let payments = request.into_inner().payments;
         if payments.is_empty() || payments.len() > BATCH_SIZE_MAX {
             let message = format!("a batch holds 1 to {BATCH_SIZE_MAX} payments");
-            return Err(Refusal::field(Reason::BatchSizeOutOfRange, "payments", message).into());
+            return Err(Refusal::field(Reason::BatchSizeOutOfRange, "payments", message));
         }
         // A whole batch is admitted or none of it.
         if !self.payment_limiter.allow_many(&psp, payments.len() as u64) {
-            return Err(rate_limited().into());
+            return Err(rate_limited());
         }
         let mut outcomes: Vec<Option<Result<(PaymentState, u64), Refusal>>> = vec![None; payments.len()];
         let mut prepared = Vec::with_capacity(payments.len());
@@ -464,6 +465,7 @@ impl PaymentService for Payments {
             let events: Vec<Event> = chunk.iter().flat_map(|(_, ready)| ready.events.iter().cloned()).collect();
             pending.push(self.switch.ledger.submit(events).map_err(ledger_refusal)?);
         }
+        let (mut sent, mut sent_minor) = (0u64, 0u64);
         for (chunk, completion) in prepared.chunks(per_submission).zip(pending) {
             let results = completion.await.map_err(ledger_refusal)?;
             for (index, (position, ready)) in chunk.iter().enumerate() {
@@ -474,6 +476,10 @@ impl PaymentService for Payments {
                     self.switch.events.committed(&self.switch.ledger, &ready.payee, 1).map_err(ledger_refusal)?;
                     if ready.confirmed {
                         crate::confirm::arm_deadline(Arc::clone(&self.switch), ready.id, ready.deadline_unix_ms);
+                    } else {
+                        sent += 1;
+                        sent_minor += payments[*position].amount_minor;
+                        self.switch.metrics.received(&ready.payee, payments[*position].amount_minor);
                     }
                 }
                 // A batch does not wait for confirming payees: their payments answer PENDING and
@@ -485,6 +491,8 @@ impl PaymentService for Payments {
                 }));
             }
         }
+        // The payer's side once per batch, not per payment.
+        self.switch.metrics.completed_many(&payer.psp_id, sent, sent_minor);
         let results = payments
             .iter()
             .zip(outcomes)
@@ -494,7 +502,56 @@ impl PaymentService for Payments {
                 result_message(&payment.payment_id, outcome)
             })
             .collect();
-        Ok(Response::new(proto::PayBatchResponse { results }))
+        Ok(results)
+    }
+}
+
+/// Counts a batch's answers by (state, reason), then adds each count once.
+fn answered_batch(switch: &Switch, results: &[proto::PaymentResult], started: Instant) {
+    let mut counts: Vec<((i32, i32), u64)> = Vec::new();
+    for result in results {
+        let key = (result.state, result.reason);
+        match counts.iter_mut().find(|(seen, _)| *seen == key) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    let elapsed = started.elapsed();
+    for ((state, reason), count) in counts {
+        switch.metrics.answered(state, reason, count, elapsed);
+    }
+}
+
+#[tonic::async_trait]
+impl PaymentService for Payments {
+    async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
+        let started = Instant::now();
+        let outcome = self.pay_one(request).await;
+        let (state, reason) = match &outcome {
+            Ok(result) => (result.state, result.reason),
+            Err(refusal) => (PaymentState::Rejected as i32, refusal.reason as i32),
+        };
+        self.switch.metrics.answered(state, reason, 1, started.elapsed());
+        Ok(Response::new(outcome?))
+    }
+
+    async fn pay_batch(
+        &self,
+        request: Request<proto::PayBatchRequest>,
+    ) -> Result<Response<proto::PayBatchResponse>, Status> {
+        let started = Instant::now();
+        let count = request.get_ref().payments.len() as u64;
+        match self.pay_many(request).await {
+            Ok(results) => {
+                answered_batch(&self.switch, &results, started);
+                Ok(Response::new(proto::PayBatchResponse { results }))
+            }
+            Err(refusal) => {
+                let metrics = &self.switch.metrics;
+                metrics.answered(PaymentState::Rejected as i32, refusal.reason as i32, count, started.elapsed());
+                Err(refusal.into())
+            }
+        }
     }
 
     type PayStreamStream = tokio_stream::wrappers::ReceiverStream<Result<proto::PayStreamResponse, Status>>;
@@ -517,12 +574,14 @@ impl PaymentService for Payments {
                 let (switch, payer, sender) = (Arc::clone(&switch), Arc::clone(&payer), sender.clone());
                 let admitted = limiter.allow_many(&payer.psp_id, 1);
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let payment = item.payment.unwrap_or_default();
                     let outcome = if admitted { execute(&switch, &payer, &payment).await } else { Err(rate_limited()) };
                     let result = match outcome {
                         Ok(result) => result,
                         Err(refusal) => result_message(&payment.payment_id, Err(refusal)),
                     };
+                    switch.metrics.answered(result.state, result.reason, 1, started.elapsed());
                     let response =
                         proto::PayStreamResponse { correlation_id: item.correlation_id, result: Some(result) };
                     let _ = sender.send(Ok(response)).await;

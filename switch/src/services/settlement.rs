@@ -29,7 +29,8 @@ pub struct OpenWindow {
     pub opened_at_unix_ns: u64,
 }
 
-fn open_window(switch: &Switch) -> Result<OpenWindow, Refusal> {
+/// The window currently open (window 1 from the start until the first close).
+pub fn open_window(switch: &Switch) -> Result<OpenWindow, Refusal> {
     let bytes = switch.ledger.record(tables::SETTLEMENT, OPEN_KEY).map_err(ledger_refusal)?;
     let stored = bytes.and_then(|bytes| OpenWindow::decode(bytes.as_slice()).ok());
     Ok(stored.unwrap_or(OpenWindow { window_id: 1, opened_at_unix_ns: 0 }))

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod chromium;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,13 +21,17 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 pub struct TestSwitch {
     pub dir: tempfile::TempDir,
     pub address: SocketAddr,
+    /// The operator HTTP port (metrics, dashboard).
+    pub operator_address: SocketAddr,
+    /// The plain gRPC health port.
+    pub health_address: SocketAddr,
     pub ca: DevelopmentCa,
     pub switch: Arc<Switch>,
     server: Option<Background>,
 }
 
 pub fn config(data: PathBuf) -> Config {
-    Config { data_dir: data, listen: SocketAddr::from(([127, 0, 0, 1], 0)), ..Config::default() }
+    Config { data_dir: data, ..Config::default() }.on_ephemeral_ports()
 }
 
 impl TestSwitch {
@@ -51,7 +57,15 @@ impl TestSwitch {
     async fn start_configured(dir: tempfile::TempDir, config: Config) -> TestSwitch {
         let server = Background::start(config).await.expect("start switch");
         let ca = DevelopmentCa::new(dir.path().join("data/certs"));
-        TestSwitch { dir, address: server.address, ca, switch: Arc::clone(&server.switch), server: Some(server) }
+        TestSwitch {
+            dir,
+            address: server.address,
+            operator_address: server.operator_address,
+            health_address: server.health_address,
+            ca,
+            switch: Arc::clone(&server.switch),
+            server: Some(server),
+        }
     }
 
     /// Stops the server gracefully and returns its data directory, for a restart.
@@ -187,4 +201,65 @@ pub fn pay(payment_id: u128, payer: &str, payee: &str, amount: u64) -> proto::Pa
 
 pub fn reason(status: &tonic::Status) -> Option<proto::Reason> {
     switch::reason::reason_of(status)
+}
+
+/// A plain HTTP/1.1 GET on the operator port: (status code, body). Enough for tests; no client
+/// library needed.
+pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(address, path).await.unwrap_or_else(|| panic!("GET http://{address}{path} failed"))
+}
+
+/// `http_get` that answers `None` when the server is not (yet) there, is slow (10 s) or the
+/// answer is garbled. Reads to the end of the body by its length when the server keeps the
+/// connection open (Chromium's DevTools server does).
+pub async fn try_http_get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), get_once(address, path)).await.ok().flatten()
+}
+
+async fn get_once(address: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 16 << 10];
+    loop {
+        let read = stream.read(&mut buffer).await.ok()?;
+        response.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&response);
+        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().to_string())
+                })
+                .and_then(|length| length.parse::<usize>().ok())
+                .is_some_and(|length| body.len() >= length)
+        });
+        if read == 0 || complete {
+            break;
+        }
+    }
+    let text = String::from_utf8(response).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok())?;
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    Some((status, if chunked { dechunk(body) } else { body.to_string() }))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// The value of one series (`name{labels}` exactly as exposed) in a Prometheus exposition.
+pub fn series(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
