@@ -35,7 +35,7 @@ pub struct Histogram {
 }
 
 /// A point-in-time copy of a histogram.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HistogramSnapshot {
     pub bounds: &'static [u64],
     /// Count per bucket (not cumulative); the last is above every bound.

@@ -40,7 +40,6 @@ async fn keep_paying(test: &TestSwitch, stop: Arc<AtomicBool>) -> Vec<tokio::tas
 
 async fn number(browser: &mut Browser, expression: &str) -> f64 {
     let value = browser.evaluate(expression).await;
-    eprintln!("{expression} = {value}");
     value.as_f64().or_else(|| value.as_str().and_then(|text| text.parse().ok())).unwrap_or(f64::NAN)
 }
 

@@ -127,8 +127,8 @@ fn requests(page: &mut Page, metrics: &Metrics) {
     let name = "switch_psp_grpc_request_duration_seconds";
     page.family(name, "histogram", "gRPC call duration by calling PSP.");
     for (psp, counts) in &psps {
-        if let Some(snapshot) = counts.duration.as_ref().filter(|snapshot| snapshot.count() > 0) {
-            page.histogram(name, &[("psp", psp)], snapshot, SECONDS_PER_NANOSECOND);
+        if counts.duration.count() > 0 {
+            page.histogram(name, &[("psp", psp)], &counts.duration, SECONDS_PER_NANOSECOND);
         }
     }
     type Volume = fn(&super::PspCounts) -> u64;

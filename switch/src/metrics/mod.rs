@@ -125,7 +125,7 @@ pub struct PspMetrics {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PspCounts {
     pub codes: Vec<u64>,
-    pub duration: Option<HistogramSnapshot>,
+    pub duration: HistogramSnapshot,
     pub sent: u64,
     pub received: u64,
     pub sent_minor: u64,
@@ -245,7 +245,7 @@ impl Metrics {
             .map(|(psp, cells)| {
                 let counts = PspCounts {
                     codes: cells.requests.codes().to_vec(),
-                    duration: Some(cells.requests.duration.snapshot()),
+                    duration: cells.requests.duration.snapshot(),
                     sent: cells.sent.load(Ordering::Relaxed),
                     received: cells.received.load(Ordering::Relaxed),
                     sent_minor: cells.sent_minor.load(Ordering::Relaxed),
