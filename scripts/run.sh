@@ -24,11 +24,12 @@ cd "$job"
 switch_pid=$!
 trap 'kill "$switch_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
-  grep -q "switch listening" switch.log && break
+  grep -q "^health" switch.log && break
   kill -0 "$switch_pid" 2>/dev/null || { cat switch.log; echo "run: the switch did not start" >&2; exit 1; }
   sleep 0.1
 done
-grep "switch listening" switch.log
+# Its addresses: the PSP port, the live dashboard (watch the load while it runs), the health port.
+grep -E "^(switch listening|dashboard|health)" switch.log
 
 status=0
 "$bin/loadgen" --duration 60 --report-dir report --baseline postgres --switch-pid "$switch_pid" "$@" || status=$?
