@@ -9,6 +9,7 @@
 # report (report.html, report.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$(pwd)"
 bash scripts/setup.sh
 # The whole workspace, as the tests build it: building one package alone can unify dependency
 # features differently and recompile RocksDB.
@@ -20,14 +21,8 @@ mkdir -p "$job"
 cd "$job"
 
 # `switch serve` with no arguments: data in ./data, a development CA on first start, port 50051.
-"$bin/switch" serve >switch.log 2>&1 &
-switch_pid=$!
-trap 'kill "$switch_pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  grep -q "^health" switch.log && break
-  kill -0 "$switch_pid" 2>/dev/null || { cat switch.log; echo "run: the switch did not start" >&2; exit 1; }
-  sleep 0.1
-done
+source "$root/scripts/start-switch.sh"
+start_switch "$bin"
 # Its addresses: the PSP port, the live dashboard (watch the load while it runs), the health port.
 grep -E "^(switch listening|dashboard|health)" switch.log
 
