@@ -64,9 +64,31 @@ pub struct Outcome {
     pub state: PaymentState,
     pub reason: Reason,
     pub finalized_at_unix_ns: u64,
+    /// For DECLINED: the payee's reason (see [`with_decline_reason`]).
+    pub decline_reason: DeclineReason,
+}
+
+impl Outcome {
+    fn new(state: PaymentState, reason: Reason, finalized_at_unix_ns: u64) -> Outcome {
+        Outcome { state, reason, finalized_at_unix_ns, decline_reason: DeclineReason::Unspecified }
+    }
+}
+
+/// The payee's decline reason is stored in the declining void's `user_data_32`; reading it back
+/// takes a second lookup, which only a declined payment needs.
+pub fn with_decline_reason(switch: &Switch, payment: u128, outcome: Outcome) -> Result<Outcome, Refusal> {
+    if outcome.state != PaymentState::Declined || outcome.reason != Reason::PayeeDeclined {
+        return Ok(outcome);
+    }
+    let decline = resolution_id(payment, Resolution::Decline);
+    let stored = switch.ledger.lookup_transfers(&[decline]).map_err(ledger_refusal)?.into_iter().next().flatten();
+    let sent = stored.map_or(0, |record| record.stored.transfer.user_data_32);
+    let decline_reason = DeclineReason::try_from(i32::try_from(sent).unwrap_or(-1)).unwrap_or(DeclineReason::Other);
+    Ok(Outcome { decline_reason, ..outcome })
 }
 
 /// Reads a payment's state from its ledger record: completed, failed, pending, declined, expired.
+/// A declined payment's `decline_reason` is left UNSPECIFIED here ([`with_decline_reason`]).
 pub fn state_of(payment: u128, record: &TransferRecord) -> Outcome {
     let transfer = &record.stored.transfer;
     if record.stored.result != ResultCode::Ok {
@@ -75,32 +97,24 @@ pub fn state_of(payment: u128, record: &TransferRecord) -> Outcome {
             code if code.name().starts_with("overflows") => Reason::BalanceOverflow,
             _ => Reason::Internal,
         };
-        return Outcome { state: PaymentState::Failed, reason, finalized_at_unix_ns: transfer.timestamp };
+        return Outcome::new(PaymentState::Failed, reason, transfer.timestamp);
     }
     if !transfer.flags.pending() {
-        return Outcome {
-            state: PaymentState::Completed,
-            reason: Reason::Unspecified,
-            finalized_at_unix_ns: transfer.timestamp,
-        };
+        return Outcome::new(PaymentState::Completed, Reason::Unspecified, transfer.timestamp);
     }
     match record.resolution {
-        None => Outcome { state: PaymentState::Pending, reason: Reason::Unspecified, finalized_at_unix_ns: 0 },
+        None => Outcome::new(PaymentState::Pending, Reason::Unspecified, 0),
         Some(resolution) => {
             let at = resolution.timestamp;
             match resolution.status {
-                PendingStatus::Posted => {
-                    Outcome { state: PaymentState::Completed, reason: Reason::Unspecified, finalized_at_unix_ns: at }
-                }
+                PendingStatus::Posted => Outcome::new(PaymentState::Completed, Reason::Unspecified, at),
                 PendingStatus::Voided if resolution.resolved_by == resolution_id(payment, Resolution::Decline) => {
-                    Outcome { state: PaymentState::Declined, reason: Reason::PayeeDeclined, finalized_at_unix_ns: at }
+                    Outcome::new(PaymentState::Declined, Reason::PayeeDeclined, at)
                 }
                 PendingStatus::Voided | PendingStatus::Expired => {
-                    Outcome { state: PaymentState::Expired, reason: Reason::PayeeTimeout, finalized_at_unix_ns: at }
+                    Outcome::new(PaymentState::Expired, Reason::PayeeTimeout, at)
                 }
-                PendingStatus::Pending => {
-                    Outcome { state: PaymentState::Pending, reason: Reason::Unspecified, finalized_at_unix_ns: 0 }
-                }
+                PendingStatus::Pending => Outcome::new(PaymentState::Pending, Reason::Unspecified, 0),
             }
         }
     }
@@ -177,6 +191,13 @@ pub async fn resolve(
     let resolving = Transfer {
         id: resolution_id(payment, resolution),
         pending_id: payment,
+        // The payee's reason, durable with the decision (DeclineReason values are small and
+        // non-negative; prost keeps unknown ones as sent, which `decide` maps to OTHER).
+        user_data_32: if resolution == Resolution::Decline {
+            u32::try_from(decline_reason as i32).unwrap_or(0)
+        } else {
+            0
+        },
         flags: TransferFlags(flags | TransferFlags::LINKED),
         ..Transfer::default()
     };
@@ -214,12 +235,17 @@ pub async fn resolve(
     }
     // Whoever won, the ledger now holds the final state.
     let record = switch.ledger.lookup_transfers(&[payment]).map_err(ledger_refusal)?.into_iter().next().flatten();
-    let outcome = record.map(|record| state_of(payment, &record));
+    let outcome = match record.map(|record| state_of(payment, &record)) {
+        Some(outcome) => Some(with_decline_reason(switch, payment, outcome)?),
+        None => None,
+    };
     if let Some(outcome) = outcome.filter(|outcome| outcome.state != PaymentState::Pending) {
         switch.confirmations.finish(payment, Some(outcome));
     }
     match (results[0], outcome) {
         (ResultCode::Ok | ResultCode::Exists, Some(outcome)) => Ok(outcome),
+        // The same decision again with another reason: the first one stands.
+        (code, Some(outcome)) if code.name().starts_with("exists_with_different") => Ok(outcome),
         (ResultCode::PendingTransferAlreadyPosted | ResultCode::PendingTransferAlreadyVoided, _)
         | (ResultCode::PendingTransferExpired, _) => {
             Err(Refusal::new(Reason::AlreadyDecided, "the payment is already final"))

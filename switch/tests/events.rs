@@ -202,6 +202,16 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     assert_eq!(receipt.status_code, 0);
     let result = call.await.expect("task").expect("an answer, not an error").into_inner();
     assert_eq!((result.state, result.reason), (PaymentState::Declined as i32, Reason::PayeeDeclined as i32));
+    // The payee's own reason reaches the payer, in the answer and from then on in the status.
+    assert_eq!(result.decline_reason, proto::DeclineReason::AccountClosed as i32);
+    let declined = bank_a
+        .payments
+        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(2) })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(declined.state, PaymentState::Declined as i32);
+    assert_eq!(declined.decline_reason, proto::DeclineReason::AccountClosed as i32);
     let after = bank_a.position().await;
     assert_eq!((after.balance_minor, after.reserved_minor), (700, 0));
     // Deciding again is refused: one resolution only.
@@ -305,7 +315,7 @@ async fn collect_decision(
     let message = Incoming::CollectDecision(proto::CollectDecision {
         collect_id: id(collect),
         decision: decision as i32,
-        decline_reason: 0,
+        decline_reason: proto::DeclineReason::CustomerDeclined as i32,
     });
     subscription.requests.send(proto::SubscribeRequest { message: Some(message) }).await.expect("decide");
     loop {
@@ -373,6 +383,17 @@ async fn collect_requests_are_approved_declined_or_expire() {
     assert_eq!(receipt.status_code, 0);
     let declined = status_of(&bank_b, 2).await;
     assert_eq!((declined.state, declined.reason), (PaymentState::Declined as i32, Reason::PayerDeclined as i32));
+    // The payer's reason reaches the requester, on its event stream and in the status.
+    assert_eq!(declined.decline_reason, proto::DeclineReason::CustomerDeclined as i32);
+    loop {
+        if let proto::event::Kind::PaymentOutcome(outcome) = event(&mut payee_events).await {
+            if outcome.payment_id == id(2) {
+                assert_eq!(outcome.state, PaymentState::Declined as i32);
+                assert_eq!(outcome.decline_reason, proto::DeclineReason::CustomerDeclined as i32);
+                break;
+            }
+        }
+    }
 
     // Approved beyond the payer's liquidity: failed, recorded.
     bank_b.payments.request_collect(ask(3, 700, 0)).await.expect("request");

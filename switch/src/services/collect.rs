@@ -17,7 +17,7 @@ use super::{check_amount, parse_id};
 use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, Switch};
 use crate::directory::{alias_owner, check_text};
 use crate::participants::Participant;
-use crate::proto::{self, Decision, PaymentKind, PaymentState, Reason};
+use crate::proto::{self, Decision, DeclineReason, PaymentKind, PaymentState, Reason};
 use crate::reason::Refusal;
 
 const NOTE_BYTES_MAX: usize = 140;
@@ -71,6 +71,9 @@ pub struct CollectRecord {
     pub reason: i32,
     #[prost(uint64, tag = "11")]
     pub finalized_at_unix_ns: u64,
+    /// `DeclineReason` the payer PSP gave when it declined; 0 otherwise.
+    #[prost(int32, tag = "12")]
+    pub decline_reason: i32,
 }
 
 impl CollectRecord {
@@ -97,6 +100,7 @@ impl CollectRecord {
                 crate::reason::code_of(Reason::try_from(self.reason).unwrap_or(Reason::Internal)) as i32
             },
             finalized_at_unix_ns: self.finalized_at_unix_ns,
+            decline_reason: self.decline_reason,
             ..proto::PaymentResult::default()
         }
     }
@@ -119,6 +123,7 @@ fn outcome_event(id: u128, collect: &CollectRecord) -> proto::Event {
             amount_minor: collect.amount_minor,
             currency: collect.currency.clone(),
             finalized_at_unix_ns: collect.finalized_at_unix_ns,
+            decline_reason: collect.decline_reason,
             ..proto::PaymentOutcome::default()
         })),
         ..proto::Event::default()
@@ -193,6 +198,7 @@ pub async fn request(
         state: PaymentState::AwaitingApproval as i32,
         reason: 0,
         finalized_at_unix_ns: 0,
+        decline_reason: 0,
     };
     let ask = proto::Event {
         kind: Some(proto::event::Kind::CollectRequest(proto::CollectRequest {
@@ -226,6 +232,12 @@ pub async fn request(
     Ok(collect.result(&request.collect_id))
 }
 
+/// A declining PSP's reason as sent; a value this release does not know reads as OTHER, and a
+/// decline without one as UNSPECIFIED.
+pub fn decline_reason(sent: i32) -> DeclineReason {
+    DeclineReason::try_from(sent).unwrap_or(DeclineReason::Other)
+}
+
 /// The payer PSP's decision on a collect addressed to it.
 pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::CollectDecision) -> Result<(), Refusal> {
     let id = parse_id(&decision.collect_id, "collect_id")?;
@@ -249,7 +261,9 @@ pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::Col
     } else if accept {
         execute(switch, id, collect).await
     } else {
-        finish(switch, id, collect, PaymentState::Declined, Reason::PayerDeclined).await
+        // The payer's reason travels with the collect's final state to the requester.
+        let declined = CollectRecord { decline_reason: decline_reason(decision.decline_reason) as i32, ..collect };
+        finish(switch, id, declined, PaymentState::Declined, Reason::PayerDeclined).await
     };
     settle_count(switch, &mut awaiting, id, &payee_psp)?;
     outcome

@@ -213,7 +213,7 @@ impl Stream {
             Ok(proto::Decision::Decline) => Resolution::Decline,
             _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
         };
-        let reason = proto::DeclineReason::try_from(decision.decline_reason).unwrap_or(proto::DeclineReason::Other);
+        let reason = super::collect::decline_reason(decision.decline_reason);
         let outcome = crate::confirm::resolve(&self.switch, payment, resolution, reason).await?;
         let wanted = if resolution == Resolution::Accept {
             proto::PaymentState::Completed

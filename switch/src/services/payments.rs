@@ -303,6 +303,7 @@ pub fn status_of(
             note: collect.note,
             deadline_unix_ms: collect.expiry_unix_ms,
             finalized_at_unix_ns: collect.finalized_at_unix_ns,
+            decline_reason: collect.decline_reason,
             ..proto::Payment::default()
         });
     };
@@ -319,12 +320,13 @@ pub fn status_of(
         Ok(PaymentKind::Unspecified) | Err(_) => PaymentKind::Push,
         Ok(kind) => kind,
     };
-    let state = crate::confirm::state_of(id, &stored);
+    let state = crate::confirm::with_decline_reason(switch, id, crate::confirm::state_of(id, &stored))?;
     Ok(proto::Payment {
         payment_id: id.to_be_bytes().to_vec(),
         kind: kind as i32,
         state: state.state as i32,
         reason: state.reason as i32,
+        decline_reason: state.decline_reason as i32,
         payer_alias: metadata.payer_alias,
         payer_psp_id: psp_of(transfer.debit_account_id).unwrap_or_default(),
         payee_alias: metadata.payee_alias,
@@ -351,7 +353,12 @@ pub fn payment_metadata(switch: &Switch, id: u128) -> Result<PaymentRecord, Refu
 /// A payment's current state from the ledger, if the payment exists.
 fn current_outcome(switch: &Switch, id: u128) -> Result<Option<crate::confirm::Outcome>, Refusal> {
     let record = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
-    Ok(record.map(|record| crate::confirm::state_of(id, &record)))
+    match record {
+        Some(record) => {
+            Ok(Some(crate::confirm::with_decline_reason(switch, id, crate::confirm::state_of(id, &record))?))
+        }
+        None => Ok(None),
+    }
 }
 
 /// A payment's deadline, from its metadata record.
@@ -418,6 +425,7 @@ async fn execute(
             payment_id: request.payment_id.clone(),
             state: outcome.state as i32,
             reason: outcome.reason as i32,
+            decline_reason: outcome.decline_reason as i32,
             finalized_at_unix_ns: outcome.finalized_at_unix_ns,
             ..proto::PaymentResult::default()
         }),
