@@ -83,6 +83,7 @@ pub struct WriteScratch {
     record: Vec<u8>,
     transfers: Vec<usize>,
     index: Vec<([u8; 24], [u8; 16])>,
+    counters: Vec<(Vec<u8>, u64)>,
     timers: PerfContext,
 }
 
@@ -96,6 +97,7 @@ impl Default for WriteScratch {
             record: Vec::new(),
             transfers: Vec::new(),
             index: Vec::new(),
+            counters: Vec::new(),
             timers: PerfContext::default(),
         }
     }
@@ -219,6 +221,7 @@ impl Store {
             write.put_cf(pending_status, id.to_be_bytes(), codec::encode_resolution(resolution));
         }
         let records = self.cf(CF_RECORDS);
+        scratch.counters.clear();
         let mut sequences = effects.record_sequences.iter();
         for (event, result) in batch.events.iter().zip(&effects.results) {
             let (Event::Record(record), ResultCode::Ok) = (event, result) else { continue };
@@ -227,14 +230,23 @@ impl Store {
                 let Some(number) = sequences.next() else {
                     unreachable!("the state machine numbers every appended record it accepts");
                 };
-                // The counter (table 0) is written with the entry; a later one in the batch wins.
-                write.put_cf(records, record_key(RECORD_TABLE_RESERVED, &key), number.to_be_bytes());
+                scratch.counters.push((record_key(RECORD_TABLE_RESERVED, &key), *number));
                 key.extend_from_slice(&number.to_be_bytes());
             }
             if record.value.is_empty() {
                 write.delete_cf(records, key);
             } else {
                 write.put_cf(records, key, &record.value);
+            }
+        }
+        // Each sequence's counter (table 0) once per batch, at its last number: a batch appends
+        // thousands of events to a few PSPs' outboxes, and one put per append was a memtable
+        // insert and WAL bytes per payment for a value only the last write keeps.
+        scratch.counters.sort_unstable();
+        for (position, (key, number)) in scratch.counters.iter().enumerate() {
+            let last_of_key = scratch.counters.get(position + 1).is_none_or(|(next, _)| next != key);
+            if last_of_key {
+                write.put_cf(records, key, number.to_be_bytes());
             }
         }
         let head = Head { sequence: batch.sequence, hash, next_timestamp: batch.next_timestamp() };
