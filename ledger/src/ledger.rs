@@ -245,6 +245,12 @@ impl Ledger {
         Ok(self.shared.store.record(table, key)?)
     }
 
+    /// The latest committed values of many records of one table, in the order asked (one
+    /// batched read; `None` where a key has no record).
+    pub fn records_many(&self, table: u8, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
+        Ok(self.shared.store.records_many(table, keys)?)
+    }
+
     /// Every committed record of a table as (key, value), in key order (for loading at start).
     pub fn records(&self, table: u8) -> Result<Vec<crate::store::KeyValue>, LedgerError> {
         Ok(self.shared.store.records(table)?)

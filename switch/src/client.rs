@@ -1,12 +1,12 @@
 //! `switch client`: a command-line client for operators and for trying the switch by hand:
 //! register and fund participants, register aliases, pay, and read a payment's status, each call
-//! made over mutual TLS with a certificate from the development CA.
+//! made over mutual TLS with a certificate from the development CA or from given PEM files.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::proto::directory_service_client::DirectoryServiceClient;
 use crate::proto::operator_service_client::OperatorServiceClient;
@@ -75,24 +75,42 @@ pub enum ClientCommand {
     Position,
 }
 
+/// The client certificate a command acts with.
+pub enum Identity {
+    /// An operator name or a PSP id of the development CA under `<data>/certs`.
+    Development(String),
+    /// PEM files issued by the deployment's own CA.
+    Files { certificate: PathBuf, key: PathBuf },
+}
+
 /// Connection settings shared by every client command.
 pub struct Connection {
     pub server: String,
     pub data: PathBuf,
-    /// The certificate to act with: an operator name or a PSP id from the development CA.
-    pub caller: String,
+    pub identity: Identity,
+    /// The DNS name the server's certificate must carry.
+    pub domain: String,
+    /// The CA certificate that issued the server's; `None`: the development CA's.
+    pub ca: Option<PathBuf>,
 }
 
 impl Connection {
     async fn channel(&self) -> anyhow::Result<Channel> {
-        let ca = DevelopmentCa::new(self.data.join("certs"));
-        let operator = ca.operator(&self.caller);
-        let pair = if operator.certificate.exists() { operator } else { ca.psp(&self.caller) };
+        let development = DevelopmentCa::new(self.data.join("certs"));
+        let (certificate, key) = match &self.identity {
+            Identity::Files { certificate, key } => (certificate.clone(), key.clone()),
+            Identity::Development(name) => {
+                let operator = development.operator(name);
+                let pair = if operator.certificate.exists() { operator } else { development.psp(name) };
+                (pair.certificate, pair.key)
+            }
+        };
+        let ca = self.ca.clone().unwrap_or_else(|| development.ca_certificate());
         let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
         let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&ca.ca_certificate())?))
-            .identity(Identity::from_pem(read(&pair.certificate)?, read(&pair.key)?))
-            .domain_name("localhost");
+            .ca_certificate(Certificate::from_pem(read(&ca)?))
+            .identity(tonic::transport::Identity::from_pem(read(&certificate)?, read(&key)?))
+            .domain_name(self.domain.clone());
         let endpoint = Channel::from_shared(self.server.clone()).context("server address")?.tls_config(tls)?;
         endpoint.connect().await.with_context(|| format!("connecting to {}", self.server))
     }

@@ -61,9 +61,23 @@ enum Command {
         server: String,
         #[arg(long, default_value = "data")]
         data: PathBuf,
-        /// Act as this operator (e.g. `admin`) or PSP (e.g. `bank-a`).
-        #[arg(long = "as")]
-        caller: String,
+        /// Act as this operator (e.g. `admin`) or PSP (e.g. `bank-a`) of the development CA in
+        /// `<data>/certs`. Not needed with `--cert` and `--key`.
+        #[arg(long = "as", required_unless_present = "cert")]
+        caller: Option<String>,
+        /// The DNS name the server's certificate must carry (production certificates rarely
+        /// name `localhost`, e.g. when reaching the switch through a port-forward).
+        #[arg(long, default_value = "localhost")]
+        domain: String,
+        /// CA certificate (PEM) that issued the server's certificate; default: the development CA.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate (PEM) to act with, instead of the development CA's (`--as`).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
         #[command(subcommand)]
         command: switch::client::ClientCommand,
     },
@@ -121,9 +135,14 @@ fn main() -> anyhow::Result<()> {
             config.check()?;
             run(config)
         }
-        Command::Client { server, data, caller, command } => {
+        Command::Client { server, data, caller, domain, ca, cert, key, command } => {
             switch::client::check_server(&server)?;
-            let connection = switch::client::Connection { server, data, caller };
+            let identity = match (cert, key, caller) {
+                (Some(certificate), Some(key), _) => switch::client::Identity::Files { certificate, key },
+                (_, _, Some(name)) => switch::client::Identity::Development(name),
+                _ => anyhow::bail!("name the caller: --as NAME, or --cert and --key"),
+            };
+            let connection = switch::client::Connection { server, data, identity, domain, ca };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(switch::client::run(connection, command))
         }

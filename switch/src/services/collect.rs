@@ -124,7 +124,6 @@ fn outcome_event(id: u128, collect: &CollectRecord) -> proto::Event {
             currency: collect.currency.clone(),
             finalized_at_unix_ns: collect.finalized_at_unix_ns,
             decline_reason: collect.decline_reason,
-            ..proto::PaymentOutcome::default()
         })),
         ..proto::Event::default()
     }

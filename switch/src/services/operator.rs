@@ -345,8 +345,8 @@ impl OperatorService for Operator {
         }
         // Every id is checked before any is looked up: a malformed id refuses the whole call.
         let parsed = ids.iter().map(|id| parse_id(id, "payment_ids")).collect::<Result<Vec<_>, _>>()?;
-        // One ledger read for every transfer of the batch; metadata and refunds per found id.
-        let transfers = self.switch.ledger.lookup_transfers(&parsed).map_err(crate::core::ledger_refusal)?;
+        // Batched reads of every transfer, metadata and refunds record of the call.
+        let transfers = super::payments::lookup_payments(&self.switch, &parsed)?;
         let mut payments = Vec::with_capacity(parsed.len());
         for ((bytes, id), stored) in ids.into_iter().zip(parsed).zip(transfers) {
             let lookup = match super::payments::status_of(&self.switch, id, stored, None) {

@@ -269,19 +269,44 @@ fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u6
 /// The definitive state of a payment. With a viewer, only the payer's or payee's PSP sees it;
 /// anyone else gets the same answer as for an id that does not exist.
 pub fn payment_status(switch: &Switch, id: u128, viewer: Option<&Participant>) -> Result<proto::Payment, Refusal> {
-    let stored = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
+    let stored = lookup_payments(switch, &[id])?.pop().unwrap_or_default();
     status_of(switch, id, stored, viewer)
 }
 
-/// `payment_status` of a transfer already looked up (or `None`: not a transfer), so a batch of ids
-/// (`OperatorService.GetPayments`) reads its transfers in one ledger call.
+/// What a payment's status is read from: its transfer (`None`: not a transfer), and its metadata
+/// and refunds records.
+#[derive(Default)]
+pub struct StoredPayment {
+    pub transfer: Option<TransferRecord>,
+    pub metadata: Option<Vec<u8>>,
+    pub refunds: Option<Vec<u8>>,
+}
+
+/// The stored parts of many payments, in the order asked: three batched ledger reads whatever
+/// the number of ids (`OperatorService.GetPayments` asks for thousands at a time).
+pub fn lookup_payments(switch: &Switch, ids: &[u128]) -> Result<Vec<StoredPayment>, Refusal> {
+    let transfers = switch.ledger.lookup_transfers(ids).map_err(ledger_refusal)?;
+    let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
+    let metadata = switch.ledger.records_many(tables::PAYMENTS, &keys).map_err(ledger_refusal)?;
+    let refunds = switch.ledger.records_many(tables::REFUNDS, &keys).map_err(ledger_refusal)?;
+    Ok(transfers
+        .into_iter()
+        .zip(metadata)
+        .zip(refunds)
+        .map(|((transfer, metadata), refunds)| StoredPayment { transfer, metadata, refunds })
+        .collect())
+}
+
+/// `payment_status` of a payment already looked up ([`lookup_payments`]).
 pub fn status_of(
     switch: &Switch,
     id: u128,
-    stored: Option<TransferRecord>,
+    stored: StoredPayment,
     viewer: Option<&Participant>,
 ) -> Result<proto::Payment, Refusal> {
     let not_found = || Refusal::field(Reason::PaymentNotFound, "payment_id", "no such payment");
+    let StoredPayment { transfer: stored, metadata, refunds } = stored;
     let Some(stored) = stored else {
         // Not a transfer: perhaps a collect that did not (or not yet) execute.
         let collect = super::collect::collect_of(switch, id)?.ok_or_else(not_found)?;
@@ -314,8 +339,8 @@ pub fn status_of(
         return Err(not_found());
     }
     let psp_of = |account: u128| switch.participants.by_account(account).map(|p| p.psp_id.to_string());
-    let metadata = payment_metadata(switch, id)?;
-    let refunds = super::refund::refunds_of(switch, id)?;
+    let metadata = decode_metadata(metadata);
+    let refunds = super::refund::decode_refunds(refunds);
     let kind = match PaymentKind::try_from(metadata.kind) {
         Ok(PaymentKind::Unspecified) | Err(_) => PaymentKind::Push,
         Ok(kind) => kind,
@@ -347,7 +372,11 @@ pub fn status_of(
 /// A payment's metadata record (empty fields if it has none, e.g. a recorded failure).
 pub fn payment_metadata(switch: &Switch, id: u128) -> Result<PaymentRecord, Refusal> {
     let bytes = switch.ledger.record(tables::PAYMENTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default())
+    Ok(decode_metadata(bytes))
+}
+
+fn decode_metadata(bytes: Option<Vec<u8>>) -> PaymentRecord {
+    bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default()
 }
 
 /// A payment's current state from the ledger, if the payment exists.

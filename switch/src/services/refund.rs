@@ -35,7 +35,12 @@ pub struct RefundsRecord {
 /// The refunds recorded against a payment.
 pub fn refunds_of(switch: &Switch, original: u128) -> Result<RefundsRecord, Refusal> {
     let bytes = switch.ledger.record(tables::REFUNDS, &original.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(bytes.and_then(|bytes| RefundsRecord::decode(bytes.as_slice()).ok()).unwrap_or_default())
+    Ok(decode_refunds(bytes))
+}
+
+/// A payment's refunds from its stored record (none if it has no record).
+pub fn decode_refunds(bytes: Option<Vec<u8>>) -> RefundsRecord {
+    bytes.and_then(|bytes| RefundsRecord::decode(bytes.as_slice()).ok()).unwrap_or_default()
 }
 
 fn content_hash(request: &proto::RefundRequest) -> u128 {
