@@ -121,8 +121,9 @@ fn verify(data: PathBuf) -> anyhow::Result<()> {
     if !data.exists() {
         bail!("no ledger at {}", data.display());
     }
-    let store = ledger::Store::open(&data, &ledger::StoreOptions::default())
-        .with_context(|| format!("opening {} (is the ledger still running?)", data.display()))?;
+    // Read-only: the audit never changes the directory it audits.
+    let store = ledger::Store::open_read_only(&data, &ledger::StoreOptions::default())
+        .with_context(|| format!("opening {} for reading", data.display()))?;
     let started = Instant::now();
     let report = ledger::verify(&store, 1 << 20)?;
     println!(

@@ -163,6 +163,18 @@ impl Store {
         Ok(Store { db: Arc::new(db) })
     }
 
+    /// Opens for reading only, for audits: nothing in the directory is written (no lock, no new
+    /// log or manifest files), so the audited copy stays byte-for-byte as it was. Writes through
+    /// such a store fail.
+    pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        let mut db_options = options::db_options();
+        db_options.create_if_missing(false);
+        db_options.create_missing_column_families(false);
+        let families = options::column_families(options);
+        let db = DB::open_cf_descriptors_read_only(&db_options, path, families, false)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
     fn cf(&self, name: &'static str) -> &ColumnFamily {
         // Every family is created at open (create_missing_column_families), so it exists.
         self.db.cf_handle(name).expect("column families are created at open")

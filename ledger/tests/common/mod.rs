@@ -64,10 +64,12 @@ impl TestLedger {
     pub fn reopen_and_verify(&mut self) {
         let accounts_before = self.all_accounts();
         self.close();
-        let store = ledger::Store::open(&self.config.path, &self.config.store).expect("open store");
+        let files_before = files(&self.config.path);
+        let store = ledger::Store::open_read_only(&self.config.path, &self.config.store).expect("open store");
         let report = ledger::verify(&store, 1 << 16).expect("verify runs");
         assert!(report.is_sound(), "audit found problems: {:?}", report.problems);
         drop(store);
+        assert_eq!(files(&self.config.path), files_before, "the audit changed the directory it audited");
         let ledger = Ledger::open(self.config.clone(), Arc::clone(&self.clock)).expect("reopen ledger");
         self.ledger = Some(ledger);
         assert_eq!(self.all_accounts(), accounts_before, "reopening changed balances");
@@ -135,4 +137,17 @@ pub fn linked(transfer: Transfer) -> Transfer {
 
 pub fn send(transfer: Transfer) -> Event {
     Event::CreateTransfer(transfer)
+}
+
+/// Every file of a directory with its length, sorted by name.
+fn files(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .expect("list ledger directory")
+        .map(|entry| {
+            let entry = entry.expect("directory entry");
+            (entry.file_name().to_string_lossy().into_owned(), entry.metadata().expect("metadata").len())
+        })
+        .collect();
+    files.sort();
+    files
 }
