@@ -204,12 +204,7 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     assert_eq!((result.state, result.reason), (PaymentState::Declined as i32, Reason::PayeeDeclined as i32));
     // The payee's own reason reaches the payer, in the answer and from then on in the status.
     assert_eq!(result.decline_reason, proto::DeclineReason::AccountClosed as i32);
-    let declined = bank_a
-        .payments
-        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(2) })
-        .await
-        .expect("status")
-        .into_inner();
+    let declined = bank_a.status(2).await;
     assert_eq!(declined.state, PaymentState::Declined as i32);
     assert_eq!(declined.decline_reason, proto::DeclineReason::AccountClosed as i32);
     let after = bank_a.position().await;
@@ -225,12 +220,7 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     assert_eq!((result.state, result.reason), (PaymentState::Expired as i32, Reason::PayeeTimeout as i32));
     let receipt = decide(&mut stream, 3, proto::Decision::Accept).await;
     assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
-    let payment = bank_a
-        .payments
-        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(3) })
-        .await
-        .expect("status")
-        .into_inner();
+    let payment = bank_a.status(3).await;
     assert_eq!(payment.state, PaymentState::Expired as i32);
     assert_eq!(bank_a.position().await.reserved_minor, 0);
     // A retry of the completed payment answers its outcome without asking the payee again.
@@ -287,19 +277,9 @@ async fn refunds_never_exceed_the_original_and_notify_the_payer() {
     let status = bank_a.payments.refund(of_refund).await.expect_err("refund of a refund");
     assert_eq!(reason(&status), Some(Reason::PaymentNotRefundable));
 
-    let original = bank_a
-        .payments
-        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(1) })
-        .await
-        .expect("status")
-        .into_inner();
+    let original = bank_a.status(1).await;
     assert_eq!((original.refunded_amount_minor, original.refund_ids.len()), (500, 2));
-    let refund_status = bank_a
-        .payments
-        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(100) })
-        .await
-        .expect("refund status")
-        .into_inner();
+    let refund_status = bank_a.status(100).await;
     assert_eq!(refund_status.kind, proto::PaymentKind::Refund as i32);
     assert_eq!(refund_status.original_payment_id, id(1));
     let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
@@ -342,16 +322,6 @@ async fn collect_requests_are_approved_declined_or_expire() {
         note: "invoice".into(),
         expiry_unix_ms,
     };
-    let status_of = |psp: &Psp, collect: u128| {
-        let mut client = psp.payments.clone();
-        async move {
-            client
-                .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(collect) })
-                .await
-                .expect("status")
-                .into_inner()
-        }
-    };
 
     // Approved: the payment executes and both PSPs hear the outcome.
     let asked = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("request").into_inner();
@@ -360,14 +330,14 @@ async fn collect_requests_are_approved_declined_or_expire() {
         proto::event::Kind::CollectRequest(request) => assert_eq!(request.amount_minor, 400),
         other => panic!("expected a collect request, got {other:?}"),
     }
-    assert_eq!(status_of(&bank_a, 1).await.state, PaymentState::AwaitingApproval as i32);
+    assert_eq!(bank_a.status(1).await.state, PaymentState::AwaitingApproval as i32);
     let receipt = collect_decision(&mut payer_events, 1, proto::Decision::Accept).await;
     assert_eq!((receipt.status_code, receipt.reason), (0, 0));
     match event(&mut payee_events).await {
         proto::event::Kind::PaymentOutcome(outcome) => assert_eq!(outcome.state, PaymentState::Completed as i32),
         other => panic!("expected an outcome, got {other:?}"),
     }
-    let paid = status_of(&bank_b, 1).await;
+    let paid = bank_b.status(1).await;
     assert_eq!((paid.state, paid.kind), (PaymentState::Completed as i32, proto::PaymentKind::Collect as i32));
     // Idempotent request; a second decision is refused.
     let again = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("retry").into_inner();
@@ -381,7 +351,7 @@ async fn collect_requests_are_approved_declined_or_expire() {
     bank_b.payments.request_collect(ask(2, 100, 0)).await.expect("request");
     let receipt = collect_decision(&mut payer_events, 2, proto::Decision::Decline).await;
     assert_eq!(receipt.status_code, 0);
-    let declined = status_of(&bank_b, 2).await;
+    let declined = bank_b.status(2).await;
     assert_eq!((declined.state, declined.reason), (PaymentState::Declined as i32, Reason::PayerDeclined as i32));
     // The payer's reason reaches the requester, on its event stream and in the status.
     assert_eq!(declined.decline_reason, proto::DeclineReason::CustomerDeclined as i32);
@@ -399,14 +369,14 @@ async fn collect_requests_are_approved_declined_or_expire() {
     bank_b.payments.request_collect(ask(3, 700, 0)).await.expect("request");
     let receipt = collect_decision(&mut payer_events, 3, proto::Decision::Accept).await;
     assert_eq!(receipt.reason, Reason::InsufficientLiquidity as i32);
-    assert_eq!(status_of(&bank_b, 3).await.state, PaymentState::Failed as i32);
+    assert_eq!(bank_b.status(3).await.state, PaymentState::Failed as i32);
 
     // Expired: nobody answered in time; a late approval is refused.
     let soon = switch::core::now_unix_ns() / 1_000_000 + 700;
     bank_b.payments.request_collect(ask(4, 100, soon)).await.expect("request");
     let expired = async {
         loop {
-            if status_of(&bank_b, 4).await.state == PaymentState::Expired as i32 {
+            if bank_b.status(4).await.state == PaymentState::Expired as i32 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

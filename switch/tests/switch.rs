@@ -57,12 +57,7 @@ async fn net_debit_cap_limits_payments_and_failures_are_recorded() {
         .expect("fund in");
     let status = bank_a.payments.pay(pay(11, "ana@bank-a", "bo@bank-b", 101)).await.expect_err("still refused");
     assert_eq!(reason(&status), Some(Reason::InsufficientLiquidity));
-    let payment = bank_a
-        .payments
-        .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(11) })
-        .await
-        .expect("status")
-        .into_inner();
+    let payment = bank_a.status(11).await;
     assert_eq!((payment.state, payment.reason), (PaymentState::Failed as i32, Reason::InsufficientLiquidity as i32));
     bank_a.payments.pay(pay(12, "ana@bank-a", "bo@bank-b", 101)).await.expect("new id goes through");
     test.assert_money_conserved();
@@ -78,12 +73,7 @@ async fn status_is_visible_to_the_two_psps_only() {
     bank_b.alias("bo@bank-b", "Bo").await;
     bank_a.payments.pay(pay(5, "ana@bank-a", "bo@bank-b", 10)).await.expect("pay");
     for psp in [&mut bank_a, &mut bank_b] {
-        let payment = psp
-            .payments
-            .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(5) })
-            .await
-            .expect("visible")
-            .into_inner();
+        let payment = psp.status(5).await;
         assert_eq!(payment.state, PaymentState::Completed as i32);
         assert_eq!((payment.payer_alias.as_str(), payment.payee_alias.as_str()), ("ana@bank-a", "bo@bank-b"));
         assert_eq!((payment.payer_psp_id.as_str(), payment.payee_psp_id.as_str()), ("bank-a", "bank-b"));

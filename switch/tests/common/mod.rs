@@ -167,6 +167,13 @@ impl Psp {
         client.get_position(proto::GetPositionRequest {}).await.expect("position").into_inner()
     }
 
+    /// `GetPaymentStatus` as this PSP, which must answer.
+    pub async fn status(&self, payment: u128) -> proto::Payment {
+        let mut client = self.payments.clone();
+        let request = proto::GetPaymentStatusRequest { payment_id: id(payment) };
+        client.get_payment_status(request).await.expect("status").into_inner()
+    }
+
     pub async fn alias(&mut self, alias: &str, name: &str) {
         self.directory
             .register_alias(proto::RegisterAliasRequest { alias: alias.into(), display_name: name.into() })
