@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::config::Config;
@@ -20,6 +20,10 @@ use crate::proto::operator_service_server::OperatorServiceServer;
 use crate::proto::payment_service_server::PaymentServiceServer;
 use crate::services::{directory::Directory, events::Events, operator::Operator, payments::Payments};
 use crate::tls::DevelopmentCa;
+
+/// Idle time before the kernel probes a silent PSP connection, so a peer that vanished (power
+/// loss, a dropped NAT entry) frees its event stream instead of holding it open forever.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Largest request the server decodes (a full PayBatch of 8,190 payments is ~2.5 MB).
 const MESSAGE_BYTES_MAX: usize = 8 << 20;
@@ -92,6 +96,14 @@ impl Listeners {
     }
 }
 
+/// The connections a listener accepts, with `TCP_NODELAY` and keepalive set. tonic applies its
+/// own `tcp_nodelay` default only to sockets it binds itself, not to an incoming stream handed to
+/// it, and without it Nagle's algorithm holds each small answer back until the peer acknowledges
+/// the previous one: milliseconds added to payments for nothing.
+fn accepted(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_IDLE))
+}
+
 /// Serves the switch until `shutdown` resolves, then finishes in-flight requests and lets the
 /// ledger commit everything queued.
 pub async fn serve(
@@ -135,7 +147,7 @@ pub async fn serve(
     let health_port = tokio::spawn(
         Server::builder()
             .add_service(health.clone())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.health), stopped(side_stopped.clone())),
+            .serve_with_incoming_shutdown(accepted(listeners.health), stopped(side_stopped.clone())),
     );
     let operator_port =
         tokio::spawn(crate::dashboard::serve(Arc::clone(&switch), listeners.operator_http, stopped(side_stopped)));
@@ -149,7 +161,7 @@ pub async fn serve(
         .add_service(directory)
         .add_service(operator)
         .add_service(events)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), async {
+        .serve_with_incoming_shutdown(accepted(listeners.grpc), async {
             shutdown.await;
             health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             // Streams never finish by themselves: tell them to end, then wait for the rest.
@@ -220,5 +232,28 @@ impl Drop for Background {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+
+    /// Accepted sockets have Nagle's algorithm off (tokio's own default leaves it on).
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() -> anyhow::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let mut incoming = accepted(listener);
+        let _client = tokio::net::TcpStream::connect(address).await?;
+        let server_side = incoming.next().await.ok_or_else(|| anyhow::anyhow!("no connection"))??;
+        assert!(server_side.nodelay()?, "TCP_NODELAY is set on the accepted socket");
+        let plain = TcpListener::bind("127.0.0.1:0").await?;
+        let _other = tokio::net::TcpStream::connect(plain.local_addr()?).await?;
+        let (unset, _) = plain.accept().await?;
+        assert!(!unset.nodelay()?, "without `accepted` the kernel default (Nagle on) applies");
+        Ok(())
     }
 }

@@ -90,8 +90,12 @@ pub struct WriteScratch {
 impl Default for WriteScratch {
     fn default() -> Self {
         // Timers on this thread only, and only for writes: a few clock reads per batch. The
-        // mutex timers are left off, as RocksDB advises for production.
-        set_perf_stats(PerfStatsLevel::EnableTimeExceptForMutex);
+        // mutex timers are left off, as RocksDB advises for production. The variant's name is
+        // off by one: rust-rocksdb 0.25 numbers its levels as RocksDB did before `kEnableWait`
+        // (3) was added, so its `EnableTimeExceptForMutex` (3) is RocksDB's `kEnableWait`, which
+        // turns no write timer on (the WAL sync histogram read 0 for every batch), and this one
+        // (4) is RocksDB 11's `kEnableTimeExceptForMutex`. CPU timers stay off at this level.
+        set_perf_stats(PerfStatsLevel::EnableTimeAndCPUTimeExceptForMutex);
         WriteScratch {
             log: Vec::new(),
             record: Vec::new(),

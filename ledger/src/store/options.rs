@@ -1,7 +1,7 @@
 //! RocksDB options, each set explicitly with the reason for its value.
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, MemtableFactory, Options,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Env, MemtableFactory, Options,
     SliceTransform,
 };
 
@@ -41,13 +41,42 @@ pub(super) fn db_options() -> Options {
     // Smooth SST and WAL writeback instead of a burst of dirty pages at each file close.
     options.set_bytes_per_sync(1 << 20);
     options.set_wal_bytes_per_sync(1 << 20);
+    // Reuse finished WAL files instead of deleting them and creating new ones. Measured with
+    // `perf trace` at 25,000 payments/s: unlinking a finished WAL took 20-36 ms of filesystem
+    // work, and a commit's fdatasync that overlapped it took 19 ms instead of 0.3 ms. An overwrite
+    // of an allocated file also needs no block allocation at each sync. Compatible with the
+    // point-in-time recovery above (records carry their log number, so a recycled file's old
+    // tail is not replayed).
+    options.set_recycle_log_file_num(4);
     // The small meta column family would otherwise pin old WAL files until it fills a memtable.
     options.set_max_total_wal_size(512 << 20);
     // Checksums are verified on every read; a corrupt block is an error, not wrong money.
     options.set_paranoid_checks(true);
     // One writer thread (the committer) by design; the hash memtable of the index needs this off.
     options.set_allow_concurrent_memtable_write(false);
+    lower_background_priority(&mut options);
     options
+}
+
+/// Flushes and compactions run at the lowest CPU and I/O priority. On two cores a memtable
+/// flush or an L0 compaction takes one core for hundreds of milliseconds, and at normal priority
+/// it halves the CPU of the threads that answer payments: at 25,000 payments/s open loop that
+/// showed as seconds whose p99 was 100-200 ms while commits themselves stayed fast. At the lowest
+/// priority they run on the CPU the payment path leaves idle; when there is none for long,
+/// RocksDB's own write slowdown (L0 file count, pending compaction bytes) throttles the writers,
+/// which is the back-pressure we want rather than latency spikes.
+fn lower_background_priority(options: &mut Options) {
+    match Env::new() {
+        Ok(mut env) => {
+            env.lower_thread_pool_cpu_priority();
+            env.lower_high_priority_thread_pool_cpu_priority();
+            env.lower_thread_pool_io_priority();
+            env.lower_high_priority_thread_pool_io_priority();
+            options.set_env(&env);
+        }
+        // A tuning, not a guarantee: without it the store is correct, only its tail is longer.
+        Err(error) => tracing::warn!(%error, "RocksDB environment not available; background work at normal priority"),
+    }
 }
 
 fn table_options(cache: &Cache, bloom: bool) -> BlockBasedOptions {

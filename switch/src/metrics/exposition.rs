@@ -236,7 +236,7 @@ fn pipeline(page: &mut Page, reading: &Reading) {
     page.family(name, "histogram", "The synced RocksDB write of one batch.");
     page.histogram(name, &[], &pipeline.commit_nanoseconds, SECONDS_PER_NANOSECOND);
     let name = "switch_ledger_wal_sync_duration_seconds";
-    page.family(name, "histogram", "WAL append and fsync within a batch's write.");
+    page.family(name, "histogram", "WAL append and fdatasync within a batch's write.");
     page.histogram(name, &[], &pipeline.wal_sync_nanoseconds, SECONDS_PER_NANOSECOND);
 }
 
