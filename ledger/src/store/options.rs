@@ -41,10 +41,11 @@ pub(super) fn db_options() -> Options {
     // Smooth SST and WAL writeback instead of a burst of dirty pages at each file close.
     options.set_bytes_per_sync(1 << 20);
     options.set_wal_bytes_per_sync(1 << 20);
-    // Reuse finished WAL files instead of deleting them and creating new ones. Measured with
-    // `perf trace` at 25,000 payments/s: unlinking a finished WAL took 20-36 ms of filesystem
-    // work, and a commit's fdatasync that overlapped it took 19 ms instead of 0.3 ms. An overwrite
-    // of an allocated file also needs no block allocation at each sync. Compatible with the
+    // Reuse finished WAL files instead of deleting them and creating new ones. `perf trace` at
+    // 25,000 payments/s saw RocksDB's unlinks (WALs and obsolete SSTs alike) take 20-36 ms each,
+    // and a commit's fdatasync beside them take 19 ms instead of ~0.3 ms; recycling takes the WAL
+    // files out of that, and an overwrite of an allocated file needs no block allocation at each
+    // sync. No p99 gain was measured from this alone (BENCHMARKS.md). Compatible with the
     // point-in-time recovery above (records carry their log number, so a recycled file's old
     // tail is not replayed).
     options.set_recycle_log_file_num(4);
@@ -61,7 +62,8 @@ pub(super) fn db_options() -> Options {
 /// Flushes and compactions run at the lowest CPU and I/O priority. On two cores a memtable
 /// flush or an L0 compaction takes one core for hundreds of milliseconds, and at normal priority
 /// it halves the CPU of the threads that answer payments: at 25,000 payments/s open loop that
-/// showed as seconds whose p99 was 100-200 ms while commits themselves stayed fast. At the lowest
+/// showed as seconds whose p99 was 100-200 ms, and this change is the one that made them rarer
+/// (p99 11.5-26 ms over three runs, from 60-75 ms; BENCHMARKS.md). At the lowest
 /// priority they run on the CPU the payment path leaves idle; when there is none for long,
 /// RocksDB's own write slowdown (L0 file count, pending compaction bytes) throttles the writers,
 /// which is the back-pressure we want rather than latency spikes.
