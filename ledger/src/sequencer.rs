@@ -33,10 +33,22 @@ pub struct Results {
     batch: Arc<Vec<ResultCode>>,
     start: usize,
     end: usize,
+    /// The numbers the batch gave its appended records, and this submission's window of them.
+    sequences: Arc<Vec<u64>>,
+    sequences_start: usize,
+    sequences_end: usize,
     /// The batch that committed these results.
     pub sequence: u64,
     /// Timestamp of the submission's first event.
     pub timestamp: u64,
+}
+
+impl Results {
+    /// The number given to each of this submission's appended records that succeeded
+    /// (`Record::append`), in event order: a subscriber can be handed what it would read.
+    pub fn appended(&self) -> &[u64] {
+        &self.sequences[self.sequences_start..self.sequences_end]
+    }
 }
 
 impl std::ops::Deref for Results {
@@ -306,17 +318,29 @@ impl Committer {
 fn release(commit: Commit) {
     let Commit { batch, effects, replies } = commit;
     let results = Arc::new(effects.results);
-    let mut start = 0;
+    let sequences = Arc::new(effects.record_sequences);
+    let (mut start, mut sequences_start) = (0, 0);
     for (reply, count) in replies {
+        // The state machine numbers exactly the appended records that succeeded, in event order.
+        let appended = batch.events[start..start + count]
+            .iter()
+            .zip(&results[start..start + count])
+            .filter(|(event, result)| matches!((event, result), (Event::Record(record), ResultCode::Ok) if record.sequenced))
+            .count();
         let window = Results {
             batch: Arc::clone(&results),
             start,
             end: start + count,
+            sequences: Arc::clone(&sequences),
+            sequences_start,
+            sequences_end: sequences_start + appended,
             sequence: batch.sequence,
             timestamp: batch.event_timestamp(start),
         };
         start += count;
+        sequences_start += appended;
         let _ = reply.send(Ok(window));
     }
     assert_eq!(start, results.len(), "every result reaches its submission");
+    assert_eq!(sequences_start, sequences.len(), "every appended number reaches its submission");
 }

@@ -532,12 +532,28 @@ fn appended_records_are_numbered_without_gaps_across_chains_and_restarts() {
     let failed = ledger.execute(vec![send(linked(transfer(10, 1, 2, 11))), event("lost", false)]);
     assert_eq!(failed, vec![ResultCode::ExceedsCredits, ResultCode::LinkedEventFailed]);
     // Submissions from several threads land in one batch or several; numbers follow commit order.
+    // Each submission learns the numbers its own appends got (1 and 2 went to "one" and "two").
     let completions: Vec<_> = (0..8)
-        .map(|index| ledger.ledger().submit(vec![event(&format!("many-{index}"), false)]).expect("queued"))
+        .map(|index| {
+            let events = vec![event(&format!("many-{index}"), false), event(&format!("more-{index}"), false)];
+            ledger.ledger().submit(events).expect("queued")
+        })
         .collect();
-    for completion in completions {
-        assert_eq!(completion.wait().expect("commits").to_vec(), vec![ResultCode::Ok]);
+    for (index, completion) in completions.into_iter().enumerate() {
+        let results = completion.wait().expect("commits");
+        assert_eq!(results.to_vec(), vec![ResultCode::Ok; 2]);
+        let first = 3 + 2 * index as u64;
+        assert_eq!(results.appended(), &[first, first + 1], "submission {index}");
     }
+    // A failed append, and a record put among appends, take no number.
+    let mixed = ledger.ledger().submit(vec![
+        ledger::Record::put(3, b"k".to_vec(), b"v".to_vec(), false),
+        ledger::Record::append(4, b"bank-b".to_vec(), Vec::new(), false),
+        event("mixed", false),
+    ]);
+    let mixed = mixed.expect("queued").wait().expect("commits");
+    assert_eq!(mixed.to_vec(), vec![ResultCode::Ok, ResultCode::RecordValueTooLarge, ResultCode::Ok]);
+    assert_eq!(mixed.appended(), &[19]);
     ledger.reopen_and_verify();
     assert_eq!(ledger.execute(vec![event("after restart", false)]), vec![ResultCode::Ok]);
     let entries = ledger.ledger().records_after(4, b"bank-b", None, 100).expect("scan");
@@ -545,11 +561,12 @@ fn appended_records_are_numbered_without_gaps_across_chains_and_restarts() {
         .iter()
         .map(|(key, _)| u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8-byte suffix")))
         .collect();
-    assert_eq!(numbers, (1..=11).collect::<Vec<u64>>());
+    assert_eq!(numbers, (1..=20).collect::<Vec<u64>>());
     assert_eq!(entries[2].1, b"many-0".to_vec(), "submissions are numbered in queue order");
+    assert_eq!(entries[18].1, b"mixed".to_vec());
     assert_eq!(entries.last().map(|entry| entry.1.clone()), Some(b"after restart".to_vec()));
     // Reading after a key continues from there; other sequences are separate.
-    let after = entries[8].0.clone();
+    let after = entries[17].0.clone();
     assert_eq!(ledger.ledger().records_after(4, b"bank-b", Some(&after), 100).expect("scan").len(), 2);
     assert!(ledger.ledger().records_after(4, b"bank-c", None, 100).expect("scan").is_empty());
     let empty = ledger::Record::append(4, b"bank-b".to_vec(), Vec::new(), false);

@@ -4,10 +4,13 @@
 //! `psp ++ 0x00`), in the same linked submission as the change that causes it: if the payment
 //! commits, its event exists, numbered by the ledger's sequencer in commit order with no gaps and
 //! no coordination between the tasks that append. The PSP's acknowledged position is a record
-//! too (`tables::EVENT_ACKS`). Subscribers read the outbox from storage and are woken by a
-//! per-PSP `Notify` after each commit that appended to it.
+//! too (`tables::EVENT_ACKS`). Subscribers are woken by a per-PSP `Notify` after each commit
+//! that appended to it. The payment path also hands each committed event to the outbox's
+//! delivery cache, so the stream sends it from memory instead of reading it back; whatever is
+//! not in the cache (other kinds of event, a reconnecting PSP, a PSP far behind) is read from
+//! storage, which stays the only source of truth.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ledger::{Event, Ledger, LedgerError, Record, RECORD_TABLE_RESERVED};
@@ -22,6 +25,10 @@ pub const EVENT_WINDOW_MAX: u64 = 8_192;
 /// Most unacknowledged events per PSP (`EVENT_BACKLOG_MAX`); beyond it new work for the PSP is
 /// refused rather than growing storage without bound.
 pub const EVENT_BACKLOG_MAX: u64 = 10_000_000;
+/// Most committed events an outbox holds in memory for delivery: two windows' worth, so a PSP
+/// that keeps up is always served from memory, and one that is away costs bounded memory (its
+/// stream reads the rest from storage).
+pub const DELIVERY_CACHE_MAX: usize = 2 * EVENT_WINDOW_MAX as usize;
 
 /// The outbox key of a PSP: its id and a separator no id contains, so that one id is never a
 /// prefix of another's sequence.
@@ -50,11 +57,57 @@ pub struct Outbox {
     pub acknowledged: AtomicU64,
     /// Event streams of the PSP being served (the newest one delivers; older ones are ending).
     pub streams: AtomicU64,
+    /// Committed events not yet delivered, by sequence, exactly as `read` would return them.
+    fresh: papaya::HashMap<u64, proto::Event, ahash::RandomState>,
+    /// Highest sequence a stream has taken for delivery, from memory or storage: an event at or
+    /// below it is never cached, or it would stay in memory with no one to take it.
+    passed: AtomicU64,
 }
 
 impl Outbox {
     pub fn backlog(&self) -> u64 {
         self.appended.load(Ordering::Acquire).saturating_sub(self.acknowledged.load(Ordering::Acquire))
+    }
+
+    /// Keeps a committed event (sequence set, stamped) for the stream to send from memory.
+    fn keep(&self, event: proto::Event) {
+        let sequence = event.sequence;
+        if sequence <= self.passed.load(Ordering::Acquire) {
+            return;
+        }
+        let fresh = self.fresh.pin();
+        if fresh.len() >= DELIVERY_CACHE_MAX {
+            return; // the stream reads it from storage
+        }
+        fresh.insert(sequence, event);
+        // A stream may have read past this sequence from storage between the check above and
+        // the insert; it then removed nothing, so the copy goes now. The fences pair with
+        // `passed_through`: one side always sees the other's write.
+        fence(Ordering::SeqCst);
+        if sequence <= self.passed.load(Ordering::Acquire) {
+            fresh.remove(&sequence);
+        }
+    }
+
+    /// The event numbered `sequence`, if the payment path left it in memory; taken out.
+    pub fn take(&self, sequence: u64) -> Option<proto::Event> {
+        self.fresh.pin().remove(&sequence).cloned()
+    }
+
+    /// A stream is about to send the events up to `last`: drops any cached copies of `events`
+    /// (read from storage) and keeps later inserts of them out.
+    pub fn passed_through(&self, last: u64, events: &[proto::Event]) {
+        self.passed.fetch_max(last, Ordering::AcqRel);
+        fence(Ordering::SeqCst);
+        let fresh = self.fresh.pin();
+        for event in events {
+            fresh.remove(&event.sequence);
+        }
+    }
+
+    /// Events held in memory for delivery.
+    pub fn cached(&self) -> usize {
+        self.fresh.len()
     }
 }
 
@@ -82,6 +135,46 @@ impl EventHub {
         outbox.appended.fetch_add(count, Ordering::AcqRel);
         outbox.notify.notify_waiters();
         Ok(())
+    }
+
+    /// Like `committed` for one event, handing subscribers the event itself, as `read` would
+    /// return it (`stamped`), so that delivery need not read it back from storage.
+    pub fn committed_event(&self, ledger: &Ledger, psp: &str, event: proto::Event) -> Result<(), LedgerError> {
+        let outbox = self.outbox(ledger, psp)?;
+        outbox.keep(event);
+        outbox.appended.fetch_add(1, Ordering::AcqRel);
+        outbox.notify.notify_waiters();
+        Ok(())
+    }
+}
+
+/// An event as delivered: its outbox sequence, and for the notice of a payment or refund the
+/// commit time of its transfer (known only once committed, so not stored with the event).
+pub fn stamped(mut event: proto::Event, sequence: u64, transfer_timestamp: u64) -> proto::Event {
+    event.sequence = sequence;
+    stamp(&mut event, transfer_timestamp);
+    event
+}
+
+/// The id of the transfer whose commit time an event reports, if it reports one.
+fn stamped_transfer(event: &proto::Event) -> Option<u128> {
+    let id = match &event.kind {
+        Some(proto::event::Kind::CreditNotification(notification)) => &notification.payment_id,
+        Some(proto::event::Kind::RefundNotice(notice)) => &notice.refund_id,
+        _ => return None,
+    };
+    id.as_slice().try_into().ok().map(u128::from_be_bytes)
+}
+
+fn stamp(event: &mut proto::Event, timestamp: u64) {
+    if stamped_transfer(event).is_none() {
+        return;
+    }
+    event.recorded_at_unix_ns = timestamp;
+    match &mut event.kind {
+        Some(proto::event::Kind::CreditNotification(notification)) => notification.completed_at_unix_ns = timestamp,
+        Some(proto::event::Kind::RefundNotice(notice)) => notice.completed_at_unix_ns = timestamp,
+        _ => {}
     }
 }
 
@@ -125,30 +218,17 @@ pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<
     Ok(events)
 }
 
-/// Stamps events with the commit time of the payment they report (known only once committed,
-/// so not stored in the event): one batched ledger read per chunk of events.
+/// Stamps events with the commit time of the payment they report: one batched ledger read per
+/// chunk of events.
 fn fill_times(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
-    let payment_id = |event: &proto::Event| {
-        let id = match &event.kind {
-            Some(proto::event::Kind::CreditNotification(notification)) => &notification.payment_id,
-            Some(proto::event::Kind::RefundNotice(notice)) => &notice.refund_id,
-            _ => return None,
-        };
-        id.as_slice().try_into().ok().map(u128::from_be_bytes)
-    };
-    let ids: Vec<u128> = events.iter().filter_map(payment_id).collect();
+    let ids: Vec<u128> = events.iter().filter_map(stamped_transfer).collect();
     let mut stamps = ledger.lookup_transfers(&ids)?.into_iter();
     for event in events.iter_mut() {
-        if payment_id(event).is_none() {
+        if stamped_transfer(event).is_none() {
             continue;
         }
         let timestamp = stamps.next().flatten().map_or(0, |record| record.stored.transfer.timestamp);
-        event.recorded_at_unix_ns = timestamp;
-        match &mut event.kind {
-            Some(proto::event::Kind::CreditNotification(notification)) => notification.completed_at_unix_ns = timestamp,
-            Some(proto::event::Kind::RefundNotice(notice)) => notice.completed_at_unix_ns = timestamp,
-            _ => {}
-        }
+        stamp(event, timestamp);
     }
     Ok(())
 }

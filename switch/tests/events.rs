@@ -121,6 +121,42 @@ async fn credit_notifications_are_durable_ordered_and_resumable() {
     test.assert_money_conserved();
 }
 
+/// The payment path hands each committed notification to the payee's outbox, and the stream
+/// sends it from memory: what arrives must be exactly what storage holds (numbers, commit
+/// times, content), and nothing may stay behind in memory once it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sent_from_memory_are_the_stored_events() {
+    let test = TestSwitch::start().await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 100_000).await;
+    let outbox = test.switch.events.outbox(&test.switch.ledger, "bank-b").expect("outbox");
+    // Committed while no stream is open: kept in memory for the stream to come.
+    for payment in 1..=3u128 {
+        bank_a.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 10 * payment as u64)).await.expect("pay");
+    }
+    assert_eq!(outbox.cached(), 3, "each committed notification is kept for delivery");
+    let mut stream = subscribe(&test, "bank-b", 0).await;
+    // And while it is open: single payments and a batch (whose events are numbered together).
+    for payment in 4..=5u128 {
+        bank_a.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 10 * payment as u64)).await.expect("pay");
+    }
+    let batch = (6..=20u128).map(|payment| pay(payment, "ana@bank-a", "bo@bank-b", 10 * payment as u64)).collect();
+    let answer = bank_a.payments.pay_batch(proto::PayBatchRequest { payments: batch }).await.expect("batch");
+    assert!(answer.get_ref().results.iter().all(|result| result.state == PaymentState::Completed as i32));
+    let mut received = Vec::new();
+    while received.len() < 20 {
+        match next(&mut stream.responses).await {
+            Some(Outgoing::Event(event)) => received.push(event),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+    let stored = switch::events::read(&test.switch.ledger, "bank-b", 0, 100).expect("read");
+    assert_eq!(received, stored, "delivered from memory exactly as stored");
+    assert_eq!(received.iter().map(|event| event.sequence).collect::<Vec<_>>(), (1..=20).collect::<Vec<u64>>());
+    assert!(received.iter().all(|event| event.recorded_at_unix_ns > 0), "commit times are filled in");
+    assert_eq!(outbox.cached(), 0, "nothing stays in memory once sent");
+    test.assert_money_conserved();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_protocol_is_enforced() {
     let test = TestSwitch::start().await;

@@ -150,11 +150,21 @@ impl Stream {
                 break;
             }
             let limit = usize::try_from(end - sent).unwrap_or(READ_CHUNK).min(READ_CHUNK);
-            let batch =
-                events::read(&self.switch.ledger, &self.psp, sent, limit).map_err(crate::core::ledger_refusal)?;
-            if batch.is_empty() {
-                break;
+            // In order: from memory while the next one is there, else from storage.
+            let mut batch = Vec::new();
+            while batch.len() < limit {
+                match self.outbox.take(sent + batch.len() as u64 + 1) {
+                    Some(event) => batch.push(event),
+                    None => break,
+                }
             }
+            let read = batch.is_empty();
+            if read {
+                batch =
+                    events::read(&self.switch.ledger, &self.psp, sent, limit).map_err(crate::core::ledger_refusal)?;
+            }
+            let Some(last) = batch.last().map(|event| event.sequence) else { break };
+            self.outbox.passed_through(last, if read { &batch } else { &[] });
             for event in batch {
                 sent = event.sequence;
                 if self.sender.send(Ok(response(Outgoing::Event(event)))).await.is_err() {

@@ -88,6 +88,8 @@ struct Prepared {
     confirmed: bool,
     deadline_unix_ms: u64,
     events: [Event; EVENTS_PER_PAYMENT],
+    /// The payee's event, as its stream delivers it once committed (`notify_payee`).
+    notification: proto::Event,
 }
 
 /// The content a payment id stands for, hashed into `user_data_128`. The deadline is left out:
@@ -210,7 +212,27 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
         Event::CreateTransfer(Transfer { flags: TransferFlags(transfer.flags.0 | TransferFlags::LINKED), ..transfer }),
         crate::events::append(&payee.psp_id, &notification, false),
     ];
-    Ok(Prepared { id, payee: payee.psp_id.clone(), confirmed, deadline_unix_ms, events })
+    Ok(Prepared { id, payee: payee.psp_id.clone(), confirmed, deadline_unix_ms, events, notification })
+}
+
+/// Tells the payee's stream that its event committed, handing the event over (numbered and
+/// stamped as storage would give it) so that the stream need not read it back.
+fn notify_payee(
+    switch: &Switch,
+    payee: &str,
+    notification: proto::Event,
+    sequence: Option<u64>,
+    transfer_timestamp: u64,
+) -> Result<(), Refusal> {
+    let told = match sequence {
+        Some(sequence) => {
+            let event = crate::events::stamped(notification, sequence, transfer_timestamp);
+            switch.events.committed_event(&switch.ledger, payee, event)
+        }
+        // Not expected (a committed payment's event is numbered); storage has it either way.
+        None => switch.events.committed(&switch.ledger, payee, 1),
+    };
+    told.map_err(ledger_refusal)
 }
 
 /// What a transfer's result code means for the payment.
@@ -403,12 +425,11 @@ async fn execute(
     payer: &Participant,
     request: &proto::PayRequest,
 ) -> Result<proto::PaymentResult, Refusal> {
-    let prepared = prepare(switch, payer, request)?;
-    let (id, confirmed, deadline, payee) =
-        (prepared.id, prepared.confirmed, prepared.deadline_unix_ms, prepared.payee.clone());
+    let Prepared { id, payee, confirmed, deadline_unix_ms: deadline, events, notification } =
+        prepare(switch, payer, request)?;
     // Listen before submitting: a fast payee must not decide before anyone waits.
     let waiter = if confirmed { Some(switch.confirmations.register(id)?) } else { None };
-    let results = match switch.submit(prepared.events.into()).await {
+    let results = match switch.submit(events.into()).await {
         Ok(results) => results,
         Err(refusal) => {
             switch.confirmations.finish(id, None);
@@ -417,7 +438,8 @@ async fn execute(
     };
     let code = results[TRANSFER_INDEX];
     if code == ResultCode::Ok {
-        switch.events.committed(&switch.ledger, &payee, 1).map_err(ledger_refusal)?;
+        let transfer_timestamp = results.timestamp + TRANSFER_INDEX as u64;
+        notify_payee(switch, &payee, notification, results.appended().first().copied(), transfer_timestamp)?;
         if confirmed {
             crate::confirm::arm_deadline(Arc::clone(switch), id, deadline);
         } else {
@@ -503,14 +525,17 @@ impl Payments {
             pending.push(self.switch.ledger.submit(events).map_err(ledger_refusal)?);
         }
         let (mut sent, mut sent_minor) = (0u64, 0u64);
-        for (chunk, completion) in prepared.chunks(per_submission).zip(pending) {
+        for (chunk, completion) in prepared.chunks_mut(per_submission).zip(pending) {
             let results = completion.await.map_err(ledger_refusal)?;
-            for (index, (position, ready)) in chunk.iter().enumerate() {
+            // One number per committed payment's event, in payment order.
+            let mut appended = results.appended().iter().copied();
+            for (index, (position, ready)) in chunk.iter_mut().enumerate() {
                 let event_index = index * EVENTS_PER_PAYMENT + TRANSFER_INDEX;
                 let code = results[event_index];
                 let batch_timestamp = results.timestamp + event_index as u64;
                 if code == ResultCode::Ok {
-                    self.switch.events.committed(&self.switch.ledger, &ready.payee, 1).map_err(ledger_refusal)?;
+                    let notification = std::mem::take(&mut ready.notification);
+                    notify_payee(&self.switch, &ready.payee, notification, appended.next(), batch_timestamp)?;
                     if ready.confirmed {
                         crate::confirm::arm_deadline(Arc::clone(&self.switch), ready.id, ready.deadline_unix_ms);
                     } else {
