@@ -129,7 +129,7 @@ pub struct Confirmations {
 
 impl Confirmations {
     /// Registers interest in a payment's outcome before it is submitted.
-    pub fn register(&self, payment: u128) -> Result<watch::Receiver<Option<Outcome>>, Refusal> {
+    pub fn register(&self, payment: u128) -> Result<Waiter, Refusal> {
         let waiting = self.waiting.pin();
         if let Some(sender) = waiting.get(&payment) {
             return Ok(sender.subscribe());
@@ -161,8 +161,11 @@ impl Confirmations {
     }
 }
 
+/// A payer's view of a payment awaiting its payee: the outcome, once there is one.
+pub type Waiter = watch::Receiver<Option<Outcome>>;
+
 /// Waits for a payment's outcome until its deadline (plus grace).
-pub async fn wait(mut receiver: watch::Receiver<Option<Outcome>>, deadline_unix_ms: u64) -> Option<Outcome> {
+pub async fn wait(mut receiver: Waiter, deadline_unix_ms: u64) -> Option<Outcome> {
     let remaining = Duration::from_millis(deadline_unix_ms.saturating_sub(now_unix_ns() / 1_000_000)) + DEADLINE_GRACE;
     let waited = tokio::time::timeout(remaining, receiver.wait_for(Option::is_some)).await;
     match waited {

@@ -201,6 +201,53 @@ async fn decide(subscription: &mut Subscription, payment: u128, decision: proto:
     }
 }
 
+/// A PayStream takes what has arrived as one group. Within it, automatic payments are answered
+/// as soon as they commit, while a confirming payee's payment is answered with its final state
+/// once that payee decides, as `Pay` would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_automatic_payments_without_waiting_for_a_confirming_payee() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
+    let mut bank_b = test.onboard("bank-b", 0, 0).await;
+    let mut bank_c = test.onboard_in_mode("bank-c", 0, 0, proto::ConfirmationMode::Confirmed).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    bank_c.alias("cy@bank-c", "Cy").await;
+    let mut payee = subscribe(&test, "bank-c", 0).await;
+
+    let (requests, receiver) = mpsc::channel(16);
+    let mut answers = bank_a.payments.pay_stream(ReceiverStream::new(receiver)).await.expect("stream").into_inner();
+    for (payment, alias, amount) in
+        [(1, "cy@bank-c", 300), (2, "bo@bank-b", 100), (3, "bo@bank-b", 100), (4, "cy@bank-c", 50)]
+    {
+        let request = proto::PayStreamRequest {
+            correlation_id: 10 + payment as u64,
+            payment: Some(pay(payment, "ana@bank-a", alias, amount)),
+        };
+        requests.send(request).await.expect("send");
+    }
+    let mut answer = async || {
+        let response = tokio::time::timeout(WAIT, answers.message()).await.expect("an answer in time");
+        let response = response.expect("stream ok").expect("an answer");
+        (response.correlation_id, response.result.expect("result").state)
+    };
+    // The automatic ones first, while bank-c has not decided anything.
+    let mut first = vec![answer().await, answer().await];
+    first.sort_unstable();
+    assert_eq!(first, vec![(12, PaymentState::Completed as i32), (13, PaymentState::Completed as i32)]);
+    for _ in 0..2 {
+        assert!(matches!(event(&mut payee).await, proto::event::Kind::CreditRequest(_)));
+    }
+    assert_eq!(decide(&mut payee, 1, proto::Decision::Accept).await.status_code, 0);
+    assert_eq!(answer().await, (11, PaymentState::Completed as i32));
+    assert_eq!(decide(&mut payee, 4, proto::Decision::Decline).await.status_code, 0);
+    assert_eq!(answer().await, (14, PaymentState::Declined as i32));
+    let position = bank_a.position().await;
+    assert_eq!((position.balance_minor, position.reserved_minor), (1_000 - 300 - 100 - 100, 0));
+    assert_eq!(bank_c.position().await.balance_minor, 300);
+    test.assert_money_conserved();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_payees_accept_decline_or_time_out() {
     let test = TestSwitch::start().await;

@@ -28,8 +28,6 @@ use crate::reason::Refusal;
 
 /// Longest note, in UTF-8 bytes (`NOTE_BYTES_MAX`).
 const NOTE_BYTES_MAX: usize = 140;
-/// Most payments in flight on one `PayStream` (`PAY_STREAM_IN_FLIGHT_MAX`).
-const PAY_STREAM_IN_FLIGHT_MAX: usize = 4_096;
 
 /// The durable metadata of a payment (ledger record keyed by payment id).
 #[derive(Clone, PartialEq, Message)]
@@ -67,7 +65,7 @@ impl Payments {
     }
 }
 
-fn rate_limited() -> Refusal {
+pub(super) fn rate_limited() -> Refusal {
     Refusal::new(Reason::RateLimited, "this PSP's payments per second are at their limit; back off")
 }
 
@@ -81,13 +79,15 @@ const TRANSFER_INDEX: usize = 1;
 const LEDGER_EXPIRY_MARGIN_SECONDS: u64 = 60;
 
 /// A payment checked and ready to submit.
-struct Prepared {
-    id: u128,
+pub(super) struct Prepared {
+    pub id: u128,
     payee: Arc<str>,
+    amount_minor: u64,
     /// The payee confirms (pending transfer, credit request) rather than being credited at once.
-    confirmed: bool,
-    deadline_unix_ms: u64,
-    events: [Event; EVENTS_PER_PAYMENT],
+    pub confirmed: bool,
+    pub deadline_unix_ms: u64,
+    /// `EVENTS_PER_PAYMENT` events; moved into the ledger submission.
+    events: Vec<Event>,
     /// The payee's event, as its stream delivers it once committed (`notify_payee`).
     notification: proto::Event,
 }
@@ -105,7 +105,7 @@ fn content_hash(request: &proto::PayRequest) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) -> Result<Prepared, Refusal> {
+pub(super) fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) -> Result<Prepared, Refusal> {
     let id = parse_id(&request.payment_id, "payment_id")?;
     let currency = check_amount(switch, request.amount_minor, &request.currency)?;
     check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
@@ -207,12 +207,84 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     };
     // One linked chain: the metadata, the transfer, and the payee's notification commit
     // together or not at all (a refused transfer, or a retry, records neither).
-    let events = [
+    let events = vec![
         record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true),
         Event::CreateTransfer(Transfer { flags: TransferFlags(transfer.flags.0 | TransferFlags::LINKED), ..transfer }),
         crate::events::append(&payee.psp_id, &notification, false),
     ];
-    Ok(Prepared { id, payee: payee.psp_id.clone(), confirmed, deadline_unix_ms, events, notification })
+    let amount_minor = request.amount_minor;
+    Ok(Prepared { id, payee: payee.psp_id.clone(), amount_minor, confirmed, deadline_unix_ms, events, notification })
+}
+
+/// What the ledger made of one prepared payment.
+pub(super) struct Committed {
+    pub code: ResultCode,
+    /// The batch time of the payment's transfer (its commit time when `code` is `Ok`).
+    pub timestamp: u64,
+}
+
+/// Submits prepared payments in as few ledger submissions as fit, all queued before any is
+/// awaited so that they are group-committed back to back. Then tells each payee of what
+/// committed, arms the deadlines of reservations, and counts completed payments (the payer's
+/// side once). One answer per payment, in order. `Err` when the first submission is refused:
+/// then nothing was submitted.
+pub(super) async fn commit_prepared(
+    switch: &Arc<Switch>,
+    payer: &Participant,
+    prepared: &mut [Prepared],
+) -> Result<Vec<Result<Committed, Refusal>>, Refusal> {
+    let per_submission = (switch.config.ledger.batch_size_max / EVENTS_PER_PAYMENT).max(1);
+    let mut submitted = Vec::with_capacity(prepared.len().div_ceil(per_submission));
+    for (index, chunk) in prepared.chunks_mut(per_submission).enumerate() {
+        let mut events = Vec::with_capacity(chunk.len() * EVENTS_PER_PAYMENT);
+        for ready in chunk.iter_mut() {
+            events.append(&mut ready.events);
+        }
+        match switch.ledger.submit(events).map_err(ledger_refusal) {
+            Ok(completion) => submitted.push(Ok(completion)),
+            Err(refusal) if index == 0 => return Err(refusal),
+            Err(refusal) => submitted.push(Err(refusal)),
+        }
+    }
+    let mut answers = Vec::with_capacity(prepared.len());
+    let (mut sent, mut sent_minor) = (0u64, 0u64);
+    for (chunk, submission) in prepared.chunks_mut(per_submission).zip(submitted) {
+        let results = match submission {
+            Ok(completion) => completion.await.map_err(ledger_refusal),
+            Err(refusal) => Err(refusal),
+        };
+        let results = match results {
+            Ok(results) => results,
+            Err(refusal) => {
+                answers.extend(chunk.iter().map(|_| Err(refusal.clone())));
+                continue;
+            }
+        };
+        // One number per committed payment's event, in payment order.
+        let mut appended = results.appended().iter().copied();
+        for (index, ready) in chunk.iter_mut().enumerate() {
+            let event_index = index * EVENTS_PER_PAYMENT + TRANSFER_INDEX;
+            let code = results[event_index];
+            let timestamp = results.timestamp + event_index as u64;
+            if code == ResultCode::Ok {
+                let notification = std::mem::take(&mut ready.notification);
+                if let Err(refusal) = notify_payee(switch, &ready.payee, notification, appended.next(), timestamp) {
+                    answers.push(Err(refusal));
+                    continue;
+                }
+                if ready.confirmed {
+                    crate::confirm::arm_deadline(Arc::clone(switch), ready.id, ready.deadline_unix_ms);
+                } else {
+                    sent += 1;
+                    sent_minor += ready.amount_minor;
+                    switch.metrics.received(&ready.payee, ready.amount_minor);
+                }
+            }
+            answers.push(Ok(Committed { code, timestamp }));
+        }
+    }
+    switch.metrics.completed_many(&payer.psp_id, sent, sent_minor);
+    Ok(answers)
 }
 
 /// Tells the payee's stream that its event committed, handing the event over (numbered and
@@ -236,7 +308,7 @@ fn notify_payee(
 }
 
 /// What a transfer's result code means for the payment.
-fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
+pub(super) fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
     match code {
         ResultCode::Ok | ResultCode::Exists => Ok(PaymentState::Completed),
         ResultCode::ExceedsCredits => {
@@ -253,7 +325,7 @@ fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
     }
 }
 
-fn result_message(payment_id: &[u8], outcome: Result<(PaymentState, u64), Refusal>) -> proto::PaymentResult {
+pub(super) fn result_message(payment_id: &[u8], outcome: Result<(PaymentState, u64), Refusal>) -> proto::PaymentResult {
     match outcome {
         Ok((state, timestamp)) => proto::PaymentResult {
             payment_id: payment_id.to_vec(),
@@ -276,7 +348,7 @@ fn result_message(payment_id: &[u8], outcome: Result<(PaymentState, u64), Refusa
 }
 
 /// The commit time of a payment: from the batch that committed it, or from storage on a retry.
-fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u64) -> u64 {
+pub(super) fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u64) -> u64 {
     if code == ResultCode::Ok {
         return batch_timestamp;
     }
@@ -425,11 +497,11 @@ async fn execute(
     payer: &Participant,
     request: &proto::PayRequest,
 ) -> Result<proto::PaymentResult, Refusal> {
-    let Prepared { id, payee, confirmed, deadline_unix_ms: deadline, events, notification } =
+    let Prepared { id, payee, confirmed, deadline_unix_ms: deadline, events, notification, .. } =
         prepare(switch, payer, request)?;
     // Listen before submitting: a fast payee must not decide before anyone waits.
     let waiter = if confirmed { Some(switch.confirmations.register(id)?) } else { None };
-    let results = match switch.submit(events.into()).await {
+    let results = match switch.submit(events).await {
         Ok(results) => results,
         Err(refusal) => {
             switch.confirmations.finish(id, None);
@@ -457,7 +529,18 @@ async fn execute(
         let timestamp = committed_at(switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
         return Ok(result_message(&request.payment_id, Ok((state, timestamp))));
     };
-    // Confirmed mode (a first attempt or a retry): the final state, once the payee answers.
+    final_answer(switch, &request.payment_id, id, deadline, waiter).await
+}
+
+/// A confirmed-mode payment (a first attempt or a retry) once submitted: its final state, once
+/// the payee answers or the deadline passes.
+pub(super) async fn final_answer(
+    switch: &Switch,
+    payment_id: &[u8],
+    id: u128,
+    deadline: u64,
+    waiter: crate::confirm::Waiter,
+) -> Result<proto::PaymentResult, Refusal> {
     let current = current_outcome(switch, id)?;
     let final_outcome = match current {
         Some(outcome) if outcome.state != PaymentState::Pending => {
@@ -468,19 +551,19 @@ async fn execute(
     };
     match final_outcome {
         Some(outcome) if outcome.state == PaymentState::Completed => {
-            Ok(result_message(&request.payment_id, Ok((PaymentState::Completed, outcome.finalized_at_unix_ns))))
+            Ok(result_message(payment_id, Ok((PaymentState::Completed, outcome.finalized_at_unix_ns))))
         }
         // Declined and expired are answers, not errors (payments.proto: OK with the state), so
         // batch and stream items carry them as DECLINED / EXPIRED rather than REJECTED.
         Some(outcome) => Ok(proto::PaymentResult {
-            payment_id: request.payment_id.clone(),
+            payment_id: payment_id.to_vec(),
             state: outcome.state as i32,
             reason: outcome.reason as i32,
             decline_reason: outcome.decline_reason as i32,
             finalized_at_unix_ns: outcome.finalized_at_unix_ns,
             ..proto::PaymentResult::default()
         }),
-        None => Ok(result_message(&request.payment_id, Ok((PaymentState::Pending, 0)))),
+        None => Ok(result_message(payment_id, Ok((PaymentState::Pending, 0)))),
     }
 }
 
@@ -509,52 +592,28 @@ impl Payments {
             return Err(rate_limited());
         }
         let mut outcomes: Vec<Option<Result<(PaymentState, u64), Refusal>>> = vec![None; payments.len()];
-        let mut prepared = Vec::with_capacity(payments.len());
+        let (mut prepared, mut positions) = (Vec::with_capacity(payments.len()), Vec::with_capacity(payments.len()));
         for (position, payment) in payments.iter().enumerate() {
             match prepare(&self.switch, &payer, payment) {
-                Ok(ready) => prepared.push((position, ready)),
+                Ok(ready) => {
+                    prepared.push(ready);
+                    positions.push(position);
+                }
                 Err(refusal) => outcomes[position] = Some(Err(refusal)),
             }
         }
-        // Each submission fits one ledger batch. Submitted together so they are group-committed
-        // back to back.
-        let per_submission = (self.switch.config.ledger.batch_size_max / EVENTS_PER_PAYMENT).max(1);
-        let mut pending = Vec::new();
-        for chunk in prepared.chunks(per_submission) {
-            let events: Vec<Event> = chunk.iter().flat_map(|(_, ready)| ready.events.iter().cloned()).collect();
-            pending.push(self.switch.ledger.submit(events).map_err(ledger_refusal)?);
-        }
-        let (mut sent, mut sent_minor) = (0u64, 0u64);
-        for (chunk, completion) in prepared.chunks_mut(per_submission).zip(pending) {
-            let results = completion.await.map_err(ledger_refusal)?;
-            // One number per committed payment's event, in payment order.
-            let mut appended = results.appended().iter().copied();
-            for (index, (position, ready)) in chunk.iter_mut().enumerate() {
-                let event_index = index * EVENTS_PER_PAYMENT + TRANSFER_INDEX;
-                let code = results[event_index];
-                let batch_timestamp = results.timestamp + event_index as u64;
-                if code == ResultCode::Ok {
-                    let notification = std::mem::take(&mut ready.notification);
-                    notify_payee(&self.switch, &ready.payee, notification, appended.next(), batch_timestamp)?;
-                    if ready.confirmed {
-                        crate::confirm::arm_deadline(Arc::clone(&self.switch), ready.id, ready.deadline_unix_ms);
-                    } else {
-                        sent += 1;
-                        sent_minor += payments[*position].amount_minor;
-                        self.switch.metrics.received(&ready.payee, payments[*position].amount_minor);
-                    }
-                }
-                // A batch does not wait for confirming payees: their payments answer PENDING and
-                // finish on the payee's decision or deadline (GetPaymentStatus tells).
+        let committed = commit_prepared(&self.switch, &payer, &mut prepared).await?;
+        for ((position, ready), committed) in positions.into_iter().zip(&prepared).zip(committed) {
+            // A batch does not wait for confirming payees: their payments answer PENDING and
+            // finish on the payee's decision or deadline (GetPaymentStatus tells).
+            outcomes[position] = Some(committed.and_then(|Committed { code, timestamp }| {
                 let pending = ready.confirmed && matches!(code, ResultCode::Ok | ResultCode::Exists);
-                outcomes[*position] = Some(outcome(code).map(|state| {
+                outcome(code).map(|state| {
                     let state = if pending { PaymentState::Pending } else { state };
-                    (state, committed_at(&self.switch, ready.id, code, batch_timestamp))
-                }));
-            }
+                    (state, committed_at(&self.switch, ready.id, code, timestamp))
+                })
+            }));
         }
-        // The payer's side once per batch, not per payment.
-        self.switch.metrics.completed_many(&payer.psp_id, sent, sent_minor);
         let results = payments
             .iter()
             .zip(outcomes)
@@ -569,7 +628,11 @@ impl Payments {
 }
 
 /// Counts a batch's answers by (state, reason), then adds each count once.
-fn answered_batch(switch: &Switch, results: &[proto::PaymentResult], started: Instant) {
+pub(super) fn answered_batch<'a>(
+    switch: &Switch,
+    results: impl IntoIterator<Item = &'a proto::PaymentResult>,
+    started: Instant,
+) {
     let mut counts: Vec<((i32, i32), u64)> = Vec::new();
     for result in results {
         let key = (result.state, result.reason);
@@ -624,34 +687,10 @@ impl PaymentService for Payments {
     ) -> Result<Response<Self::PayStreamStream>, Status> {
         let psp = auth::psp(&request)?;
         let payer = self.switch.active_participant(&psp)?;
-        let mut incoming = request.into_inner();
-        let (sender, receiver) = tokio::sync::mpsc::channel(PAY_STREAM_IN_FLIGHT_MAX);
-        let switch = Arc::clone(&self.switch);
-        let limiter = Arc::clone(&self.payment_limiter);
-        tokio::spawn(async move {
-            // At the bound the loop stops reading: HTTP/2 flow control pushes back on the client.
-            let in_flight = Arc::new(tokio::sync::Semaphore::new(PAY_STREAM_IN_FLIGHT_MAX));
-            while let Ok(Some(item)) = incoming.message().await {
-                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { break };
-                let (switch, payer, sender) = (Arc::clone(&switch), Arc::clone(&payer), sender.clone());
-                let admitted = limiter.allow_many(&payer.psp_id, 1);
-                tokio::spawn(async move {
-                    let started = Instant::now();
-                    let payment = item.payment.unwrap_or_default();
-                    let outcome = if admitted { execute(&switch, &payer, &payment).await } else { Err(rate_limited()) };
-                    let result = match outcome {
-                        Ok(result) => result,
-                        Err(refusal) => result_message(&payment.payment_id, Err(refusal)),
-                    };
-                    switch.metrics.answered(result.state, result.reason, 1, started.elapsed());
-                    let response =
-                        proto::PayStreamResponse { correlation_id: item.correlation_id, result: Some(result) };
-                    let _ = sender.send(Ok(response)).await;
-                    drop(permit);
-                });
-            }
-            // Half-closed: the spawned payments hold senders; the stream ends when all answered.
-        });
+        let incoming = request.into_inner();
+        let (sender, receiver) = tokio::sync::mpsc::channel(super::pay_stream::IN_FLIGHT_MAX);
+        let (switch, limiter) = (Arc::clone(&self.switch), Arc::clone(&self.payment_limiter));
+        tokio::spawn(super::pay_stream::serve(switch, limiter, payer, incoming, sender));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
     }
 
