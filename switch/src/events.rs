@@ -105,6 +105,18 @@ impl Outbox {
         }
     }
 
+    /// A stream starts after `sequence` (the PSP's acknowledged position): nothing at or below
+    /// it will be asked for again, so no copy of it may hold a place in the cache. (A PSP may
+    /// acknowledge, in its `Hello`, events it never took from this switch's memory.)
+    pub fn forget_through(&self, sequence: u64) {
+        self.passed_through(sequence, &[]);
+        let fresh = self.fresh.pin();
+        let stale: Vec<u64> = fresh.keys().copied().filter(|cached| *cached <= sequence).collect();
+        for cached in stale {
+            fresh.remove(&cached);
+        }
+    }
+
     /// Events held in memory for delivery.
     pub fn cached(&self) -> usize {
         self.fresh.len()
@@ -236,6 +248,40 @@ fn fill_times(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), Ledger
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn numbered(sequence: u64) -> proto::Event {
+        proto::Event { sequence, ..proto::Event::default() }
+    }
+
+    #[test]
+    fn the_delivery_cache_never_keeps_what_a_stream_has_passed() {
+        let outbox = Outbox::default();
+        for sequence in 1..=5 {
+            outbox.keep(numbered(sequence));
+        }
+        assert_eq!(outbox.cached(), 5);
+        assert_eq!(outbox.take(1).map(|event| event.sequence), Some(1));
+        assert!(outbox.take(1).is_none(), "taken once");
+        // A stream read 2..=3 from storage: the cached copies go, and do not come back.
+        outbox.passed_through(3, &[numbered(2), numbered(3)]);
+        outbox.keep(numbered(3));
+        assert_eq!(outbox.cached(), 2);
+        // A new stream starts after an acknowledgement of 4: 4 goes, 5 stays for it.
+        outbox.forget_through(4);
+        assert_eq!(outbox.cached(), 1);
+        assert_eq!(outbox.take(5).map(|event| event.sequence), Some(5));
+        assert_eq!(outbox.cached(), 0);
+    }
+
+    #[test]
+    fn the_delivery_cache_is_bounded() {
+        let outbox = Outbox::default();
+        for sequence in 1..=(DELIVERY_CACHE_MAX as u64 + 10) {
+            outbox.keep(numbered(sequence));
+        }
+        assert_eq!(outbox.cached(), DELIVERY_CACHE_MAX);
+        assert!(outbox.take(DELIVERY_CACHE_MAX as u64 + 1).is_none(), "beyond the bound: read from storage");
+    }
 
     #[test]
     fn outbox_keys_never_prefix_each_other() {

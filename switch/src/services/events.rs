@@ -105,6 +105,7 @@ impl Drop for Stream {
 impl Stream {
     async fn run(self, mut incoming: Streaming<proto::SubscribeRequest>) {
         let mut sent = self.outbox.acknowledged.load(Ordering::Acquire);
+        self.outbox.forget_through(sent);
         let mut shutting_down = self.switch.shutting_down.subscribe();
         loop {
             if *shutting_down.borrow_and_update() {
