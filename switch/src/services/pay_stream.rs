@@ -17,10 +17,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, Streaming};
 
-use super::payments::{
-    answered_batch, commit_prepared, committed_at, final_answer, outcome, prepare, rate_limited, result_message,
-    Committed, RateLimiter,
-};
+use super::payments::{answered_batch, final_answer, pay_together, result_message, Answer, RateLimiter};
 use crate::core::Switch;
 use crate::participants::Participant;
 use crate::proto;
@@ -87,47 +84,20 @@ async fn pay_group(
     let started = Instant::now();
     let payments: Vec<(u64, proto::PayRequest)> =
         group.into_iter().map(|item| (item.correlation_id, item.payment.unwrap_or_default())).collect();
-    let mut answers: Vec<Option<proto::PaymentResult>> = vec![None; payments.len()];
-    let (mut prepared, mut positions, mut waiters) = (Vec::new(), Vec::new(), Vec::new());
-    for (position, ((_, payment), admitted)) in payments.iter().zip(admitted).enumerate() {
-        let ready = if admitted { prepare(switch, payer, payment) } else { Err(rate_limited()) };
-        // Listen before submitting: a fast payee must not decide before anyone waits.
-        let ready = ready.and_then(|ready| {
-            let waiter = if ready.confirmed { Some(switch.confirmations.register(ready.id)?) } else { None };
-            Ok((ready, waiter))
-        });
-        match ready {
-            Ok((ready, waiter)) => {
-                prepared.push(ready);
-                positions.push(position);
-                waiters.push(waiter);
+    let requests: Vec<(&proto::PayRequest, bool)> =
+        payments.iter().zip(admitted).map(|((_, payment), admitted)| (payment, admitted)).collect();
+    let answers = pay_together(switch, payer, &requests).await;
+    let mut answered = Vec::with_capacity(payments.len());
+    for ((correlation_id, payment), answer) in payments.iter().zip(answers) {
+        match answer {
+            Answer::Now(answer) => {
+                let result = answer.unwrap_or_else(|refusal| result_message(&payment.payment_id, Err(refusal)));
+                answered.push((*correlation_id, result));
             }
-            Err(refusal) => answers[position] = Some(result_message(&payment.payment_id, Err(refusal))),
-        }
-    }
-    let committed = match commit_prepared(switch, payer, &mut prepared).await {
-        Ok(committed) => committed,
-        Err(refusal) => prepared.iter().map(|_| Err(refusal.clone())).collect(),
-    };
-    let entries = positions.into_iter().zip(prepared).zip(waiters).zip(committed);
-    for (((position, ready), waiter), committed) in entries {
-        let (correlation_id, payment) = &payments[position];
-        let state = committed.and_then(|Committed { code, timestamp }| Ok((outcome(code)?, code, timestamp)));
-        match (state, waiter) {
-            (Ok((state, code, timestamp)), None) => {
-                let timestamp = committed_at(switch, ready.id, code, timestamp);
-                answers[position] = Some(result_message(&payment.payment_id, Ok((state, timestamp))));
-            }
-            (Err(refusal), waiter) => {
-                if waiter.is_some() {
-                    switch.confirmations.finish(ready.id, None);
-                }
-                answers[position] = Some(result_message(&payment.payment_id, Err(refusal)));
-            }
-            (Ok(_), Some(waiter)) => {
+            // Its own task waits for the payee, so the rest of the group is answered now.
+            Answer::AwaitPayee { id, deadline, waiter } => {
                 let (switch, sender, payment_id) = (Arc::clone(switch), sender.clone(), payment.payment_id.clone());
                 let (correlation_id, permit) = (*correlation_id, permits.split(1));
-                let (id, deadline) = (ready.id, ready.deadline_unix_ms);
                 tokio::spawn(async move {
                     let answer = final_answer(&switch, &payment_id, id, deadline, waiter).await;
                     let result = answer.unwrap_or_else(|refusal| result_message(&payment_id, Err(refusal)));
@@ -138,11 +108,6 @@ async fn pay_group(
             }
         }
     }
-    let answered: Vec<(u64, proto::PaymentResult)> = payments
-        .iter()
-        .zip(answers)
-        .filter_map(|((correlation_id, _), answer)| Some((*correlation_id, answer?)))
-        .collect();
     answered_batch(switch, answered.iter().map(|(_, result)| result), started);
     for (correlation_id, result) in answered {
         let response = proto::PayStreamResponse { correlation_id, result: Some(result) };

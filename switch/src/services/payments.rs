@@ -65,7 +65,7 @@ impl Payments {
     }
 }
 
-pub(super) fn rate_limited() -> Refusal {
+fn rate_limited() -> Refusal {
     Refusal::new(Reason::RateLimited, "this PSP's payments per second are at their limit; back off")
 }
 
@@ -79,13 +79,13 @@ const TRANSFER_INDEX: usize = 1;
 const LEDGER_EXPIRY_MARGIN_SECONDS: u64 = 60;
 
 /// A payment checked and ready to submit.
-pub(super) struct Prepared {
-    pub id: u128,
+struct Prepared {
+    id: u128,
     payee: Arc<str>,
     amount_minor: u64,
     /// The payee confirms (pending transfer, credit request) rather than being credited at once.
-    pub confirmed: bool,
-    pub deadline_unix_ms: u64,
+    confirmed: bool,
+    deadline_unix_ms: u64,
     /// `EVENTS_PER_PAYMENT` events; moved into the ledger submission.
     events: Vec<Event>,
     /// The payee's event, as its stream delivers it once committed (`notify_payee`).
@@ -105,7 +105,7 @@ fn content_hash(request: &proto::PayRequest) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-pub(super) fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) -> Result<Prepared, Refusal> {
+fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) -> Result<Prepared, Refusal> {
     let id = parse_id(&request.payment_id, "payment_id")?;
     let currency = check_amount(switch, request.amount_minor, &request.currency)?;
     check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
@@ -217,10 +217,10 @@ pub(super) fn prepare(switch: &Switch, payer: &Participant, request: &proto::Pay
 }
 
 /// What the ledger made of one prepared payment.
-pub(super) struct Committed {
-    pub code: ResultCode,
+struct Committed {
+    code: ResultCode,
     /// The batch time of the payment's transfer (its commit time when `code` is `Ok`).
-    pub timestamp: u64,
+    timestamp: u64,
 }
 
 /// Submits prepared payments in as few ledger submissions as fit, all queued before any is
@@ -228,7 +228,7 @@ pub(super) struct Committed {
 /// committed, arms the deadlines of reservations, and counts completed payments (the payer's
 /// side once). One answer per payment, in order. `Err` when the first submission is refused:
 /// then nothing was submitted.
-pub(super) async fn commit_prepared(
+async fn commit_prepared(
     switch: &Arc<Switch>,
     payer: &Participant,
     prepared: &mut [Prepared],
@@ -308,7 +308,7 @@ fn notify_payee(
 }
 
 /// What a transfer's result code means for the payment.
-pub(super) fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
+fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
     match code {
         ResultCode::Ok | ResultCode::Exists => Ok(PaymentState::Completed),
         ResultCode::ExceedsCredits => {
@@ -348,7 +348,7 @@ pub(super) fn result_message(payment_id: &[u8], outcome: Result<(PaymentState, u
 }
 
 /// The commit time of a payment: from the batch that committed it, or from storage on a retry.
-pub(super) fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u64) -> u64 {
+fn committed_at(switch: &Switch, id: u128, code: ResultCode, batch_timestamp: u64) -> u64 {
     if code == ResultCode::Ok {
         return batch_timestamp;
     }
@@ -490,6 +490,71 @@ pub fn deadline_of(switch: &Switch, id: u128) -> Result<Option<u64>, Refusal> {
     Ok(bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).map(|record| record.deadline_unix_ms))
 }
 
+/// A payment's answer, as far as it is known once its group has committed.
+pub(super) enum Answer {
+    /// Final, or a refusal.
+    Now(Result<proto::PaymentResult, Refusal>),
+    /// Reserved for a confirming payee that has yet to decide: `final_answer` waits for it.
+    AwaitPayee { id: u128, deadline: u64, waiter: crate::confirm::Waiter },
+}
+
+/// Pays requests of one payer as `Pay` does, together: each checked and prepared, then all
+/// committed in as few ledger submissions as fit (`commit_prepared`). `Pay` is a group of one;
+/// `PayStream` groups what has arrived. Each request comes with whether it passed the rate
+/// limit. One answer per request, in order.
+pub(super) async fn pay_together(
+    switch: &Arc<Switch>,
+    payer: &Participant,
+    requests: &[(&proto::PayRequest, bool)],
+) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
+    let (mut prepared, mut positions, mut waiters) = (Vec::new(), Vec::new(), Vec::new());
+    for (position, (request, admitted)) in requests.iter().enumerate() {
+        let ready = if *admitted { prepare(switch, payer, request) } else { Err(rate_limited()) };
+        // Listen before submitting: a fast payee must not decide before anyone waits.
+        let ready = ready.and_then(|ready| {
+            let waiter = if ready.confirmed { Some(switch.confirmations.register(ready.id)?) } else { None };
+            Ok((ready, waiter))
+        });
+        match ready {
+            Ok((ready, waiter)) => {
+                prepared.push(ready);
+                positions.push(position);
+                waiters.push(waiter);
+            }
+            Err(refusal) => answers[position] = Some(Answer::Now(Err(refusal))),
+        }
+    }
+    let committed = match commit_prepared(switch, payer, &mut prepared).await {
+        Ok(committed) => committed,
+        Err(refusal) => prepared.iter().map(|_| Err(refusal.clone())).collect(),
+    };
+    for (((position, ready), waiter), committed) in positions.into_iter().zip(prepared).zip(waiters).zip(committed) {
+        let payment_id = &requests[position].0.payment_id;
+        let state = committed.and_then(|Committed { code, timestamp }| Ok((outcome(code)?, code, timestamp)));
+        answers[position] = Some(match (state, waiter) {
+            (Ok((state, code, timestamp)), None) => {
+                let timestamp = committed_at(switch, ready.id, code, timestamp);
+                Answer::Now(Ok(result_message(payment_id, Ok((state, timestamp)))))
+            }
+            // Confirmed mode, a first attempt or a retry: the payee's decision makes the answer.
+            (Ok(_), Some(waiter)) => Answer::AwaitPayee { id: ready.id, deadline: ready.deadline_unix_ms, waiter },
+            (Err(refusal), waiter) => {
+                if waiter.is_some() {
+                    switch.confirmations.finish(ready.id, None);
+                }
+                Answer::Now(Err(refusal))
+            }
+        });
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| Answer::Now(Err(Refusal::new(Reason::Internal, "payment lost its answer"))))
+        })
+        .collect()
+}
+
 /// Executes one payment as `Pay` does: to an automatic payee at once, to a confirming payee once
 /// it answers (or its deadline passes). Refusals come back as `Err`.
 async fn execute(
@@ -497,39 +562,13 @@ async fn execute(
     payer: &Participant,
     request: &proto::PayRequest,
 ) -> Result<proto::PaymentResult, Refusal> {
-    let Prepared { id, payee, confirmed, deadline_unix_ms: deadline, events, notification, .. } =
-        prepare(switch, payer, request)?;
-    // Listen before submitting: a fast payee must not decide before anyone waits.
-    let waiter = if confirmed { Some(switch.confirmations.register(id)?) } else { None };
-    let results = match switch.submit(events).await {
-        Ok(results) => results,
-        Err(refusal) => {
-            switch.confirmations.finish(id, None);
-            return Err(refusal);
+    match pay_together(switch, payer, &[(request, true)]).await.pop() {
+        Some(Answer::Now(answer)) => answer,
+        Some(Answer::AwaitPayee { id, deadline, waiter }) => {
+            final_answer(switch, &request.payment_id, id, deadline, waiter).await
         }
-    };
-    let code = results[TRANSFER_INDEX];
-    if code == ResultCode::Ok {
-        let transfer_timestamp = results.timestamp + TRANSFER_INDEX as u64;
-        notify_payee(switch, &payee, notification, results.appended().first().copied(), transfer_timestamp)?;
-        if confirmed {
-            crate::confirm::arm_deadline(Arc::clone(switch), id, deadline);
-        } else {
-            switch.metrics.completed(&payer.psp_id, &payee, request.amount_minor);
-        }
+        None => Err(Refusal::new(Reason::Internal, "payment lost its answer")),
     }
-    let state = match outcome(code) {
-        Ok(state) => state,
-        Err(refusal) => {
-            switch.confirmations.finish(id, None);
-            return Err(refusal);
-        }
-    };
-    let Some(waiter) = waiter else {
-        let timestamp = committed_at(switch, id, code, results.timestamp + TRANSFER_INDEX as u64);
-        return Ok(result_message(&request.payment_id, Ok((state, timestamp))));
-    };
-    final_answer(switch, &request.payment_id, id, deadline, waiter).await
 }
 
 /// A confirmed-mode payment (a first attempt or a retry) once submitted: its final state, once
