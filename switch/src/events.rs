@@ -149,12 +149,22 @@ impl EventHub {
         Ok(())
     }
 
-    /// Like `committed` for one event, handing subscribers the event itself, as `read` would
-    /// return it (`stamped`), so that delivery need not read it back from storage.
-    pub fn committed_event(&self, ledger: &Ledger, psp: &str, event: proto::Event) -> Result<(), LedgerError> {
+    /// Like `committed`, handing subscribers the committed events themselves, as `read` would
+    /// return them (`stamped`), so that delivery need not read them back from storage;
+    /// `unnumbered` more were committed that storage alone has. Subscribers are woken once.
+    pub fn committed_events(
+        &self,
+        ledger: &Ledger,
+        psp: &str,
+        events: Vec<proto::Event>,
+        unnumbered: u64,
+    ) -> Result<(), LedgerError> {
         let outbox = self.outbox(ledger, psp)?;
-        outbox.keep(event);
-        outbox.appended.fetch_add(1, Ordering::AcqRel);
+        let count = events.len() as u64 + unnumbered;
+        for event in events {
+            outbox.keep(event);
+        }
+        outbox.appended.fetch_add(count, Ordering::AcqRel);
         outbox.notify.notify_waiters();
         Ok(())
     }

@@ -211,8 +211,16 @@ impl Metrics {
 
     /// The payee's side of one completed payment.
     pub fn received(&self, payee: &str, amount_minor: u64) {
+        self.received_many(payee, 1, amount_minor);
+    }
+
+    /// The payee's side of `count` completed payments totalling `amount_minor`.
+    pub fn received_many(&self, payee: &str, count: u64, amount_minor: u64) {
+        if count == 0 {
+            return;
+        }
         self.with_psp(payee, |cells| {
-            cells.received.fetch_add(1, Ordering::Relaxed);
+            cells.received.fetch_add(count, Ordering::Relaxed);
             cells.received_minor.fetch_add(amount_minor, Ordering::Relaxed);
         });
     }

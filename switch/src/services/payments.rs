@@ -262,49 +262,59 @@ async fn commit_prepared(
         };
         // One number per committed payment's event, in payment order.
         let mut appended = results.appended().iter().copied();
+        let mut credited: Vec<(Arc<str>, Credited)> = Vec::new();
         for (index, ready) in chunk.iter_mut().enumerate() {
             let event_index = index * EVENTS_PER_PAYMENT + TRANSFER_INDEX;
             let code = results[event_index];
             let timestamp = results.timestamp + event_index as u64;
             if code == ResultCode::Ok {
+                let position = credited.iter().position(|(payee, _)| *payee == ready.payee).unwrap_or_else(|| {
+                    credited.push((Arc::clone(&ready.payee), Credited::default()));
+                    credited.len() - 1
+                });
+                let payee = &mut credited[position].1;
                 let notification = std::mem::take(&mut ready.notification);
-                if let Err(refusal) = notify_payee(switch, &ready.payee, notification, appended.next(), timestamp) {
-                    answers.push(Err(refusal));
-                    continue;
+                match appended.next() {
+                    Some(sequence) => payee.events.push(crate::events::stamped(notification, sequence, timestamp)),
+                    // Not expected (a committed payment's event is numbered); storage has it.
+                    None => payee.unnumbered += 1,
                 }
                 if ready.confirmed {
                     crate::confirm::arm_deadline(Arc::clone(switch), ready.id, ready.deadline_unix_ms);
                 } else {
                     sent += 1;
                     sent_minor += ready.amount_minor;
-                    switch.metrics.received(&ready.payee, ready.amount_minor);
+                    payee.received += 1;
+                    payee.received_minor += ready.amount_minor;
                 }
             }
             answers.push(Ok(Committed { code, timestamp }));
+        }
+        // Each payee's stream is told once per submission, not once per payment.
+        for (payee, credited) in credited {
+            let told = switch.events.committed_events(&switch.ledger, &payee, credited.events, credited.unnumbered);
+            if let Err(error) = told {
+                // The payments and their events are durable; only this wake-up of the payee's
+                // stream is lost, and the next commit for that payee makes up for it.
+                tracing::error!(%payee, %error, "could not tell a payee's event stream of committed events");
+            }
+            switch.metrics.received_many(&payee, credited.received, credited.received_minor);
         }
     }
     switch.metrics.completed_many(&payer.psp_id, sent, sent_minor);
     Ok(answers)
 }
 
-/// Tells the payee's stream that its event committed, handing the event over (numbered and
-/// stamped as storage would give it) so that the stream need not read it back.
-fn notify_payee(
-    switch: &Switch,
-    payee: &str,
-    notification: proto::Event,
-    sequence: Option<u64>,
-    transfer_timestamp: u64,
-) -> Result<(), Refusal> {
-    let told = match sequence {
-        Some(sequence) => {
-            let event = crate::events::stamped(notification, sequence, transfer_timestamp);
-            switch.events.committed_event(&switch.ledger, payee, event)
-        }
-        // Not expected (a committed payment's event is numbered); storage has it either way.
-        None => switch.events.committed(&switch.ledger, payee, 1),
-    };
-    told.map_err(ledger_refusal)
+/// What one submission committed for one payee.
+#[derive(Default)]
+struct Credited {
+    /// Its events, numbered and stamped as storage would give them.
+    events: Vec<proto::Event>,
+    /// Events committed without a number handed back (read from storage instead).
+    unnumbered: u64,
+    /// Payments completed to it (automatic acceptance), and their total.
+    received: u64,
+    received_minor: u64,
 }
 
 /// What a transfer's result code means for the payment.
