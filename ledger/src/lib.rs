@@ -47,6 +47,7 @@
 //! | open pending transfers + expiry index | ~230 B | bounded by timeouts; 1M → ~230 MB |
 //! | recent-transfer cache (idempotency) | ~260 B | `recent_transfers_max` 1M → ~260 MB |
 //! | RocksDB block cache (filters, indexes, hot blocks) | | 512 MB (configurable) |
+//! | RocksDB memtables | | one active per column family: 5 × `write_buffer_bytes` (128 MB) + 3 small; at most 4 per family while flushes lag, ~2.7 GB |
 //!
 //! Transfers live on disk: ~130 B of log, ~145 B of record and ~80 B of index each before LZ4,
 //! so 100M transfers take ~35 GB. A retry of an old transfer, or a post of an old pending

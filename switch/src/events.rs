@@ -27,7 +27,8 @@ pub const EVENT_WINDOW_MAX: u64 = 8_192;
 pub const EVENT_BACKLOG_MAX: u64 = 10_000_000;
 /// Most committed events an outbox holds in memory for delivery: two windows' worth, so a PSP
 /// that keeps up is always served from memory, and one that is away costs bounded memory (its
-/// stream reads the rest from storage).
+/// stream reads the rest from storage). A credit notification is ~250 B in memory, so this is
+/// ~4 MB per PSP at most, reached only while the PSP is away or far behind.
 pub const DELIVERY_CACHE_MAX: usize = 2 * EVENT_WINDOW_MAX as usize;
 
 /// The outbox key of a PSP: its id and a separator no id contains, so that one id is never a
@@ -143,10 +144,7 @@ impl EventHub {
 
     /// Tells subscribers of `psp` that `count` more events were committed.
     pub fn committed(&self, ledger: &Ledger, psp: &str, count: u64) -> Result<(), LedgerError> {
-        let outbox = self.outbox(ledger, psp)?;
-        outbox.appended.fetch_add(count, Ordering::AcqRel);
-        outbox.notify.notify_waiters();
-        Ok(())
+        self.committed_events(ledger, psp, Vec::new(), count)
     }
 
     /// Like `committed`, handing subscribers the committed events themselves, as `read` would

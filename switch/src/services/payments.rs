@@ -1,13 +1,16 @@
 //! `PaymentService`: push payments by alias (single and batch), status, positions.
 //!
-//! A payment to an automatic-acceptance PSP is one linked pair of ledger events: the payment's
-//! metadata record (aliases, note) and the transfer from the payer PSP's position to the payee
-//! PSP's. They commit together or not at all, in one group-committed batch. The payment id is the
+//! A payment is one linked chain of three ledger events: the payment's metadata record (aliases,
+//! note), the transfer from the payer PSP's position to the payee PSP's, and the payee's event.
+//! They commit together or not at all, in one group-committed batch. The payment id is the
 //! transfer id, so the ledger's idempotency is the payment's: a retry gets the original outcome,
 //! and the content hash in `user_data_128` turns "same id, other content" into a conflict.
 //!
 //! Per payment the path reads two aliases from the lock-free directory and two participants from
-//! the atomically swapped registry, builds two events, and waits on one completion.
+//! the atomically swapped registry and builds the three events. Payments are committed in groups
+//! (`pay_together`: `Pay` is a group of one, `PayStream` groups what has arrived, `PayBatch` its
+//! batch): one ledger submission and one completion per group, and each payee is told once per
+//! submission.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,7 +91,7 @@ struct Prepared {
     deadline_unix_ms: u64,
     /// `EVENTS_PER_PAYMENT` events; moved into the ledger submission.
     events: Vec<Event>,
-    /// The payee's event, as its stream delivers it once committed (`notify_payee`).
+    /// The payee's event, handed to its stream once committed (`commit_prepared`).
     notification: proto::Event,
 }
 
