@@ -2,6 +2,11 @@
 # defaults in the current directory (log in switch.log), sets `switch_pid`, stops it on exit, and
 # returns once every port is bound (the health port's line is printed last).
 start_switch() {
+  # Write back the page cache first. The kernel writes dirty pages back once they are 30 s old
+  # (vm.dirty_expire_centisecs), and the ledger's next fdatasync then waits behind that burst:
+  # the ~1 GB a release build leaves dirty made 30-200 ms WAL syncs in the runs that started
+  # right after one, which was the whole p99 at 25,000/s (BENCHMARKS.md, seventh session).
+  sync
   "$1/switch" serve >switch.log 2>&1 &
   switch_pid=$!
   # Stop it and wait, so the next run finds the ports free.
