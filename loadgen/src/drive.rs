@@ -308,47 +308,83 @@ pub async fn run(load: Arc<Load>, model: Model, duration: Duration) -> Instant {
     Instant::now()
 }
 
+/// How often the open loop sends what has come due. Each tick's operations go out together: on
+/// two shared cores a burst per tick is cheaper for both sides than a wake-up per operation (a
+/// 100 µs tick cost loadgen a third more CPU and made the switch's p50 and p90 worse;
+/// BENCHMARKS.md).
+const PACING_TICK: Duration = Duration::from_millis(1);
+
+/// The open loop's clock runs on a thread of its own that sleeps to each tick's absolute time.
+/// tokio's timer wheel rounds a timer up to the next whole millisecond and fires from the
+/// runtime's millisecond epoll timeout, so a 1 ms interval ticked 1-2 ms after the operations
+/// were due, and that lateness was in every operation's latency (it is counted from the due
+/// time). A thread's sleep wakes within tens of microseconds. Sending stays on the runtime.
 async fn open_loop(load: &Arc<Load>, rate: f64, deadline: Instant) {
+    let runtime = tokio::runtime::Handle::current();
+    let load = Arc::clone(load);
+    // A panic in the pacer is a loadgen bug; the run then just stops offering load.
+    let _ = tokio::task::spawn_blocking(move || pace(&load, &runtime, rate, deadline)).await;
+}
+
+fn pace(load: &Arc<Load>, runtime: &tokio::runtime::Handle, rate: f64, deadline: Instant) {
     let start = load.recorder.start();
     let interval = 1.0 / rate;
     let mut rng = SmallRng::seed_from_u64(load.seed);
     let mut due: u64 = 0;
-    let batch = match load.submission {
-        Submission::Batch(size) => Some(size),
-        _ => None,
-    };
-    let mut pending: Vec<Vec<(Instant, u128, Parties)>> = vec![Vec::new(); load.clients.len()];
-    // The timer wheel's resolution is a millisecond: every tick sends everything due by now.
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut tick = Instant::now();
     loop {
-        ticker.tick().await;
+        tick += PACING_TICK;
+        let now = Instant::now();
+        if tick > now {
+            std::thread::sleep(tick - now);
+        } else {
+            // Late (the thread was not scheduled): no catch-up burst of ticks, the next one is
+            // a tick from now; what came due meanwhile goes out now, charged from its due time.
+            tick = now;
+        }
         let now = Instant::now();
         if now >= deadline || load.stopping() {
             break;
         }
         let target = (now.duration_since(start).as_secs_f64() / interval) as u64;
+        let mut ops = Vec::with_capacity(target.saturating_sub(due) as usize);
         while due < target {
             let intended = start + Duration::from_secs_f64(due as f64 * interval);
             due += 1;
             load.recorder.sending(intended, 1);
-            let op = load.draw(&mut rng);
-            match (batch, op) {
-                (Some(size), Op::Pay(id, parties)) => {
-                    let group = &mut pending[parties.payer_psp as usize];
-                    group.push((intended, id, parties));
-                    if group.len() >= size {
-                        let items = std::mem::take(group);
-                        spawn_batch(load, parties.payer_psp, items);
-                    }
-                }
-                (_, op) => spawn_one(load, op, intended),
-            }
+            ops.push((intended, load.draw(&mut rng)));
         }
-        for (psp, group) in pending.iter_mut().enumerate() {
-            if !group.is_empty() {
-                spawn_batch(load, psp as u32, std::mem::take(group));
+        if !ops.is_empty() {
+            let load = Arc::clone(load);
+            runtime.spawn(async move { send_due(&load, ops) });
+        }
+    }
+}
+
+/// Sends one tick's operations: each on its own task, or, for `--submit batch`, grouped per payer
+/// PSP into batches of at most the batch size.
+fn send_due(load: &Arc<Load>, ops: Vec<(Instant, Op)>) {
+    let batch = match load.submission {
+        Submission::Batch(size) => Some(size),
+        _ => None,
+    };
+    let mut pending: Vec<Vec<(Instant, u128, Parties)>> = vec![Vec::new(); load.clients.len()];
+    for (intended, op) in ops {
+        match (batch, op) {
+            (Some(size), Op::Pay(id, parties)) => {
+                let group = &mut pending[parties.payer_psp as usize];
+                group.push((intended, id, parties));
+                if group.len() >= size {
+                    let items = std::mem::take(group);
+                    spawn_batch(load, parties.payer_psp, items);
+                }
             }
+            (_, op) => spawn_one(load, op, intended),
+        }
+    }
+    for (psp, group) in pending.iter_mut().enumerate() {
+        if !group.is_empty() {
+            spawn_batch(load, psp as u32, std::mem::take(group));
         }
     }
 }
