@@ -4,7 +4,7 @@
 //! ```text
 //! submitters --bounded queue--> sequencer: drain <= batch_size_max events, stamp sequence and time,
 //!                                 prefetch stored transfers, apply in memory
-//!            --bounded (depth 2)--> committer: one synced WriteBatch, then complete every submission
+//!            --rendezvous--> committer: one synced WriteBatch, then complete every submission
 //! ```
 //! The sequencer runs one batch ahead of the disk, so applying batch N+1 overlaps the fsync of
 //! batch N. Results are released only after their batch is durable. If a write fails, memory is
@@ -143,9 +143,15 @@ pub(crate) struct Sequencer {
 }
 
 pub(crate) fn commit_channel() -> (Sender<Commit>, Receiver<Commit>) {
-    // Depth 2: one batch being written, one applied and waiting. More would only add latency
-    // and memory; less would stop apply from overlapping the fsync.
-    crossbeam_channel::bounded(2)
+    // A rendezvous: the committer writes one batch while the sequencer holds the next, applied
+    // and waiting to be handed over, so apply still overlaps the fsync. Each batch buffered
+    // beyond that is one more whole sync that a newly arrived submission waits behind; while
+    // syncs slow down (a memtable flush writing beside them), such a queue of small batches
+    // held payments at 25,000/s for 3-5 syncs. Capacity 2 here (four batches in the pipeline) gave
+    // ~20% more, smaller batches and a higher p99 in 5 of 6 paired runs, with no closed-loop
+    // throughput gain beyond the spread (BENCHMARKS.md, seventh session). What arrives
+    // meanwhile waits in the submission queue and joins the next batch.
+    crossbeam_channel::bounded(0)
 }
 
 impl Sequencer {
