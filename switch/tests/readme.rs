@@ -77,13 +77,10 @@ fn client_output(served: &Served, data: &Path, args: &[&str]) -> Output {
     run(&all)
 }
 
-/// The value after `name:` in a client's debug-printed message.
+/// The value after `name: ` on one of a client's `field: value` lines.
 fn field<'a>(text: &'a str, name: &str) -> &'a str {
     let prefix = format!("{name}: ");
-    text.lines()
-        .find_map(|line| line.trim().strip_prefix(&prefix))
-        .map(|value| value.trim_end_matches(','))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
+    text.lines().find_map(|line| line.trim().strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 fn number(text: &str, name: &str) -> i64 {
@@ -140,7 +137,9 @@ fn a_new_user_makes_one_payment_by_following_the_readme() {
     );
     assert_eq!(paid.trim(), "payment 42: PAYMENT_STATE_COMPLETED");
     let status = client(&served, &data, &["--as", "bank-b", "status", "--id", "42"]);
-    assert_eq!(field(&status, "state"), "Completed");
+    assert_eq!(field(&status, "state"), "PAYMENT_STATE_COMPLETED");
+    assert_eq!(field(&status, "payment_id"), "42", "the id reads back as it was given");
+    assert_eq!((field(&status, "payer_alias"), field(&status, "payee_alias")), ("ana@bank-a", "bo@bank-b"));
     assert_eq!(number(&status, "amount_minor"), 2500);
 
     // A third PSP cannot see it: the same answer as for an id that does not exist.
@@ -164,7 +163,7 @@ fn a_new_user_makes_one_payment_by_following_the_readme() {
     drop(served);
     let served = serve(&data);
     let status = client(&served, &data, &["--as", "bank-a", "status", "--id", "42"]);
-    assert_eq!((field(&status, "state"), number(&status, "amount_minor")), ("Completed", 2500));
+    assert_eq!((field(&status, "state"), number(&status, "amount_minor")), ("PAYMENT_STATE_COMPLETED", 2500));
     let payer = client(&served, &data, &["--as", "bank-a", "position"]);
     let payee = client(&served, &data, &["--as", "bank-b", "position"]);
     assert_eq!((number(&payer, "balance_minor"), number(&payee, "balance_minor")), (97_500, 2_500));

@@ -2,6 +2,8 @@
 //! register and fund participants, register aliases, pay, and read a payment's status, each call
 //! made over mutual TLS with a certificate from the development CA or from given PEM files.
 
+mod show;
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -142,19 +144,19 @@ pub async fn run(connection: Connection, command: ClientCommand) -> anyhow::Resu
             };
             let participant =
                 OperatorServiceClient::new(channel).register_participant(request).await.map_err(describe)?;
-            println!("{:#?}", participant.into_inner());
+            print!("{}", show::participant(participant.get_ref()));
         }
         ClientCommand::FundIn { psp, amount, currency, id } => {
             let transfer_id = id.unwrap_or_else(random_id).to_be_bytes().to_vec();
             let request =
                 proto::FundRequest { psp_id: psp, transfer_id, amount_minor: amount, currency, note: String::new() };
             let result = OperatorServiceClient::new(channel).fund_in(request).await.map_err(describe)?;
-            println!("{:#?}", result.into_inner());
+            print!("{}", show::fund(result.get_ref()));
         }
         ClientCommand::Alias { alias, name } => {
             let request = proto::RegisterAliasRequest { alias, display_name: name };
             let alias = DirectoryServiceClient::new(channel).register_alias(request).await.map_err(describe)?;
-            println!("{:#?}", alias.into_inner());
+            print!("{}", show::alias(alias.get_ref()));
         }
         ClientCommand::Pay { from, to, amount, currency, note, id } => {
             let id = id.unwrap_or_else(random_id);
@@ -174,14 +176,14 @@ pub async fn run(connection: Connection, command: ClientCommand) -> anyhow::Resu
         ClientCommand::Status { id } => {
             let request = proto::GetPaymentStatusRequest { payment_id: id.to_be_bytes().to_vec() };
             let payment = PaymentServiceClient::new(channel).get_payment_status(request).await.map_err(describe)?;
-            println!("{:#?}", payment.into_inner());
+            print!("{}", show::payment(payment.get_ref()));
         }
         ClientCommand::Position => {
             let position = PaymentServiceClient::new(channel)
                 .get_position(proto::GetPositionRequest {})
                 .await
                 .map_err(describe)?;
-            println!("{:#?}", position.into_inner());
+            print!("{}", show::participant(position.get_ref()));
         }
     }
     Ok(())
