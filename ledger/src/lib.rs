@@ -83,6 +83,6 @@ pub use histogram::{Histogram, HistogramSnapshot};
 pub use ledger::{default_path, Completion, Ledger, LedgerConfig, TransferRecord, BATCH_SIZE_MAX_DEFAULT};
 pub use result::ResultCode;
 pub use sequencer::{Results, Stats};
-pub use store::{Head, Store, StoreOptions, TransferPage};
+pub use store::{Head, Store, StoreError, StoreOptions, TransferPage};
 pub use types::{id_is_reserved, Account, AccountFlags, PendingStatus, Transfer, TransferFlags, WideSum};
 pub use verify::{verify, VerifyReport};

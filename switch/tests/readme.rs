@@ -159,8 +159,18 @@ fn a_new_user_makes_one_payment_by_following_the_readme() {
     assert!(!wrong.status.success(), "a server certificate without the asked name must be refused");
     assert_ledger_balanced(&served);
 
+    // An audit of the live ledger is refused, naming the switch's process: the switch is still
+    // writing the files a read-only open would read.
+    let ledger_dir = data.join("ledger");
+    match ledger::Store::open_read_only(&ledger_dir, &ledger::StoreOptions::default()) {
+        Err(ledger::StoreError::InUse { pid, .. }) => assert_eq!(pid, served.child.id()),
+        other => panic!("the live ledger was opened for an audit: {:?}", other.err()),
+    }
+
     // Killed without warning and started again: the acknowledged payment and positions remain.
     drop(served);
+    let stopped = ledger::Store::open_read_only(&ledger_dir, &ledger::StoreOptions::default());
+    drop(stopped.expect("a stopped ledger opens for an audit"));
     let served = serve(&data);
     let status = client(&served, &data, &["--as", "bank-a", "status", "--id", "42"]);
     assert_eq!((field(&status, "state"), number(&status, "amount_minor")), ("PAYMENT_STATE_COMPLETED", 2500));

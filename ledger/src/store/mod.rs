@@ -16,6 +16,7 @@
 //! batch changes goes into one `WriteBatch` written with `sync`, so after a crash storage holds a
 //! prefix of the committed batches, never part of one.
 
+mod lock;
 mod options;
 
 use std::path::Path;
@@ -50,6 +51,11 @@ pub enum StoreError {
     Corrupt { family: &'static str, key: String, error: CodecError },
     #[error("batch log does not match its head: {0}")]
     BrokenChain(String),
+    #[error(
+        "{path} is open in process {pid}, which is still writing it: stop that process (a graceful \
+         stop commits its in-flight batches) and audit the stopped ledger"
+    )]
+    InUse { path: String, pid: u32 },
 }
 
 /// Where the log ends: the last committed batch, its hash, and the first timestamp the next batch
@@ -170,7 +176,11 @@ impl Store {
     /// Opens for reading only, for audits: nothing in the directory is written (no lock, no new
     /// log or manifest files), so the audited copy stays byte-for-byte as it was. Writes through
     /// such a store fail.
+    /// Refused while another process has the store open: see `lock`.
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        if let Some(pid) = lock::holder(path) {
+            return Err(StoreError::InUse { path: path.display().to_string(), pid });
+        }
         let mut db_options = options::db_options();
         db_options.create_if_missing(false);
         db_options.create_missing_column_families(false);
