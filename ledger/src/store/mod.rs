@@ -176,7 +176,8 @@ impl Store {
     /// Opens for reading only, for audits: nothing in the directory is written (no lock, no new
     /// log or manifest files), so the audited copy stays byte-for-byte as it was. Writes through
     /// such a store fail.
-    /// Refused while another process has the store open: see `lock`.
+    ///
+    /// Refused while another process has the store open (`StoreError::InUse`; see `lock`).
     pub fn open_read_only(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         if let Some(pid) = lock::holder(path) {
             return Err(StoreError::InUse { path: path.display().to_string(), pid });

@@ -265,17 +265,14 @@ async fn commit_prepared(
         };
         // One number per committed payment's event, in payment order.
         let mut appended = results.appended().iter().copied();
-        let mut credited: Vec<(Arc<str>, Credited)> = Vec::new();
+        // Keyed by payee: a group may pay hundreds of PSPs, and a scan per payment would grow with them.
+        let mut credited: std::collections::HashMap<Arc<str>, Credited, ahash::RandomState> = Default::default();
         for (index, ready) in chunk.iter_mut().enumerate() {
             let event_index = index * EVENTS_PER_PAYMENT + TRANSFER_INDEX;
             let code = results[event_index];
             let timestamp = results.timestamp + event_index as u64;
             if code == ResultCode::Ok {
-                let position = credited.iter().position(|(payee, _)| *payee == ready.payee).unwrap_or_else(|| {
-                    credited.push((Arc::clone(&ready.payee), Credited::default()));
-                    credited.len() - 1
-                });
-                let payee = &mut credited[position].1;
+                let payee = credited.entry(Arc::clone(&ready.payee)).or_default();
                 let notification = std::mem::take(&mut ready.notification);
                 match appended.next() {
                     Some(sequence) => payee.events.push(crate::events::stamped(notification, sequence, timestamp)),
