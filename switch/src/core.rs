@@ -108,7 +108,9 @@ impl Switch {
             let record = AliasRecord::decode(value.as_slice())
                 .map_err(|_| OpenError::Corrupt { what: "alias", key: alias.clone() })?;
             let entry = AliasEntry { psp: record.psp_id.into(), display_name: record.display_name.into() };
-            directory.insert(alias, entry);
+            if !directory.insert(&alias, entry) {
+                return Err(OpenError::Corrupt { what: "alias longer than the grammar admits", key: alias });
+            }
         }
         // Outboxes exist before the first payment, so commit counts are exact from the start.
         let events = crate::events::EventHub::default();

@@ -76,8 +76,12 @@ impl Directory {
                         psp: registration.record.psp_id.as_str().into(),
                         display_name: registration.record.display_name.as_str().into(),
                     };
-                    self.switch.directory.insert(registration.alias.clone(), entry);
-                    outcomes.push(Ok(()));
+                    // Registration checked the alias's length before committing it.
+                    if self.switch.directory.insert(&registration.alias, entry) {
+                        outcomes.push(Ok(()));
+                    } else {
+                        outcomes.push(Err(Refusal::new(Reason::Internal, "alias committed but too long to index")));
+                    }
                 } else {
                     outcomes.push(Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))));
                 }

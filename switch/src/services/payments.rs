@@ -124,20 +124,24 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     if request.deadline_unix_ms > now_ms + limits.payment_deadline_ms_max {
         return Err(Refusal::field(Reason::DeadlineTooFar, "deadline_unix_ms", "the deadline is too far ahead"));
     }
-    let Some(payer_entry) = switch.directory.resolve(&request.payer_alias) else {
+    // Both entries are read in place: only the display name is copied out.
+    let Some(payer_display_name) =
+        switch.directory.with_entry(&request.payer_alias, |entry| entry.display_name.to_string())
+    else {
         return Err(Refusal::field(Reason::OwnAliasNotRegistered, "payer_alias", "the payer alias is not registered"));
     };
-    let payee_entry = switch
-        .directory
-        .resolve(&request.payee_alias)
-        .ok_or_else(|| Refusal::field(Reason::UnknownAlias, "payee_alias", "no such alias"))?;
-    if payee_entry.psp == payer.psp_id {
-        return Err(Refusal::new(Reason::OnUsNotSupported, "payer and payee are at the same PSP"));
-    }
     let payee = switch
-        .participants
-        .get(&payee_entry.psp)
-        .ok_or_else(|| Refusal::new(Reason::Internal, "alias of an unregistered PSP"))?;
+        .directory
+        .with_entry(&request.payee_alias, |entry| {
+            if entry.psp == payer.psp_id {
+                return Err(Refusal::new(Reason::OnUsNotSupported, "payer and payee are at the same PSP"));
+            }
+            switch
+                .participants
+                .get(&entry.psp)
+                .ok_or_else(|| Refusal::new(Reason::Internal, "alias of an unregistered PSP"))
+        })
+        .ok_or_else(|| Refusal::field(Reason::UnknownAlias, "payee_alias", "no such alias"))??;
     if !payee.is_active() {
         return Err(Refusal::new(Reason::CounterpartySuspended, "the payee's PSP is suspended"));
     }
@@ -179,7 +183,7 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
             payment_id: request.payment_id.clone(),
             payer_alias: request.payer_alias.clone(),
             payer_psp_id: payer.psp_id.to_string(),
-            payer_display_name: payer_entry.display_name.to_string(),
+            payer_display_name,
             payee_alias: request.payee_alias.clone(),
             amount_minor: request.amount_minor,
             currency: currency.code.clone(),
@@ -191,7 +195,7 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
             payment_id: request.payment_id.clone(),
             payer_alias: request.payer_alias.clone(),
             payer_psp_id: payer.psp_id.to_string(),
-            payer_display_name: payer_entry.display_name.to_string(),
+            payer_display_name,
             payee_alias: request.payee_alias.clone(),
             amount_minor: request.amount_minor,
             currency: currency.code.clone(),
