@@ -90,6 +90,8 @@ pub struct WriteScratch {
     transfers: Vec<usize>,
     index: Vec<([u8; 24], [u8; 16])>,
     counters: Vec<(Vec<u8>, u64)>,
+    /// A batch's record keys, each with the position of its event in the batch.
+    records: Vec<(Vec<u8>, usize)>,
     timers: PerfContext,
 }
 
@@ -108,6 +110,7 @@ impl Default for WriteScratch {
             transfers: Vec::new(),
             index: Vec::new(),
             counters: Vec::new(),
+            records: Vec::new(),
             timers: PerfContext::default(),
         }
     }
@@ -249,8 +252,9 @@ impl Store {
         }
         let records = self.cf(CF_RECORDS);
         scratch.counters.clear();
+        scratch.records.clear();
         let mut sequences = effects.record_sequences.iter();
-        for (event, result) in batch.events.iter().zip(&effects.results) {
+        for (position, (event, result)) in batch.events.iter().zip(&effects.results).enumerate() {
             let (Event::Record(record), ResultCode::Ok) = (event, result) else { continue };
             let mut key = record_key(record.table, &record.key);
             if record.sequenced {
@@ -260,6 +264,17 @@ impl Store {
                 scratch.counters.push((record_key(RECORD_TABLE_RESERVED, &key), *number));
                 key.extend_from_slice(&number.to_be_bytes());
             }
+            scratch.records.push((key, position));
+        }
+        // Sorted, for the same reason as the transfers: a payment writes its metadata (keyed by
+        // payment id) and its payee's event (keyed by PSP and number), and in batch order the
+        // inserts alternate between the tables and between PSPs, each one a search from the
+        // top. The sort is stable: writes of one key keep their order, so the last still wins.
+        scratch.records.sort_by(|left, right| left.0.cmp(&right.0));
+        for (key, position) in &scratch.records {
+            let Some(Event::Record(record)) = batch.events.get(*position) else {
+                unreachable!("positions are taken from this batch's record events");
+            };
             if record.value.is_empty() {
                 write.delete_cf(records, key);
             } else {
