@@ -55,6 +55,32 @@ pub struct AliasRecord {
     pub registered_at_unix_ns: u64,
 }
 
+/// The durable metadata of a payment (ledger record keyed by payment id).
+#[derive(Clone, PartialEq, Message)]
+pub struct PaymentRecord {
+    #[prost(string, tag = "1")]
+    pub payer_alias: String,
+    #[prost(string, tag = "2")]
+    pub payee_alias: String,
+    #[prost(string, tag = "3")]
+    pub note: String,
+    #[prost(uint64, tag = "4")]
+    pub deadline_unix_ms: u64,
+    #[prost(string, tag = "5")]
+    pub currency: String,
+    /// `PaymentKind`; 0 (unset) reads as a push payment.
+    #[prost(int32, tag = "6")]
+    pub kind: i32,
+    /// For a refund, the payment it refunds.
+    #[prost(bytes = "vec", tag = "7")]
+    pub original_payment_id: Vec<u8>,
+    /// For a push payment, the payer alias's display name when it paid: the payee's credit
+    /// notification or request is stored as the payment id alone and built back from this record
+    /// and the transfer (`events::read`).
+    #[prost(string, tag = "8")]
+    pub payer_display_name: String,
+}
+
 pub struct Switch {
     pub config: Config,
     pub ledger: Ledger,

@@ -17,7 +17,8 @@ use ledger::{Event, Ledger, LedgerError, Record, RECORD_TABLE_RESERVED};
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::core::tables;
+use crate::core::{tables, PaymentRecord};
+use crate::directory::alias_owner;
 use crate::proto;
 
 /// Most events sent beyond the last acknowledged one (`EVENT_WINDOW_MAX`).
@@ -43,6 +44,27 @@ pub fn outbox_key(psp: &str) -> Vec<u8> {
 /// The ledger event appending `event` to `psp`'s outbox.
 pub fn append(psp: &str, event: &proto::Event, linked: bool) -> Event {
     Record::append(tables::EVENTS, outbox_key(psp), event.encode_to_vec(), linked)
+}
+
+/// The ledger event appending a push payment's credit notification (or, for a confirming payee,
+/// its credit request) to the payee's outbox, in its stored form: the payment id alone.
+/// Everything else the payee is told is in the payment's metadata record and its transfer,
+/// committed in the same linked chain; storing it a second time cost ~75 bytes per payment in
+/// the log and again in the records, and in every flush and compaction of both. `read` builds
+/// the full event back; the payment path hands the full event to the delivery cache.
+pub fn append_credit(psp: &str, payment_id: &[u8], confirmed: bool) -> Event {
+    let kind = if confirmed {
+        proto::event::Kind::CreditRequest(proto::CreditRequest {
+            payment_id: payment_id.to_vec(),
+            ..Default::default()
+        })
+    } else {
+        proto::event::Kind::CreditNotification(proto::CreditNotification {
+            payment_id: payment_id.to_vec(),
+            ..Default::default()
+        })
+    };
+    append(psp, &proto::Event { kind: Some(kind), ..proto::Event::default() }, false)
 }
 
 /// One PSP's outbox state in memory.
@@ -176,6 +198,19 @@ pub fn stamped(mut event: proto::Event, sequence: u64, transfer_timestamp: u64) 
     event
 }
 
+/// The payment of a credit notification or request stored as its payment id alone
+/// (`append_credit`); a full one (every credit has a payer alias) needs nothing filled in.
+fn stored_credit(event: &proto::Event) -> Option<u128> {
+    let id = match &event.kind {
+        Some(proto::event::Kind::CreditNotification(notification)) if notification.payer_alias.is_empty() => {
+            &notification.payment_id
+        }
+        Some(proto::event::Kind::CreditRequest(request)) if request.payer_alias.is_empty() => &request.payment_id,
+        _ => return None,
+    };
+    id.as_slice().try_into().ok().map(u128::from_be_bytes)
+}
+
 /// The id of the transfer whose commit time an event reports, if it reports one.
 fn stamped_transfer(event: &proto::Event) -> Option<u128> {
     let id = match &event.kind {
@@ -234,8 +269,58 @@ pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<
         event.sequence = sequence;
         events.push(event);
     }
+    fill_credits(ledger, &mut events)?;
     fill_times(ledger, &mut events)?;
     Ok(events)
+}
+
+/// Builds stored credits (`append_credit`) back into the events the payment path delivered:
+/// two batched ledger reads (metadata records, transfers) per chunk of events. The record and
+/// the transfer committed with the event, so both are there; were either missing, the event
+/// would go out with those fields empty rather than be skipped, as an undecodable one does.
+fn fill_credits(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
+    let ids: Vec<u128> = events.iter().filter_map(stored_credit).collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
+    let records = ledger.records_many(tables::PAYMENTS, &keys)?;
+    let transfers = ledger.lookup_transfers(&ids)?;
+    let mut stored = records.into_iter().zip(transfers);
+    for event in events.iter_mut() {
+        if stored_credit(event).is_none() {
+            continue;
+        }
+        let Some((record, transfer)) = stored.next() else { break };
+        let payment = record.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default();
+        let amount_minor = transfer.and_then(|record| u64::try_from(record.stored.transfer.amount).ok()).unwrap_or(0);
+        // The payer's PSP is the owner its alias names; the switch checked it was the caller.
+        let payer_psp_id = alias_owner(&payment.payer_alias).map(str::to_string).unwrap_or_default();
+        match &mut event.kind {
+            Some(proto::event::Kind::CreditNotification(notification)) => {
+                notification.payer_alias = payment.payer_alias;
+                notification.payer_psp_id = payer_psp_id;
+                notification.payer_display_name = payment.payer_display_name;
+                notification.payee_alias = payment.payee_alias;
+                notification.amount_minor = amount_minor;
+                notification.currency = payment.currency;
+                notification.note = payment.note;
+            }
+            Some(proto::event::Kind::CreditRequest(request)) => {
+                request.payer_alias = payment.payer_alias;
+                request.payer_psp_id = payer_psp_id;
+                request.payer_display_name = payment.payer_display_name;
+                request.payee_alias = payment.payee_alias;
+                request.amount_minor = amount_minor;
+                request.currency = payment.currency;
+                request.note = payment.note;
+                request.deadline_unix_ms = payment.deadline_unix_ms;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Stamps events with the commit time of the payment they report: one batched ledger read per

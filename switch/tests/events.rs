@@ -263,6 +263,18 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     match event(&mut stream).await {
         proto::event::Kind::CreditRequest(request) => {
             assert_eq!((request.amount_minor, request.payer_alias.as_str()), (300, "ana@bank-a"));
+            // Stored as the payment id alone and built back on reading: the same request.
+            let stored = switch::events::read(&test.switch.ledger, "bank-c", 0, 1).expect("read");
+            let Some(proto::event::Kind::CreditRequest(from_storage)) = stored.into_iter().next().and_then(|e| e.kind)
+            else {
+                panic!("the stored event is the credit request");
+            };
+            assert_eq!(from_storage, request, "what storage gives back is what the payee was sent");
+            assert_eq!(
+                (from_storage.payer_display_name.as_str(), from_storage.payer_psp_id.as_str()),
+                ("Ana", "bank-a")
+            );
+            assert!(from_storage.deadline_unix_ms > 0 && from_storage.note == request.note);
         }
         other => panic!("expected a credit request, got {other:?}"),
     }

@@ -12,9 +12,8 @@ use std::time::Duration;
 use ledger::{Event, ResultCode, Transfer, TransferFlags};
 use prost::Message;
 
-use super::payments::PaymentRecord;
 use super::{check_amount, parse_id};
-use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, Switch};
+use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, PaymentRecord, Switch};
 use crate::directory::{alias_owner, check_text};
 use crate::participants::Participant;
 use crate::proto::{self, Decision, DeclineReason, PaymentKind, PaymentState, Reason};
@@ -280,6 +279,8 @@ async fn execute(switch: &Arc<Switch>, id: u128, collect: CollectRecord) -> Resu
         currency: collect.currency.clone(),
         kind: PaymentKind::Collect as i32,
         original_payment_id: Vec::new(),
+        // Only a push payment's credit is built back from its record (`events::read`).
+        payer_display_name: String::new(),
     };
     let transfer = Transfer {
         id,

@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{check_amount, parse_id, participant_view, status_code, BATCH_SIZE_MAX};
 use crate::auth;
-use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, Switch};
+use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, PaymentRecord, Switch};
 use crate::directory::{alias_owner, check_text};
 use crate::participants::Participant;
 use crate::proto::payment_service_server::PaymentService;
@@ -31,27 +31,6 @@ use crate::reason::Refusal;
 
 /// Longest note, in UTF-8 bytes (`NOTE_BYTES_MAX`).
 const NOTE_BYTES_MAX: usize = 140;
-
-/// The durable metadata of a payment (ledger record keyed by payment id).
-#[derive(Clone, PartialEq, Message)]
-pub struct PaymentRecord {
-    #[prost(string, tag = "1")]
-    pub payer_alias: String,
-    #[prost(string, tag = "2")]
-    pub payee_alias: String,
-    #[prost(string, tag = "3")]
-    pub note: String,
-    #[prost(uint64, tag = "4")]
-    pub deadline_unix_ms: u64,
-    #[prost(string, tag = "5")]
-    pub currency: String,
-    /// `PaymentKind`; 0 (unset) reads as a push payment.
-    #[prost(int32, tag = "6")]
-    pub kind: i32,
-    /// For a refund, the payment it refunds.
-    #[prost(bytes = "vec", tag = "7")]
-    pub original_payment_id: Vec<u8>,
-}
 
 pub struct Payments {
     pub switch: Arc<Switch>,
@@ -166,6 +145,7 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
         currency: currency.code.clone(),
         kind: PaymentKind::Push as i32,
         original_payment_id: Vec::new(),
+        payer_display_name: payer_display_name.clone(),
     };
     let transfer = Transfer {
         id,
@@ -217,7 +197,7 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     let events = vec![
         record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), true),
         Event::CreateTransfer(Transfer { flags: TransferFlags(transfer.flags.0 | TransferFlags::LINKED), ..transfer }),
-        crate::events::append(&payee.psp_id, &notification, false),
+        crate::events::append_credit(&payee.psp_id, &request.payment_id, confirmed),
     ];
     let amount_minor = request.amount_minor;
     Ok(Prepared { id, payee: payee.psp_id.clone(), amount_minor, confirmed, deadline_unix_ms, events, notification })

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use ledger::{ResultCode, Transfer, TransferFlags};
 use prost::Message;
 
-use super::payments::PaymentRecord;
 use super::{check_amount, parse_id};
-use crate::core::{codes, ledger_refusal, record, tables, Switch};
+use crate::core::{codes, ledger_refusal, record, tables, PaymentRecord, Switch};
 use crate::directory::check_text;
 use crate::participants::Participant;
 use crate::proto::{self, PaymentKind, PaymentState, Reason};
@@ -154,6 +153,8 @@ pub async fn refund(
         currency: currency.code.clone(),
         kind: PaymentKind::Refund as i32,
         original_payment_id: request.original_payment_id.clone(),
+        // Only a push payment's credit is built back from its record (`events::read`).
+        payer_display_name: String::new(),
     };
     let transfer = Transfer {
         id: refund_id,
