@@ -297,25 +297,23 @@ fn fill_credits(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), Ledg
         let amount_minor = transfer.and_then(|record| u64::try_from(record.stored.transfer.amount).ok()).unwrap_or(0);
         // The payer's PSP is the owner its alias names; the switch checked it was the caller.
         let payer_psp_id = alias_owner(&payment.payer_alias).map(str::to_string).unwrap_or_default();
+        // The two messages carry the payment's fields under the same names.
+        macro_rules! fill {
+            ($credit:expr) => {{
+                $credit.payer_alias = payment.payer_alias;
+                $credit.payer_psp_id = payer_psp_id;
+                $credit.payer_display_name = payment.payer_display_name;
+                $credit.payee_alias = payment.payee_alias;
+                $credit.amount_minor = amount_minor;
+                $credit.currency = payment.currency;
+                $credit.note = payment.note;
+            }};
+        }
         match &mut event.kind {
-            Some(proto::event::Kind::CreditNotification(notification)) => {
-                notification.payer_alias = payment.payer_alias;
-                notification.payer_psp_id = payer_psp_id;
-                notification.payer_display_name = payment.payer_display_name;
-                notification.payee_alias = payment.payee_alias;
-                notification.amount_minor = amount_minor;
-                notification.currency = payment.currency;
-                notification.note = payment.note;
-            }
+            Some(proto::event::Kind::CreditNotification(notification)) => fill!(notification),
             Some(proto::event::Kind::CreditRequest(request)) => {
-                request.payer_alias = payment.payer_alias;
-                request.payer_psp_id = payer_psp_id;
-                request.payer_display_name = payment.payer_display_name;
-                request.payee_alias = payment.payee_alias;
-                request.amount_minor = amount_minor;
-                request.currency = payment.currency;
-                request.note = payment.note;
                 request.deadline_unix_ms = payment.deadline_unix_ms;
+                fill!(request);
             }
             _ => {}
         }
