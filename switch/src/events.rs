@@ -269,71 +269,68 @@ pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<
         event.sequence = sequence;
         events.push(event);
     }
-    fill_credits(ledger, &mut events)?;
-    fill_times(ledger, &mut events)?;
+    complete(ledger, &mut events)?;
     Ok(events)
 }
 
-/// Builds stored credits (`append_credit`) back into the events the payment path delivered:
-/// two batched ledger reads (metadata records, transfers) per chunk of events. The record and
-/// the transfer committed with the event, so both are there; were either missing, the event
-/// would go out with those fields empty rather than be skipped, as an undecodable one does.
-fn fill_credits(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
-    let ids: Vec<u128> = events.iter().filter_map(stored_credit).collect();
+/// Completes events read from storage: builds stored credits (`append_credit`) back into the
+/// events the payment path delivered, and stamps the notices of payments and refunds with their
+/// transfer's commit time. Two batched ledger reads per chunk of events, whatever their kinds:
+/// the transfers (one lookup serves both needs of a credit notification) and the metadata of
+/// stored credits. A credit's record and transfer committed with it, so both are there; were
+/// either missing, the event would go out with those fields empty rather than be skipped, as an
+/// undecodable one does.
+fn complete(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
+    let transfer_of = |event: &proto::Event| stamped_transfer(event).or_else(|| stored_credit(event));
+    let ids: Vec<u128> = events.iter().filter_map(transfer_of).collect();
     if ids.is_empty() {
         return Ok(());
     }
-    let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.to_be_bytes()).collect();
+    let mut transfers = ledger.lookup_transfers(&ids)?.into_iter();
+    let keys: Vec<[u8; 16]> = events.iter().filter_map(stored_credit).map(u128::to_be_bytes).collect();
     let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
-    let records = ledger.records_many(tables::PAYMENTS, &keys)?;
-    let transfers = ledger.lookup_transfers(&ids)?;
-    let mut stored = records.into_iter().zip(transfers);
+    let mut records =
+        if keys.is_empty() { Vec::new() } else { ledger.records_many(tables::PAYMENTS, &keys)? }.into_iter();
     for event in events.iter_mut() {
-        if stored_credit(event).is_none() {
+        if transfer_of(event).is_none() {
             continue;
         }
-        let Some((record, transfer)) = stored.next() else { break };
-        let payment = record.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default();
-        let amount_minor = transfer.and_then(|record| u64::try_from(record.stored.transfer.amount).ok()).unwrap_or(0);
-        // The payer's PSP is the owner its alias names; the switch checked it was the caller.
-        let payer_psp_id = alias_owner(&payment.payer_alias).map(str::to_string).unwrap_or_default();
-        // The two messages carry the payment's fields under the same names.
-        macro_rules! fill {
-            ($credit:expr) => {{
-                $credit.payer_alias = payment.payer_alias;
-                $credit.payer_psp_id = payer_psp_id;
-                $credit.payer_display_name = payment.payer_display_name;
-                $credit.payee_alias = payment.payee_alias;
-                $credit.amount_minor = amount_minor;
-                $credit.currency = payment.currency;
-                $credit.note = payment.note;
-            }};
+        let transfer = transfers.next().flatten().map(|record| record.stored.transfer);
+        if stored_credit(event).is_some() {
+            let record = records.next().flatten();
+            let payment = record.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default();
+            let amount_minor = transfer.as_ref().and_then(|transfer| u64::try_from(transfer.amount).ok()).unwrap_or(0);
+            fill_credit(event, payment, amount_minor);
         }
-        match &mut event.kind {
-            Some(proto::event::Kind::CreditNotification(notification)) => fill!(notification),
-            Some(proto::event::Kind::CreditRequest(request)) => {
-                request.deadline_unix_ms = payment.deadline_unix_ms;
-                fill!(request);
-            }
-            _ => {}
-        }
+        stamp(event, transfer.map_or(0, |transfer| transfer.timestamp));
     }
     Ok(())
 }
 
-/// Stamps events with the commit time of the payment they report: one batched ledger read per
-/// chunk of events.
-fn fill_times(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
-    let ids: Vec<u128> = events.iter().filter_map(stamped_transfer).collect();
-    let mut stamps = ledger.lookup_transfers(&ids)?.into_iter();
-    for event in events.iter_mut() {
-        if stamped_transfer(event).is_none() {
-            continue;
-        }
-        let timestamp = stamps.next().flatten().map_or(0, |record| record.stored.transfer.timestamp);
-        stamp(event, timestamp);
+/// Fills a stored credit's fields from its payment's metadata and amount.
+fn fill_credit(event: &mut proto::Event, payment: PaymentRecord, amount_minor: u64) {
+    // The payer's PSP is the owner its alias names; the switch checked it was the caller.
+    let payer_psp_id = alias_owner(&payment.payer_alias).map(str::to_string).unwrap_or_default();
+    // The two messages carry the payment's fields under the same names.
+    macro_rules! fill {
+        ($credit:expr) => {{
+            $credit.payer_alias = payment.payer_alias;
+            $credit.payer_psp_id = payer_psp_id;
+            $credit.payer_display_name = payment.payer_display_name;
+            $credit.payee_alias = payment.payee_alias;
+            $credit.amount_minor = amount_minor;
+            $credit.currency = payment.currency;
+            $credit.note = payment.note;
+        }};
     }
-    Ok(())
+    match &mut event.kind {
+        Some(proto::event::Kind::CreditNotification(notification)) => fill!(notification),
+        Some(proto::event::Kind::CreditRequest(request)) => {
+            request.deadline_unix_ms = payment.deadline_unix_ms;
+            fill!(request);
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
