@@ -372,6 +372,28 @@ mod tests {
     }
 
     #[test]
+    fn only_credits_stored_as_their_payment_id_are_built_back() {
+        let id = 42u128.to_be_bytes().to_vec();
+        let stored = |confirmed| match append_credit("bank-b", &id, confirmed) {
+            Event::Record(record) => proto::Event::decode(record.value.as_slice()).expect("an event"),
+            other => panic!("a credit is an appended record, got {other:?}"),
+        };
+        assert_eq!(stored(false).encoded_len(), 20, "the payment id and the message tags, nothing else");
+        assert_eq!(stored_credit(&stored(false)), Some(42));
+        assert_eq!(stored_credit(&stored(true)), Some(42));
+        // An earlier release stored credits in full: those are read as they are.
+        let full = proto::CreditNotification {
+            payment_id: id.clone(),
+            payer_alias: "ana@bank-a".into(),
+            ..proto::CreditNotification::default()
+        };
+        let full = proto::Event { kind: Some(proto::event::Kind::CreditNotification(full)), ..proto::Event::default() };
+        assert_eq!(stored_credit(&full), None);
+        // Other events are not credits.
+        assert_eq!(stored_credit(&numbered(1)), None);
+    }
+
+    #[test]
     fn outbox_keys_never_prefix_each_other() {
         assert!(!outbox_key("bank-ab").starts_with(&outbox_key("bank-a")));
         assert_eq!(outbox_key("b2"), b"b2\0".to_vec());
