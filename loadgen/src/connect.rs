@@ -9,6 +9,11 @@ use anyhow::{bail, Context};
 use switch::tls::{DevelopmentCa, PemPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+/// Receive windows of every connection to the switch (hyper's client defaults, set here because
+/// the connection window also sets h2's budget for small DATA frames: half of it).
+const CONNECTION_WINDOW: u32 = 5 << 20;
+const STREAM_WINDOW: u32 = 2 << 20;
+
 /// Where the certificates are and how to reach the switch.
 #[derive(Clone, Debug)]
 pub struct Connector {
@@ -74,7 +79,12 @@ impl Connector {
             .context("TLS configuration")?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .http2_adaptive_window(true);
+            // Fixed, large receive windows. h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM,
+            // "too_many_data_frames") when unread small DATA frames exceed a budget of half the
+            // connection window; the adaptive window kept that window near 64 KiB on loopback, so
+            // a payee simulator falling ~200 events behind took its PSP's payments down with it.
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW);
         endpoint
             .connect()
             .await
