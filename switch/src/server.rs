@@ -28,6 +28,20 @@ const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Largest request the server decodes (a full PayBatch of 8,190 payments is ~2.5 MB).
 const MESSAGE_BYTES_MAX: usize = 8 << 20;
 
+/// HTTP/2 receive window of each stream: what a client may send ahead of the switch reading it
+/// (hyper's default, set here because the connection window below is sized from it).
+const STREAM_WINDOW: u32 = 1 << 20;
+/// HTTP/2 receive window of each connection. h2 also derives from it a budget for unread small
+/// DATA frames (half of it; each frame under 256 bytes costs 256 minus its length) and closes the
+/// connection with ENHANCE_YOUR_CALM past it. Small messages are this API's normal traffic: a
+/// PayStream held at its in-flight bound, or an event stream whose sender waits for the PSP,
+/// stops reading one stream window of them (72-byte payments cost ~2.6 budget bytes per byte,
+/// 30-byte decisions ~7.5). 16 MiB gives an 8 MiB budget: such a stream is pushed back by flow
+/// control, as the API promises, instead of losing its connection and everything on it. Memory:
+/// the switch reads unary and batch calls at once, so what stays unread is held streams' data,
+/// one stream window each, up to this bound per connection.
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 /// The PEM files the server uses: configured ones, or the development CA's.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -154,6 +168,8 @@ pub async fn serve(
 
     let served = Server::builder()
         .tls_config(tls.server_tls()?)?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .layer(crate::metrics::grpc::MeteredLayer::new(Arc::clone(&switch.metrics)))
         .add_service(health)
         .add_service(reflection)

@@ -457,3 +457,71 @@ async fn a_psp_over_its_payment_rate_is_told_to_back_off() {
     assert_eq!(reason(&status), Some(Reason::AmountZero));
     test.assert_money_conserved();
 }
+
+/// A stream held at its in-flight bound by a silent confirming payee stops being read, and the
+/// client keeps sending, one small message per HTTP/2 DATA frame (as clients that flush each
+/// message do). h2 counts unread small frames against a budget of half the connection window and
+/// closes the connection past it (ENHANCE_YOUR_CALM); the switch's windows must keep flow
+/// control, not that budget, the thing that stops the client. Every payment is then answered:
+/// the held ones expire at their deadline, the rest are refused for a passed deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_held_at_its_in_flight_bound_keeps_its_connection() {
+    // Past the in-flight bound (4,096) by more than the switch's stream window holds (1 MiB of
+    // ~72-byte frames): the client is stopped by flow control.
+    const PAYMENTS: u64 = 20_000;
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 1_000_000).await;
+    let mut bank_b = test.onboard_in_mode("bank-b", 0, 0, proto::ConfirmationMode::Confirmed).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let deadline = u64::try_from(now_ms).expect("ms") + 2_000;
+
+    let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+    let producer = tokio::spawn(async move {
+        for number in 1..=PAYMENTS {
+            let payment = proto::PayRequest {
+                deadline_unix_ms: deadline,
+                ..pay(u128::from(number), "ana@bank-a", "bo@bank-b", 1)
+            };
+            let request = proto::PayStreamRequest { correlation_id: number, payment: Some(payment) };
+            if requests.send(request).await.is_err() {
+                return;
+            }
+            // Lets the body encoder take this message alone: one message, one DATA frame.
+            tokio::task::yield_now().await;
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(outgoing);
+    let mut responses = bank_a.payments.pay_stream(stream).await.expect("stream").into_inner();
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(response) = responses.message().await.expect("the connection stays up") {
+        let result = response.result.expect("result");
+        assert!(answers.insert(response.correlation_id, result).is_none(), "one answer per request");
+    }
+    producer.await.expect("producer");
+    assert_eq!(answers.len() as u64, PAYMENTS);
+    let expired = answers.values().filter(|result| result.state == PaymentState::Expired as i32).count();
+    let refused = answers.values().filter(|result| result.reason == Reason::DeadlinePassed as i32).count();
+    assert_eq!(expired + refused, PAYMENTS as usize, "each payment expired or was refused, none completed");
+    // Refusals for a passed deadline mean those payments were read only after it: the reader was
+    // held at its bound while the client went on sending.
+    assert!(
+        refused > 0 && expired <= switch::services::PAY_STREAM_IN_FLIGHT_MAX,
+        "{expired} expired, {refused} refused"
+    );
+    let position = bank_a.position().await;
+    assert_eq!(position.balance_minor, 1_000_000, "every reservation voided");
+    test.assert_money_conserved();
+
+    // Every answered payment is in the ledger after a restart, in the state it was answered with.
+    let test = TestSwitch::start_in(test.stop().await).await;
+    let bank_a = test.psp("bank-a").await;
+    for (number, result) in answers.iter().step_by(97) {
+        if result.state == PaymentState::Expired as i32 {
+            assert_eq!(bank_a.status(u128::from(*number)).await.state, PaymentState::Expired as i32);
+        }
+    }
+    assert_eq!(bank_a.position().await.balance_minor, 1_000_000);
+    test.assert_money_conserved();
+}

@@ -9,6 +9,8 @@ pub mod payments;
 pub mod refund;
 pub mod settlement;
 
+pub use pay_stream::IN_FLIGHT_MAX as PAY_STREAM_IN_FLIGHT_MAX;
+
 use crate::config::Currency;
 use crate::core::Switch;
 use crate::proto::{self, Reason};
