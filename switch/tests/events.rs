@@ -251,10 +251,7 @@ async fn a_stream_answers_automatic_payments_without_waiting_for_a_confirming_pa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmed_payees_accept_decline_or_time_out() {
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000).await;
-    let mut bank_c = test.onboard_in_mode("bank-c", 0, 0, proto::ConfirmationMode::Confirmed).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_c.alias("cy@bank-c", "Cy").await;
+    let (mut bank_a, bank_c) = test.payer_and_confirming_payee(1_000).await;
     let mut stream = subscribe(&test, "bank-c", 0).await;
 
     // Accept: the payer's call waits for the payee, then completes.
@@ -320,6 +317,111 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     // A retry of the completed payment answers its outcome without asking the payee again.
     let retry = bank_a.payments.pay(pay(1, "ana@bank-a", "cy@bank-c", 300)).await.expect("retry").into_inner();
     assert_eq!(retry.state, PaymentState::Completed as i32);
+    test.assert_money_conserved();
+}
+
+/// Decisions sent back to back are applied concurrently (they share ledger commits): each still
+/// gets exactly one receipt, matched by its id whatever the order, and exactly one of two
+/// contradicting decisions wins; what the payer is told, the positions and, after a restart, the
+/// statuses all agree with the receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_sent_back_to_back_each_get_one_receipt() {
+    const PAYMENTS: u128 = 100;
+    let test = TestSwitch::start().await;
+    let (bank_a, bank_c) = test.payer_and_confirming_payee(10_000).await;
+    let mut stream = subscribe(&test, "bank-c", 0).await;
+    let calls: Vec<_> = (1..=PAYMENTS)
+        .map(|payment| {
+            let mut payer = bank_a.payments.clone();
+            tokio::spawn(async move { payer.pay(pay(payment, "ana@bank-a", "cy@bank-c", 10)).await })
+        })
+        .collect();
+    let mut asked = std::collections::BTreeSet::new();
+    while asked.len() < PAYMENTS as usize {
+        match event(&mut stream).await {
+            proto::event::Kind::CreditRequest(request) => {
+                asked.insert(u128::from_be_bytes(request.payment_id.as_slice().try_into().expect("16 bytes")));
+            }
+            other => panic!("expected only credit requests before any decision, got {other:?}"),
+        }
+    }
+    assert_eq!(asked, (1..=PAYMENTS).collect());
+
+    // Even ids accepted, odd ones declined; payment 2 also declined right after its accept; and a
+    // decision on a payment nobody asked about.
+    let credit = |payment: u128, decision: proto::Decision| proto::SubscribeRequest {
+        message: Some(Incoming::CreditDecision(proto::CreditDecision {
+            payment_id: id(payment),
+            decision: decision as i32,
+            decline_reason: proto::DeclineReason::AccountClosed as i32,
+        })),
+    };
+    let verdict =
+        |payment: u128| if payment.is_multiple_of(2) { proto::Decision::Accept } else { proto::Decision::Decline };
+    let mut decisions: Vec<_> = (1..=PAYMENTS).map(|payment| credit(payment, verdict(payment))).collect();
+    decisions.insert(2, credit(2, proto::Decision::Decline));
+    decisions.push(credit(PAYMENTS + 1, proto::Decision::Accept));
+    let sent = decisions.len();
+    for decision in decisions {
+        stream.requests.send(decision).await.expect("decide");
+    }
+    let mut receipts: std::collections::BTreeMap<u128, Vec<i32>> = std::collections::BTreeMap::new();
+    let mut received = 0;
+    while received < sent {
+        match next(&mut stream.responses).await {
+            Some(Outgoing::DecisionReceipt(receipt)) => {
+                let payment = u128::from_be_bytes(receipt.payment_id.as_slice().try_into().expect("16 bytes"));
+                receipts.entry(payment).or_default().push(receipt.reason);
+                received += 1;
+            }
+            Some(Outgoing::Event(_)) => {} // the payment outcomes
+            other => panic!("expected receipts, got {other:?}"),
+        }
+    }
+    let ok = Reason::Unspecified as i32;
+    let mut two = receipts.remove(&2).expect("payment 2's receipts");
+    two.sort_unstable();
+    assert_eq!(two, vec![ok, Reason::AlreadyDecided as i32], "exactly one of two contradicting decisions wins");
+    assert_eq!(receipts.remove(&(PAYMENTS + 1)), Some(vec![Reason::NoDecisionPending as i32]));
+    assert_eq!(receipts.len(), PAYMENTS as usize - 1);
+    assert!(receipts.values().all(|reasons| reasons == &vec![ok]), "one receipt each, all applied");
+
+    let mut completed = 0;
+    for (payment, call) in (1..=PAYMENTS).zip(calls) {
+        let result = call.await.expect("task").expect("an answer").into_inner();
+        let wanted = if payment == 2 {
+            // Whichever of its two decisions won.
+            let state = result.state;
+            assert!(state == PaymentState::Completed as i32 || state == PaymentState::Declined as i32);
+            state
+        } else if verdict(payment) == proto::Decision::Accept {
+            PaymentState::Completed as i32
+        } else {
+            PaymentState::Declined as i32
+        };
+        assert_eq!(result.state, wanted, "payment {payment}");
+        completed += u64::from(result.state == PaymentState::Completed as i32);
+    }
+    let expected = |position: proto::Participant| (position.balance_minor, position.reserved_minor);
+    assert_eq!(expected(bank_a.position().await), (10_000 - 10 * completed as i64, 0));
+    assert_eq!(expected(bank_c.position().await), (10 * completed as i64, 0));
+    test.assert_money_conserved();
+
+    // After a restart the ledger says the same.
+    let states: Vec<i32> = {
+        let mut states = Vec::new();
+        for payment in 1..=PAYMENTS {
+            states.push(bank_a.status(payment).await.state);
+        }
+        states
+    };
+    drop(stream);
+    let test = TestSwitch::start_in(test.stop().await).await;
+    let bank_a = test.psp("bank-a").await;
+    for (payment, state) in (1..=PAYMENTS).zip(states) {
+        assert_eq!(bank_a.status(payment).await.state, state, "payment {payment} after the restart");
+    }
+    assert_eq!(expected(test.psp("bank-c").await.position().await), (10 * completed as i64, 0));
     test.assert_money_conserved();
 }
 

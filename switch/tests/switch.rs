@@ -470,10 +470,7 @@ async fn a_stream_held_at_its_in_flight_bound_keeps_its_connection() {
     // ~72-byte frames): the client is stopped by flow control.
     const PAYMENTS: u64 = 20_000;
     let test = TestSwitch::start().await;
-    let mut bank_a = test.onboard("bank-a", 0, 1_000_000).await;
-    let mut bank_b = test.onboard_in_mode("bank-b", 0, 0, proto::ConfirmationMode::Confirmed).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
+    let (mut bank_a, _bank_c) = test.payer_and_confirming_payee(1_000_000).await;
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
     let deadline = u64::try_from(now_ms).expect("ms") + 2_000;
 
@@ -482,7 +479,7 @@ async fn a_stream_held_at_its_in_flight_bound_keeps_its_connection() {
         for number in 1..=PAYMENTS {
             let payment = proto::PayRequest {
                 deadline_unix_ms: deadline,
-                ..pay(u128::from(number), "ana@bank-a", "bo@bank-b", 1)
+                ..pay(u128::from(number), "ana@bank-a", "cy@bank-c", 1)
             };
             let request = proto::PayStreamRequest { correlation_id: number, payment: Some(payment) };
             if requests.send(request).await.is_err() {

@@ -146,6 +146,16 @@ impl TestSwitch {
         (bank_a, bank_b)
     }
 
+    /// `bank-a` (automatic, funded as given) with alias `ana@bank-a`, and an unfunded
+    /// CONFIRMED-mode `bank-c` with alias `cy@bank-c`, which decides each payment to it.
+    pub async fn payer_and_confirming_payee(&self, funds: u64) -> (Psp, Psp) {
+        let mut bank_a = self.onboard("bank-a", 0, funds).await;
+        let mut bank_c = self.onboard_in_mode("bank-c", 0, 0, ConfirmationMode::Confirmed).await;
+        bank_a.alias("ana@bank-a", "Ana").await;
+        bank_c.alias("cy@bank-c", "Cy").await;
+        (bank_a, bank_c)
+    }
+
     /// Every position and the settlement accounts net to zero in the ledger.
     pub fn assert_money_conserved(&self) {
         let accounts = self.switch.ledger.store().all_accounts().expect("accounts");
