@@ -186,7 +186,18 @@ pub async fn resolve(
     let Some(record) = record.filter(|record| record.stored.transfer.flags.pending()) else {
         return Err(Refusal::new(Reason::NoDecisionPending, "no such pending payment"));
     };
-    let pending = record.stored.transfer;
+    resolve_pending(switch, record.stored.transfer, resolution, decline_reason).await
+}
+
+/// [`resolve`] for a pending transfer the caller has just read (a pending transfer's record
+/// never changes; its resolution is stored apart), saving the lookup.
+pub async fn resolve_pending(
+    switch: &Switch,
+    pending: Transfer,
+    resolution: Resolution,
+    decline_reason: DeclineReason,
+) -> Result<Outcome, Refusal> {
+    let payment = pending.id;
     let flags = match resolution {
         Resolution::Accept => TransferFlags::POST_PENDING,
         Resolution::Decline | Resolution::Timeout => TransferFlags::VOID_PENDING,

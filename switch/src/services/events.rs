@@ -234,19 +234,21 @@ async fn decide(switch: &Switch, psp: &str, decision: &proto::CreditDecision) ->
         .get(psp)
         .ok_or_else(|| Refusal::new(Reason::CallerNotRegistered, "not a registered participant"))?;
     let records = switch.ledger.lookup_transfers(&[payment]).map_err(crate::core::ledger_refusal)?;
-    let addressed_here = records.into_iter().next().flatten().is_some_and(|record| {
-        record.stored.transfer.flags.pending() && record.stored.transfer.credit_account_id == payee.account_id
-    });
-    if !addressed_here {
+    // The pending transfer of a credit request to this payee, passed on so it is read once.
+    let addressed_here =
+        |transfer: &ledger::Transfer| transfer.flags.pending() && transfer.credit_account_id == payee.account_id;
+    let Some(pending) =
+        records.into_iter().next().flatten().map(|record| record.stored.transfer).filter(addressed_here)
+    else {
         return Err(Refusal::new(Reason::NoDecisionPending, "no credit request of yours has this payment id"));
-    }
+    };
     let resolution = match proto::Decision::try_from(decision.decision) {
         Ok(proto::Decision::Accept) => Resolution::Accept,
         Ok(proto::Decision::Decline) => Resolution::Decline,
         _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
     };
     let reason = super::collect::decline_reason(decision.decline_reason);
-    let outcome = crate::confirm::resolve(switch, payment, resolution, reason).await?;
+    let outcome = crate::confirm::resolve_pending(switch, pending, resolution, reason).await?;
     let wanted =
         if resolution == Resolution::Accept { proto::PaymentState::Completed } else { proto::PaymentState::Declined };
     if outcome.state != wanted {
