@@ -88,11 +88,13 @@ pub struct Switch {
     pub directory: Directory,
     pub events: crate::events::EventHub,
     pub confirmations: crate::confirm::Confirmations,
-    /// Serialises refunds: the read-modify-write of a payment's refunded total must not race.
-    pub refund_lock: tokio::sync::Mutex<()>,
-    /// Collects awaiting approval, per requesting PSP. The lock also serialises collect requests,
-    /// decisions and expiry, so a collect resolves once.
-    pub collects_awaiting: tokio::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Turns per refunded payment (and refund id): the read-modify-write of a payment's refunded
+    /// total must not race.
+    pub refund_turns: crate::serial::KeyLocks,
+    /// Turns per collect id: its request, decisions and expiry take turns, so it resolves once.
+    pub collect_turns: crate::serial::KeyLocks,
+    /// Collects awaiting approval, per requesting PSP (bounded by `COLLECTS_PENDING_MAX`).
+    pub collects_awaiting: crate::services::collect::AwaitingCounts,
     /// Set when the switch begins to shut down: long-lived event streams end (UNAVAILABLE,
     /// SHUTTING_DOWN) so that graceful shutdown does not wait on them forever.
     pub shutting_down: tokio::sync::watch::Sender<bool>,
@@ -146,7 +148,6 @@ impl Switch {
         tracing::info!(participants = participants.len(), aliases = directory.len(), "switch state loaded");
         let operator_lock = tokio::sync::Mutex::new(());
         let confirmations = crate::confirm::Confirmations::default();
-        let refund_lock = tokio::sync::Mutex::new(());
         Ok(Arc::new(Switch {
             config,
             ledger,
@@ -154,8 +155,9 @@ impl Switch {
             directory,
             events,
             confirmations,
-            refund_lock,
-            collects_awaiting: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+            refund_turns: crate::serial::KeyLocks::default(),
+            collect_turns: crate::serial::KeyLocks::default(),
+            collects_awaiting: crate::services::collect::AwaitingCounts::default(),
             shutting_down: tokio::sync::watch::Sender::new(false),
             operator_lock,
             metrics: Arc::new(crate::metrics::Metrics::default()),

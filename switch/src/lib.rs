@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod observability;
 pub mod participants;
 pub mod reason;
+pub mod serial;
 pub mod server;
 pub mod services;
 pub mod tls;

@@ -128,9 +128,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let rearmed = crate::confirm::rearm_after_restart(&switch).map_err(|refusal| anyhow::anyhow!(refusal.message))?;
     let rearmed = rearmed
-        + crate::services::collect::rearm_after_restart(&switch)
-            .await
-            .map_err(|refusal| anyhow::anyhow!(refusal.message))?;
+        + crate::services::collect::rearm_after_restart(&switch).map_err(|refusal| anyhow::anyhow!(refusal.message))?;
     if rearmed > 0 {
         tracing::info!(rearmed, "deadline timers re-armed for payments and collects awaiting an answer");
     }

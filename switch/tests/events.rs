@@ -49,7 +49,7 @@ async fn notification(subscription: &mut Subscription) -> (u64, u128, u64) {
             sequence, kind: Some(proto::event::Kind::CreditNotification(n)), ..
         })) => {
             assert!(n.completed_at_unix_ns > 0, "the commit time is filled in");
-            let id = u128::from_be_bytes(n.payment_id.as_slice().try_into().expect("16 bytes"));
+            let id = id_of(&n.payment_id);
             (sequence, id, n.amount_minor)
         }
         other => panic!("expected a credit notification, got {other:?}"),
@@ -320,6 +320,52 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     test.assert_money_conserved();
 }
 
+/// A 16-byte id as a number.
+fn id_of(bytes: &[u8]) -> u128 {
+    u128::from_be_bytes(bytes.try_into().expect("16 bytes"))
+}
+
+/// Accept for even ids, decline for odd ones.
+fn verdict(id: u128) -> proto::Decision {
+    if id.is_multiple_of(2) {
+        proto::Decision::Accept
+    } else {
+        proto::Decision::Decline
+    }
+}
+
+/// Decisions on ids `1..=last` by `verdict`, with a contradicting decline right after id 2's
+/// accept.
+fn alternating(last: u128, decision: impl Fn(u128, proto::Decision) -> Incoming) -> Vec<Incoming> {
+    let mut decisions: Vec<_> = (1..=last).map(|id| decision(id, verdict(id))).collect();
+    decisions.insert(2, decision(2, proto::Decision::Decline));
+    decisions
+}
+
+/// Sends the decisions without waiting, then gathers one receipt per decision: the reasons per id.
+async fn back_to_back(
+    stream: &mut Subscription,
+    decisions: Vec<Incoming>,
+) -> std::collections::BTreeMap<u128, Vec<i32>> {
+    let sent = decisions.len();
+    for decision in decisions {
+        stream.requests.send(proto::SubscribeRequest { message: Some(decision) }).await.expect("decide");
+    }
+    let mut receipts: std::collections::BTreeMap<u128, Vec<i32>> = std::collections::BTreeMap::new();
+    let mut received = 0;
+    while received < sent {
+        match next(&mut stream.responses).await {
+            Some(Outgoing::DecisionReceipt(receipt)) => {
+                receipts.entry(id_of(&receipt.payment_id)).or_default().push(receipt.reason);
+                received += 1;
+            }
+            Some(Outgoing::Event(_)) => {} // the outcomes
+            other => panic!("expected receipts, got {other:?}"),
+        }
+    }
+    receipts
+}
+
 /// Decisions sent back to back are applied concurrently (they share ledger commits): each still
 /// gets exactly one receipt, matched by its id whatever the order, and exactly one of two
 /// contradicting decisions wins; what the payer is told, the positions and, after a restart, the
@@ -340,7 +386,7 @@ async fn decisions_sent_back_to_back_each_get_one_receipt() {
     while asked.len() < PAYMENTS as usize {
         match event(&mut stream).await {
             proto::event::Kind::CreditRequest(request) => {
-                asked.insert(u128::from_be_bytes(request.payment_id.as_slice().try_into().expect("16 bytes")));
+                asked.insert(id_of(&request.payment_id));
             }
             other => panic!("expected only credit requests before any decision, got {other:?}"),
         }
@@ -349,35 +395,16 @@ async fn decisions_sent_back_to_back_each_get_one_receipt() {
 
     // Even ids accepted, odd ones declined; payment 2 also declined right after its accept; and a
     // decision on a payment nobody asked about.
-    let credit = |payment: u128, decision: proto::Decision| proto::SubscribeRequest {
-        message: Some(Incoming::CreditDecision(proto::CreditDecision {
+    let credit = |payment: u128, decision: proto::Decision| {
+        Incoming::CreditDecision(proto::CreditDecision {
             payment_id: id(payment),
             decision: decision as i32,
             decline_reason: proto::DeclineReason::AccountClosed as i32,
-        })),
+        })
     };
-    let verdict =
-        |payment: u128| if payment.is_multiple_of(2) { proto::Decision::Accept } else { proto::Decision::Decline };
-    let mut decisions: Vec<_> = (1..=PAYMENTS).map(|payment| credit(payment, verdict(payment))).collect();
-    decisions.insert(2, credit(2, proto::Decision::Decline));
+    let mut decisions = alternating(PAYMENTS, credit);
     decisions.push(credit(PAYMENTS + 1, proto::Decision::Accept));
-    let sent = decisions.len();
-    for decision in decisions {
-        stream.requests.send(decision).await.expect("decide");
-    }
-    let mut receipts: std::collections::BTreeMap<u128, Vec<i32>> = std::collections::BTreeMap::new();
-    let mut received = 0;
-    while received < sent {
-        match next(&mut stream.responses).await {
-            Some(Outgoing::DecisionReceipt(receipt)) => {
-                let payment = u128::from_be_bytes(receipt.payment_id.as_slice().try_into().expect("16 bytes"));
-                receipts.entry(payment).or_default().push(receipt.reason);
-                received += 1;
-            }
-            Some(Outgoing::Event(_)) => {} // the payment outcomes
-            other => panic!("expected receipts, got {other:?}"),
-        }
-    }
+    let mut receipts = back_to_back(&mut stream, decisions).await;
     let ok = Reason::Unspecified as i32;
     let mut two = receipts.remove(&2).expect("payment 2's receipts");
     two.sort_unstable();
@@ -483,6 +510,19 @@ async fn refunds_never_exceed_the_original_and_notify_the_payer() {
     test.assert_money_conserved();
 }
 
+/// `bo@bank-b` asks `ana@bank-a` for `amount` (expiry 0: the default).
+fn ask(collect: u128, amount: u64, expiry_unix_ms: u64) -> proto::RequestCollectRequest {
+    proto::RequestCollectRequest {
+        collect_id: id(collect),
+        payee_alias: "bo@bank-b".into(),
+        payer_alias: "ana@bank-a".into(),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: "invoice".into(),
+        expiry_unix_ms,
+    }
+}
+
 async fn collect_decision(
     subscription: &mut Subscription,
     collect: u128,
@@ -509,15 +549,6 @@ async fn collect_requests_are_approved_declined_or_expire() {
     let (bank_a, mut bank_b) = test.payer_and_payee(0, 1_000).await;
     let mut payer_events = subscribe(&test, "bank-a", 0).await;
     let mut payee_events = subscribe(&test, "bank-b", 0).await;
-    let ask = |collect: u128, amount: u64, expiry_unix_ms: u64| proto::RequestCollectRequest {
-        collect_id: id(collect),
-        payee_alias: "bo@bank-b".into(),
-        payer_alias: "ana@bank-a".into(),
-        amount_minor: amount,
-        currency: "INR".into(),
-        note: "invoice".into(),
-        expiry_unix_ms,
-    };
 
     // Approved: the payment executes and both PSPs hear the outcome.
     let asked = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("request").into_inner();
@@ -592,6 +623,173 @@ async fn collect_requests_are_approved_declined_or_expire() {
     assert_eq!(reason(&status), Some(Reason::PaymentNotFound));
     let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
     assert_eq!(positions, (600, 400), "only the approved collect moved money");
+    test.assert_money_conserved();
+}
+
+/// Collects go ahead together: requests for different collects and decisions sent back to back
+/// share ledger commits, while each collect still resolves once. Two requests of one collect id
+/// with different content: one is the collect, the other a conflict. Of two contradicting
+/// decisions exactly one wins; approvals beyond the payer's liquidity fail and move nothing;
+/// the PSP's count of awaiting collects returns to zero; positions and statuses (also after a
+/// restart) agree with the receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collects_requested_and_decided_together_each_resolve_once() {
+    const COLLECTS: u128 = 60;
+    const AMOUNT: u64 = 25;
+    const FUNDS: u64 = 500;
+    let test = TestSwitch::start().await;
+    let (bank_a, bank_b) = test.payer_and_payee(0, FUNDS).await;
+    let mut payer_events = subscribe(&test, "bank-a", 0).await;
+    // Collect 1 is also requested with other content, at the same time.
+    let requests: Vec<_> = (1..=COLLECTS)
+        .map(|collect| (collect, AMOUNT))
+        .chain([(1, AMOUNT + 1)])
+        .map(|(collect, amount)| {
+            let mut payee = bank_b.payments.clone();
+            let request = ask(collect, amount, 0);
+            tokio::spawn(async move { payee.request_collect(request).await })
+        })
+        .collect();
+    let (mut awaiting, mut conflicts) = (0, 0);
+    for request in requests {
+        match request.await.expect("task") {
+            Ok(result) => {
+                assert_eq!(result.into_inner().state, PaymentState::AwaitingApproval as i32);
+                awaiting += 1;
+            }
+            Err(status) => {
+                assert_eq!(reason(&status), Some(Reason::PaymentIdConflict));
+                conflicts += 1;
+            }
+        }
+    }
+    assert_eq!((awaiting, conflicts), (COLLECTS, 1), "one collect per id");
+    assert_eq!(test.switch.collects_awaiting.of("bank-b"), COLLECTS as usize);
+    let mut asked = std::collections::BTreeSet::new();
+    while asked.len() < COLLECTS as usize {
+        match event(&mut payer_events).await {
+            proto::event::Kind::CollectRequest(request) => {
+                assert_eq!(request.amount_minor, AMOUNT, "the request that won is the one stored");
+                asked.insert(id_of(&request.collect_id));
+            }
+            other => panic!("expected only collect requests, got {other:?}"),
+        }
+    }
+    assert_eq!(asked, (1..=COLLECTS).collect());
+
+    // Even ids approved (more than the payer's funds cover), odd ones declined; collect 2 also
+    // declined right after its approval.
+    let decisions = alternating(COLLECTS, |collect, decision| {
+        Incoming::CollectDecision(proto::CollectDecision {
+            collect_id: id(collect),
+            decision: decision as i32,
+            decline_reason: proto::DeclineReason::CustomerDeclined as i32,
+        })
+    });
+    let mut receipts = back_to_back(&mut payer_events, decisions).await;
+    let (ok, short) = (Reason::Unspecified as i32, Reason::InsufficientLiquidity as i32);
+    let mut two = receipts.remove(&2).expect("collect 2's receipts");
+    two.sort_unstable();
+    assert!(
+        two.len() == 2 && two[0] != two[1] && two.contains(&(Reason::AlreadyDecided as i32)),
+        "exactly one of two contradicting decisions wins: {two:?}"
+    );
+    assert_eq!(receipts.len(), COLLECTS as usize - 1, "a receipt for every collect");
+
+    // Each collect's final state is what its receipt said.
+    let mut states = Vec::new();
+    for collect in 1..=COLLECTS {
+        let status = bank_b.status(collect).await;
+        let receipt = if collect == 2 {
+            two.iter().copied().find(|reason| *reason != Reason::AlreadyDecided as i32).expect("the winner")
+        } else {
+            let reasons = &receipts[&collect];
+            assert_eq!(reasons.len(), 1, "one receipt for collect {collect}");
+            reasons[0]
+        };
+        let wanted = match (receipt, verdict(collect)) {
+            (reason, proto::Decision::Accept) if reason == short => vec![PaymentState::Failed],
+            // Collect 2: whichever of its decisions won.
+            (reason, _) if reason == ok && collect == 2 => vec![PaymentState::Completed, PaymentState::Declined],
+            (reason, proto::Decision::Accept) if reason == ok => vec![PaymentState::Completed],
+            (reason, proto::Decision::Decline) if reason == ok => vec![PaymentState::Declined],
+            (reason, decision) => panic!("collect {collect}: {decision:?} got reason {reason}"),
+        };
+        assert!(wanted.iter().any(|state| *state as i32 == status.state), "collect {collect}: {status:?}");
+        states.push(status.state);
+    }
+    // The funds cover 20 approvals of the 29 or 30 made: exactly 20 completed, never more.
+    let completed = states.iter().filter(|state| **state == PaymentState::Completed as i32).count() as u64;
+    assert_eq!(completed, FUNDS / AMOUNT);
+    let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
+    assert_eq!(positions, (0, FUNDS as i64));
+    assert_eq!(test.switch.collects_awaiting.of("bank-b"), 0, "every collect is final");
+    test.assert_money_conserved();
+
+    // After a restart the ledger says the same, and nothing is counted as awaiting.
+    drop(payer_events);
+    let test = TestSwitch::start_in(test.stop().await).await;
+    let bank_b = test.psp("bank-b").await;
+    for (collect, state) in (1..=COLLECTS).zip(states) {
+        assert_eq!(bank_b.status(collect).await.state, state, "collect {collect} after the restart");
+    }
+    assert_eq!(test.switch.collects_awaiting.of("bank-b"), 0);
+    test.assert_money_conserved();
+}
+
+/// Refunds of one payment sent together take turns: exactly as many complete as its amount
+/// covers, the rest get REFUND_EXCEEDS_REMAINING, and the payer gets back exactly the amount.
+/// One refund id sent for two payments at once is one refund and one conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_sent_together_never_exceed_the_original() {
+    const REFUNDS: usize = 12;
+    let test = TestSwitch::start().await;
+    let (bank_a, bank_b) = test.payer_and_payee(0, 1_000).await;
+    let mut payer = bank_a.payments.clone();
+    for (payment, amount) in [(1, 500), (2, 100), (3, 100)] {
+        payer.pay(pay(payment, "ana@bank-a", "bo@bank-b", amount)).await.expect("pay");
+    }
+    let refund = |refund_id: u128, original: u128, amount: u64| proto::RefundRequest {
+        refund_id: id(refund_id),
+        original_payment_id: id(original),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: "returned".into(),
+    };
+    // Twelve refunds of 50 against payment 1 (500); refund 200 against payments 2 and 3.
+    let requests: Vec<_> = (100..100 + REFUNDS as u128)
+        .map(|refund_id| refund(refund_id, 1, 50))
+        .chain([refund(200, 2, 10), refund(200, 3, 10)])
+        .map(|request| {
+            let mut payee = bank_b.payments.clone();
+            tokio::spawn(async move { payee.refund(request).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        let answer = request.await.expect("task");
+        answers.push(answer.map(|result| result.into_inner().state).map_err(|status| reason(&status)));
+    }
+    let count = |answers: &[Result<i32, Option<Reason>>], wanted: Result<i32, Option<Reason>>| {
+        answers.iter().filter(|answer| **answer == wanted).count()
+    };
+    let done = Ok(PaymentState::Completed as i32);
+    let shared = answers.split_off(REFUNDS);
+    assert_eq!(
+        (count(&shared, done), count(&shared, Err(Some(Reason::PaymentIdConflict)))),
+        (1, 1),
+        "refund 200: {shared:?}"
+    );
+    assert_eq!(
+        (count(&answers, done), count(&answers, Err(Some(Reason::RefundExceedsRemaining)))),
+        (10, REFUNDS - 10),
+        "{answers:?}"
+    );
+    assert_eq!(bank_a.status(1).await.refunded_amount_minor, 500);
+    let refunded_200 = [bank_a.status(2).await.refunded_amount_minor, bank_a.status(3).await.refunded_amount_minor];
+    assert!(refunded_200 == [10, 0] || refunded_200 == [0, 10], "refund 200 took one payment: {refunded_200:?}");
+    let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
+    assert_eq!(positions, (300 + 510, 700 - 510));
     test.assert_money_conserved();
 }
 

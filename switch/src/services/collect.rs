@@ -3,10 +3,12 @@
 //!
 //! The collect's state is a ledger record (`tables::COLLECTS`) written in the same linked chain as
 //! the events it causes, so a request and its CollectRequest, or a decision and its outcomes, are
-//! durable together. Decisions and expiry are serialised by one lock (a collect resolves once);
-//! expiry timers are re-armed after a restart from the awaiting records.
+//! durable together. A collect's request, decisions and expiry take turns on its id
+//! (`Switch::collect_turns`), so it resolves once, while different collects go ahead together and
+//! share ledger commits; expiry timers are re-armed after a restart from the awaiting records.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ledger::{Event, ResultCode, Transfer, TransferFlags};
@@ -28,18 +30,57 @@ const EXPIRY_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
 /// record and an expiry timer.
 pub const COLLECTS_PENDING_MAX: usize = 100_000;
 
-/// Forgets an awaiting collect of `payee_psp` once it is final (re-read: a refused write leaves
-/// it awaiting).
-fn settle_count(
-    switch: &Switch,
-    awaiting: &mut std::collections::HashMap<String, usize>,
-    id: u128,
-    payee_psp: &str,
-) -> Result<(), Refusal> {
-    if !collect_of(switch, id)?.is_some_and(|collect| collect.awaiting()) {
-        if let Some(count) = awaiting.get_mut(payee_psp) {
+/// Collects awaiting approval, per requesting PSP. A request takes its place before it commits
+/// and gives it back if the commit fails, so requests in flight together never pass
+/// `COLLECTS_PENDING_MAX`; the place is freed when the collect is final. The mutex is held for one
+/// map update, never across an await.
+#[derive(Default)]
+pub struct AwaitingCounts(Mutex<HashMap<String, usize>>);
+
+impl AwaitingCounts {
+    fn counts(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        // A panic elsewhere while holding it cannot leave a count half-written.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a place for one more awaiting collect of `psp`; false at the bound.
+    fn reserve(&self, psp: &str) -> bool {
+        let mut counts = self.counts();
+        if !counts.contains_key(psp) {
+            counts.insert(psp.to_string(), 0);
+        }
+        match counts.get_mut(psp) {
+            Some(count) if *count < COLLECTS_PENDING_MAX => {
+                *count += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives a place back (the collect is final, or its request was not written).
+    fn release(&self, psp: &str) {
+        if let Some(count) = self.counts().get_mut(psp) {
             *count = count.saturating_sub(1);
         }
+    }
+
+    /// Counts a collect found awaiting in storage after a restart.
+    fn restore(&self, psp: &str) {
+        *self.counts().entry(psp.to_string()).or_default() += 1;
+    }
+
+    /// How many of `psp`'s collects await approval.
+    pub fn of(&self, psp: &str) -> usize {
+        self.counts().get(psp).copied().unwrap_or(0)
+    }
+}
+
+/// Frees the awaiting place of a collect of `payee_psp` once it is final (re-read: a refused
+/// write leaves it awaiting). The caller holds the collect's turn, so this runs once per collect.
+fn settle_count(switch: &Switch, id: u128, payee_psp: &str) -> Result<(), Refusal> {
+    if !collect_of(switch, id)?.is_some_and(|collect| collect.awaiting()) {
+        switch.collects_awaiting.release(payee_psp);
     }
     Ok(())
 }
@@ -170,7 +211,7 @@ pub async fn request(
     }
     let expiry_unix_ms = if request.expiry_unix_ms == 0 { now_ms + EXPIRY_MS_DEFAULT } else { request.expiry_unix_ms };
 
-    let mut awaiting = switch.collects_awaiting.lock().await;
+    let _turn = switch.collect_turns.lock(id).await;
     if let Some(existing) = collect_of(switch, id)? {
         return if existing.same_request(request) {
             Ok(existing.result(&request.collect_id))
@@ -181,7 +222,7 @@ pub async fn request(
     if switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?[0].is_some() {
         return Err(Refusal::field(Reason::PaymentIdConflict, "collect_id", "the id belongs to a payment"));
     }
-    if awaiting.get(&*payee.psp_id).copied().unwrap_or(0) >= COLLECTS_PENDING_MAX {
+    if !switch.collects_awaiting.reserve(&payee.psp_id) {
         return Err(Refusal::new(Reason::CollectsPendingLimit, "too many of this PSP's collects await approval"));
     }
     let collect = CollectRecord {
@@ -220,13 +261,18 @@ pub async fn request(
         record(tables::COLLECTS, id.to_be_bytes(), collect.encode_to_vec(), true),
         crate::events::append(&payer.psp_id, &ask, false),
     ];
-    let results = switch.submit(events).await?;
-    if results.iter().any(|code| *code != ResultCode::Ok) {
-        return Err(Refusal::new(Reason::Internal, format!("ledger answered {:?}", results.to_vec())));
+    let written = match switch.submit(events).await {
+        Ok(results) if results.iter().all(|code| *code == ResultCode::Ok) => Ok(()),
+        Ok(results) => Err(Refusal::new(Reason::Internal, format!("ledger answered {:?}", results.to_vec()))),
+        Err(refusal) => Err(refusal),
+    };
+    if let Err(refusal) = written {
+        switch.collects_awaiting.release(&payee.psp_id);
+        return Err(refusal);
     }
-    switch.events.committed(&switch.ledger, &payer.psp_id, 1).map_err(ledger_refusal)?;
-    *awaiting.entry(payee.psp_id.to_string()).or_default() += 1;
+    // Armed as soon as the collect is durable, so it expires even if what follows fails.
     arm_expiry(Arc::clone(switch), id, expiry_unix_ms);
+    switch.events.committed(&switch.ledger, &payer.psp_id, 1).map_err(ledger_refusal)?;
     Ok(collect.result(&request.collect_id))
 }
 
@@ -244,7 +290,7 @@ pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::Col
         Ok(Decision::Decline) => false,
         _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
     };
-    let mut awaiting = switch.collects_awaiting.lock().await;
+    let _turn = switch.collect_turns.lock(id).await;
     let Some(collect) = collect_of(switch, id)?.filter(|collect| collect.payer_psp_id == payer_psp) else {
         return Err(Refusal::new(Reason::NoDecisionPending, "no collect request of yours has this id"));
     };
@@ -263,7 +309,7 @@ pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::Col
         let declined = CollectRecord { decline_reason: decline_reason(decision.decline_reason) as i32, ..collect };
         finish(switch, id, declined, PaymentState::Declined, Reason::PayerDeclined).await
     };
-    settle_count(switch, &mut awaiting, id, &payee_psp)?;
+    settle_count(switch, id, &payee_psp)?;
     outcome
 }
 
@@ -355,12 +401,12 @@ pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
         let remaining = Duration::from_millis(expiry_unix_ms.saturating_sub(now_unix_ns() / 1_000_000));
         tokio::time::sleep(remaining).await;
         let Some(switch) = switch.upgrade() else { return };
-        let mut awaiting = switch.collects_awaiting.lock().await;
+        let _turn = switch.collect_turns.lock(id).await;
         match collect_of(&switch, id) {
             Ok(Some(collect)) if collect.awaiting() => {
                 let payee_psp = collect.payee_psp_id.clone();
                 let expired = finish(&switch, id, collect, PaymentState::Expired, Reason::CollectExpired).await;
-                if let Err(refusal) = settle_count(&switch, &mut awaiting, id, &payee_psp) {
+                if let Err(refusal) = settle_count(&switch, id, &payee_psp) {
                     tracing::error!(collect = id, reason = ?refusal.reason, "reading a collect failed");
                 }
                 if let Err(refusal) = expired {
@@ -373,9 +419,9 @@ pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
     });
 }
 
-/// Re-arms the expiry timers of collects still awaiting approval, and counts them.
-pub async fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
-    let mut awaiting = switch.collects_awaiting.lock().await;
+/// Re-arms the expiry timers of collects still awaiting approval, and counts them. Runs before
+/// the switch serves, so no request or decision can interleave.
+pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
     let mut armed = 0;
     for (key, value) in switch.ledger.records(tables::COLLECTS).map_err(ledger_refusal)? {
         let (Ok(key), Ok(collect)) = (<[u8; 16]>::try_from(key.as_slice()), CollectRecord::decode(value.as_slice()))
@@ -383,7 +429,7 @@ pub async fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal>
             continue;
         };
         if collect.awaiting() {
-            *awaiting.entry(collect.payee_psp_id.clone()).or_default() += 1;
+            switch.collects_awaiting.restore(&collect.payee_psp_id);
             arm_expiry(Arc::clone(switch), u128::from_be_bytes(key), collect.expiry_unix_ms);
             armed += 1;
         }

@@ -3,8 +3,8 @@
 //! Protocol (events.proto): `Hello` first; the switch answers `Welcome` and then every event after
 //! the acknowledged position, in order, at most `EVENT_WINDOW_MAX` beyond it; `Ack`s are recorded
 //! durably and never re-sent; a newer stream of the same PSP ends the older with ABORTED. Credit
-//! decisions are applied on tasks of their own, up to `DECISIONS_IN_FLIGHT_MAX` at once, each
-//! answered with a receipt when durable.
+//! and collect decisions are applied on tasks of their own, up to `DECISIONS_IN_FLIGHT_MAX` at
+//! once, each answered with a receipt when durable.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,10 +27,11 @@ use crate::reason::Refusal;
 const STREAM_BUFFER: usize = 256;
 /// Events read from storage per round.
 const READ_CHUNK: usize = 512;
-/// Credit decisions of one stream applied at once (`DECISIONS_IN_FLIGHT_MAX`). Each waits for its
-/// ledger commit on a task of its own, so the decisions a PSP sends back to back share group
-/// commits; applied one after another, each took a whole commit round trip, and a confirming PSP
-/// could not decide faster than ~550 payments/s. At the bound the stream stops reading.
+/// Credit and collect decisions of one stream applied at once (`DECISIONS_IN_FLIGHT_MAX`). Each
+/// waits for its ledger commit on a task of its own, so the decisions a PSP sends back to back
+/// share group commits; applied one after another, each took a whole commit round trip, and a
+/// confirming PSP could not decide faster than ~550 payments/s. At the bound the stream stops
+/// reading.
 pub const DECISIONS_IN_FLIGHT_MAX: usize = 4_096;
 
 pub struct Events {
@@ -199,26 +200,38 @@ impl Stream {
                 Ok(())
             }
             Some(Incoming::CreditDecision(decision)) => {
-                // Never closed: the stream owns it.
-                let Ok(permit) = Arc::clone(&self.decisions).acquire_owned().await else { return Ok(()) };
-                let (switch, psp, sender) = (Arc::clone(&self.switch), self.psp.clone(), self.sender.clone());
-                // The task holds a sender, so the response stream stays open for its receipt.
-                tokio::spawn(async move {
-                    let outcome = decide(&switch, &psp, &decision).await;
-                    receipt(&sender, decision.payment_id, outcome.err()).await;
-                    drop(permit);
-                });
+                let (switch, psp) = (Arc::clone(&self.switch), self.psp.clone());
+                let id = decision.payment_id.clone();
+                self.apply(id, async move { decide(&switch, &psp, &decision).await }).await;
                 Ok(())
             }
             Some(Incoming::CollectDecision(decision)) => {
-                let outcome = crate::services::collect::decide(&self.switch, &self.psp, &decision).await;
-                receipt(&self.sender, decision.collect_id, outcome.err()).await;
+                let (switch, psp) = (Arc::clone(&self.switch), self.psp.clone());
+                let id = decision.collect_id.clone();
+                self.apply(id, async move { crate::services::collect::decide(&switch, &psp, &decision).await }).await;
                 Ok(())
             }
             Some(Incoming::Hello(_)) | None => {
                 Err(Refusal::new(Reason::StreamProtocolViolation, "Hello comes once, first; messages must be set"))
             }
         }
+    }
+
+    /// Applies one decision on a task of its own, within the stream's bound, and sends its receipt.
+    async fn apply(
+        &self,
+        id: Vec<u8>,
+        decision: impl std::future::Future<Output = Result<(), Refusal>> + Send + 'static,
+    ) {
+        // Never closed: the stream owns it.
+        let Ok(permit) = Arc::clone(&self.decisions).acquire_owned().await else { return };
+        // The task holds a sender, so the response stream stays open for its receipt.
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            let outcome = decision.await;
+            receipt(&sender, id, outcome.err()).await;
+            drop(permit);
+        });
     }
 
     async fn end(&self, refusal: Refusal) {

@@ -3,8 +3,10 @@
 //! A refund is a single-phase transfer from the refunding PSP's position to the original payer's,
 //! committed in one linked chain with the payment's updated refund total, the refund's own
 //! metadata and the original payer PSP's `RefundNotice`. The total lives in a record per original
-//! payment; refunds are serialised by one lock (they are rare, and a read-modify-write of the
-//! total must not race), so their sum can never pass the original amount.
+//! payment; refunds of one payment take turns on its id (`Switch::refund_turns`), so the
+//! read-modify-write of the total never races and their sum can never pass the original amount.
+//! A refund also takes the turn of its own id, so two requests reusing one refund id for
+//! different payments meet as a retry and a conflict rather than in the ledger.
 
 use std::sync::Arc;
 
@@ -100,7 +102,7 @@ pub async fn refund(
     let original = parse_id(&request.original_payment_id, "original_payment_id")?;
     let currency = check_amount(switch, request.amount_minor, &request.currency)?;
     check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
-    let _serial = switch.refund_lock.lock().await;
+    let _turn = switch.refund_turns.lock_two(original, refund_id).await;
 
     let lookups = switch.ledger.lookup_transfers(&[original, refund_id]).map_err(ledger_refusal)?;
     let not_found = || Refusal::field(Reason::PaymentNotFound, "original_payment_id", "no such payment");
