@@ -640,22 +640,25 @@ async fn collects_requested_and_decided_together_each_resolve_once() {
     let test = TestSwitch::start().await;
     let (bank_a, bank_b) = test.payer_and_payee(0, FUNDS).await;
     let mut payer_events = subscribe(&test, "bank-a", 0).await;
-    // Collect 1 is also requested with other content, at the same time.
+    // Collect 1 is also requested with other content (a larger amount), at the same time: either
+    // may come first. Collect 1 is declined below, so its amount moves no money.
     let requests: Vec<_> = (1..=COLLECTS)
         .map(|collect| (collect, AMOUNT))
         .chain([(1, AMOUNT + 1)])
         .map(|(collect, amount)| {
             let mut payee = bank_b.payments.clone();
             let request = ask(collect, amount, 0);
-            tokio::spawn(async move { payee.request_collect(request).await })
+            (collect, amount, tokio::spawn(async move { payee.request_collect(request).await }))
         })
         .collect();
     let (mut awaiting, mut conflicts) = (0, 0);
-    for request in requests {
+    let mut amounts = std::collections::BTreeMap::new();
+    for (collect, amount, request) in requests {
         match request.await.expect("task") {
             Ok(result) => {
                 assert_eq!(result.into_inner().state, PaymentState::AwaitingApproval as i32);
                 awaiting += 1;
+                amounts.insert(collect, amount);
             }
             Err(status) => {
                 assert_eq!(reason(&status), Some(Reason::PaymentIdConflict));
@@ -669,8 +672,13 @@ async fn collects_requested_and_decided_together_each_resolve_once() {
     while asked.len() < COLLECTS as usize {
         match event(&mut payer_events).await {
             proto::event::Kind::CollectRequest(request) => {
-                assert_eq!(request.amount_minor, AMOUNT, "the request that won is the one stored");
-                asked.insert(id_of(&request.collect_id));
+                let collect = id_of(&request.collect_id);
+                assert_eq!(
+                    Some(&request.amount_minor),
+                    amounts.get(&collect),
+                    "the request that won is the one stored"
+                );
+                asked.insert(collect);
             }
             other => panic!("expected only collect requests, got {other:?}"),
         }
