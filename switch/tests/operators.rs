@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use switch::proto::{PaymentState, Reason};
+use switch::proto::{self, PaymentState, Reason};
 
 /// Pays `count` payments of `amount` from ana@bank-a to bo@bank-b, ids from `first`.
 async fn pay_many(bank_a: &mut Psp, first: u128, count: u128, amount: u64) {
@@ -35,10 +35,21 @@ fn repository_root() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_payments_refusals_and_positions_and_pass_promtool() {
     let test = TestSwitch::start().await;
-    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 100_000).await;
+    let (mut bank_a, mut bank_b) = test.payer_and_payee(0, 100_000).await;
     pay_many(&mut bank_a, 1, 5, 1_000).await;
     let refused = bank_a.payments.pay(pay(99, "ana@bank-a", "nobody@bank-b", 10)).await.expect_err("unknown alias");
     assert_eq!(reason(&refused), Some(Reason::UnknownAlias));
+    // One collect request from bank-b to bank-a, not yet decided.
+    let collect = proto::RequestCollectRequest {
+        collect_id: id(7_000),
+        payee_alias: "bo@bank-b".into(),
+        payer_alias: "ana@bank-a".into(),
+        amount_minor: 10,
+        currency: "INR".into(),
+        note: String::new(),
+        expiry_unix_ms: 0,
+    };
+    bank_b.payments.request_collect(collect).await.expect("collect request");
 
     let (status, text) = http_get(test.operator_address, "/metrics").await;
     assert_eq!(status, 200);
@@ -59,6 +70,9 @@ async fn metrics_count_payments_refusals_and_positions_and_pass_promtool() {
     // Five credit notifications wait for bank-b, which has no stream open.
     assert_eq!(value(r#"switch_psp_events_awaiting_ack{psp="bank-b"}"#), 5.0);
     assert_eq!(value(r#"switch_psp_event_stream_connected{psp="bank-b"}"#), 0.0);
+    assert_eq!(value(r#"switch_psp_collects_awaiting_approval{psp="bank-b"}"#), 1.0);
+    assert_eq!(value(r#"switch_psp_collects_awaiting_approval{psp="bank-a"}"#), 0.0);
+    assert_eq!(value("switch_collects_awaiting_approval_max"), 100_000.0);
     assert_eq!(value(r#"switch_ledger_balance_sum_minor{currency="INR"}"#), 0.0);
     assert_eq!(value("switch_ledger_balanced"), 1.0);
     assert_eq!(value("switch_ledger_failed"), 0.0);

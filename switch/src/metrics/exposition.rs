@@ -178,7 +178,7 @@ fn positions(page: &mut Page, reading: &Reading) {
             page.sample(name, &[("psp", &position.psp), ("currency", &position.currency)], figure(position));
         }
     }
-    let per_psp: [(&str, &str, Figure); 4] = [
+    let per_psp: [(&str, &str, Figure); 5] = [
         ("switch_psp_liquidity_used_ratio", "Share of prefunded balance plus cap in use (1 = at the cap).", |p| {
             number(p.liquidity_used_ratio)
         }),
@@ -191,6 +191,9 @@ fn positions(page: &mut Page, reading: &Reading) {
         ("switch_psp_event_stream_connected", "1 while the PSP has an event stream open.", |p| {
             u8::from(p.stream_connected).to_string()
         }),
+        ("switch_psp_collects_awaiting_approval", "The PSP's collect requests awaiting the payer's decision.", |p| {
+            p.collects_awaiting_approval.to_string()
+        }),
     ];
     for (name, help, figure) in per_psp {
         page.family(name, "gauge", help);
@@ -198,6 +201,9 @@ fn positions(page: &mut Page, reading: &Reading) {
             page.sample(name, &[("psp", &position.psp)], figure(position));
         }
     }
+    let name = "switch_collects_awaiting_approval_max";
+    page.family(name, "gauge", "Most collect requests of one PSP awaiting approval (then COLLECTS_PENDING_LIMIT).");
+    page.sample(name, &[], crate::services::collect::COLLECTS_PENDING_MAX);
     page.family("switch_participants", "gauge", "Registered participants.");
     page.sample("switch_participants", &[], reading.positions.len());
     page.family("switch_aliases", "gauge", "Aliases in the directory.");

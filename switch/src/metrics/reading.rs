@@ -32,6 +32,8 @@ pub struct Position {
     pub liquidity_used_ratio: f64,
     pub events_awaiting_ack: u64,
     pub stream_connected: bool,
+    /// The PSP's collect requests awaiting the payer's decision (at most `COLLECTS_PENDING_MAX`).
+    pub collects_awaiting_approval: u64,
 }
 
 /// RocksDB's own health figures.
@@ -148,6 +150,7 @@ fn positions(switch: &Switch, accounts: &[Account]) -> Vec<Position> {
                 liquidity_used_ratio: ratio,
                 events_awaiting_ack: outbox.as_ref().map_or(0, |outbox| outbox.backlog()),
                 stream_connected: outbox.is_some_and(|outbox| outbox.streams.load(Ordering::Acquire) > 0),
+                collects_awaiting_approval: switch.collects_awaiting.of(&participant.psp_id) as u64,
             }
         })
         .collect();

@@ -171,6 +171,18 @@ const ALERTS: &[Alert] = &[
                       subscribed to its event stream for 5 minutes: it does not learn of incoming payments.",
     },
     Alert {
+        name: "SwitchPspCollectsNearLimit",
+        severity: Warning,
+        expr: "switch_psp_collects_awaiting_approval / on (job, instance) group_left \
+               switch_collects_awaiting_approval_max > 0.9",
+        for_duration: "5m",
+        summary:
+            "PSP {{ $labels.psp }} has {{ $value | humanizePercentage }} of its limit of collects awaiting approval",
+        description: "PSP {{ $labels.psp }} has over 90% of the collect requests it may have open awaiting the \
+                      payers' decisions; at the limit its new requests are refused (COLLECTS_PENDING_LIMIT). The \
+                      payers' PSPs may not be deciding: check their event streams and events awaiting ack.",
+    },
+    Alert {
         name: "SwitchLedgerQueueNearFull",
         severity: Warning,
         expr: "switch_ledger_events_in_flight / switch_ledger_events_in_flight_max > 0.9",

@@ -275,8 +275,10 @@ fn psps(layout: &mut Layout) {
         table("Positions (minor units)", "short", &columns),
         timeseries("Balance and available (minor units)", "short", &lines),
     ]);
+    let collects = per_psp("switch_psp_collects_awaiting_approval");
     layout.graphs(vec![
         timeseries("Events awaiting ack", "short", &[(&awaiting, "{{psp}}")]),
+        timeseries("Collects awaiting approval", "short", &[(&collects, "{{psp}}")]),
         flag("Event stream", (&per_psp("switch_psp_event_stream_connected"), "{{psp}}"), stream),
         flag("Participant", (&per_psp("switch_psp_active"), "{{psp}}"), active),
     ]);
