@@ -247,11 +247,20 @@ pub async fn resolve_pending(
             }
         }
     }
-    // Whoever won, the ledger now holds the final state.
-    let record = switch.ledger.lookup_transfers(&[payment]).map_err(ledger_refusal)?.into_iter().next().flatten();
-    let outcome = match record.map(|record| state_of(payment, &record)) {
-        Some(outcome) => Some(with_decline_reason(switch, payment, outcome)?),
-        None => None,
+    let outcome = if results[0] == ResultCode::Ok {
+        // This resolution took effect, so its outcome is known without reading it back: the
+        // ledger stamps a resolution with its own event's time (the submission's first), and
+        // the payee's reason is the one just stored.
+        let decline_reason =
+            if resolution == Resolution::Decline { decline_reason } else { DeclineReason::Unspecified };
+        Some(Outcome { state, reason, finalized_at_unix_ns: results.timestamp, decline_reason })
+    } else {
+        // Another resolution won, or this one is a retry: the ledger holds the final state.
+        let record = switch.ledger.lookup_transfers(&[payment]).map_err(ledger_refusal)?.into_iter().next().flatten();
+        match record.map(|record| state_of(payment, &record)) {
+            Some(outcome) => Some(with_decline_reason(switch, payment, outcome)?),
+            None => None,
+        }
     };
     if let Some(outcome) = outcome.filter(|outcome| outcome.state != PaymentState::Pending) {
         switch.confirmations.finish(payment, Some(outcome));

@@ -427,6 +427,11 @@ async fn decisions_sent_back_to_back_each_get_one_receipt() {
             PaymentState::Declined as i32
         };
         assert_eq!(result.state, wanted, "payment {payment}");
+        // The payer was told what the ledger holds: the same reasons and the same final time.
+        let status = bank_a.status(payment).await;
+        let told = (result.state, result.reason, result.decline_reason, result.finalized_at_unix_ns);
+        assert_eq!(told, (status.state, status.reason, status.decline_reason, status.finalized_at_unix_ns));
+        assert!(result.finalized_at_unix_ns > 0, "payment {payment} is final");
         completed += u64::from(result.state == PaymentState::Completed as i32);
     }
     let expected = |position: proto::Participant| (position.balance_minor, position.reserved_minor);
