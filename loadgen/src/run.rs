@@ -181,6 +181,21 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     report
         .settings
         .push(("completed per second".into(), format!("{}/s", fmt_count((completed as f64 / seconds) as u64))));
+    if collects > 0 {
+        // A collect is answered AWAITING_APPROVAL and completes later, on the payer's decision,
+        // so the line above does not count it: its outcome event does.
+        let outcomes = payees.collect_outcomes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let done = outcomes.values().filter(|state| **state == switch::proto::PaymentState::Completed).count();
+        report.settings.push((
+            "collects completed".into(),
+            format!(
+                "{} of {} requested (by their outcome events, {} outcomes seen)",
+                fmt_count(done as u64),
+                fmt_count(collects as u64),
+                fmt_count(outcomes.len() as u64)
+            ),
+        ));
+    }
     report.settings.push((
         "payee events".into(),
         format!(
