@@ -46,15 +46,16 @@ impl AwaitingCounts {
     /// Takes a place for one more awaiting collect of `psp`; false at the bound.
     fn reserve(&self, psp: &str) -> bool {
         let mut counts = self.counts();
-        if !counts.contains_key(psp) {
-            counts.insert(psp.to_string(), 0);
-        }
         match counts.get_mut(psp) {
-            Some(count) if *count < COLLECTS_PENDING_MAX => {
+            Some(count) if *count >= COLLECTS_PENDING_MAX => false,
+            Some(count) => {
                 *count += 1;
                 true
             }
-            _ => false,
+            None => {
+                counts.insert(psp.to_string(), 1);
+                true
+            }
         }
     }
 
@@ -77,7 +78,8 @@ impl AwaitingCounts {
 }
 
 /// Frees the awaiting place of a collect of `payee_psp` once it is final (re-read: a refused
-/// write leaves it awaiting). The caller holds the collect's turn, so this runs once per collect.
+/// write leaves it awaiting). Only a caller that found the collect awaiting, in the collect's
+/// turn, calls this, so a collect's place is freed once.
 fn settle_count(switch: &Switch, id: u128, payee_psp: &str) -> Result<(), Refusal> {
     if !collect_of(switch, id)?.is_some_and(|collect| collect.awaiting()) {
         switch.collects_awaiting.release(payee_psp);
@@ -435,4 +437,28 @@ pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
         }
     }
     Ok(armed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn awaiting_places_are_bounded_per_psp_and_given_back() {
+        let counts = AwaitingCounts::default();
+        for _ in 0..COLLECTS_PENDING_MAX {
+            assert!(counts.reserve("bank-a"));
+        }
+        assert!(!counts.reserve("bank-a"), "at the bound");
+        assert_eq!(counts.of("bank-a"), COLLECTS_PENDING_MAX);
+        assert!(counts.reserve("bank-b"), "another PSP has its own places");
+        counts.release("bank-a");
+        assert!(counts.reserve("bank-a"), "a freed place can be taken again");
+        assert!(!counts.reserve("bank-a"));
+        // Restored after a restart: counted, and releases never go below zero.
+        counts.restore("bank-c");
+        counts.release("bank-c");
+        counts.release("bank-c");
+        assert_eq!((counts.of("bank-b"), counts.of("bank-c"), counts.of("bank-z")), (1, 0, 0));
+    }
 }
