@@ -82,6 +82,9 @@ async fn the_dashboard_in_chromium_shows_the_figures_moving_under_load() {
         let rows = number(&mut browser, &format!("document.querySelectorAll('tr[data-psp=\"{psp}\"]').length")).await;
         assert_eq!(rows, 1.0, "one row for {psp}");
     }
+    // bank-b's collect requests awaiting approval: none, drawn as 0 in its own column.
+    let collects = "document.querySelector('tr[data-psp=\"bank-b\"]').children[13].textContent.trim()";
+    assert_eq!(browser.evaluate(collects).await, "0");
     let p99 = number(&mut browser, "Number(document.getElementById('p99-latency').dataset.value)").await;
     assert!(p99 > 0.0, "p99 shown: {p99}");
     if let Ok(path) = std::env::var("DASHBOARD_SCREENSHOT") {

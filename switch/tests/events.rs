@@ -515,19 +515,6 @@ async fn refunds_never_exceed_the_original_and_notify_the_payer() {
     test.assert_money_conserved();
 }
 
-/// `bo@bank-b` asks `ana@bank-a` for `amount` (expiry 0: the default).
-fn ask(collect: u128, amount: u64, expiry_unix_ms: u64) -> proto::RequestCollectRequest {
-    proto::RequestCollectRequest {
-        collect_id: id(collect),
-        payee_alias: "bo@bank-b".into(),
-        payer_alias: "ana@bank-a".into(),
-        amount_minor: amount,
-        currency: "INR".into(),
-        note: "invoice".into(),
-        expiry_unix_ms,
-    }
-}
-
 async fn collect_decision(
     subscription: &mut Subscription,
     collect: u128,
@@ -556,7 +543,7 @@ async fn collect_requests_are_approved_declined_or_expire() {
     let mut payee_events = subscribe(&test, "bank-b", 0).await;
 
     // Approved: the payment executes and both PSPs hear the outcome.
-    let asked = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("request").into_inner();
+    let asked = bank_b.payments.request_collect(collect_request(1, 400, 0)).await.expect("request").into_inner();
     assert_eq!(asked.state, PaymentState::AwaitingApproval as i32);
     match event(&mut payer_events).await {
         proto::event::Kind::CollectRequest(request) => assert_eq!(request.amount_minor, 400),
@@ -572,15 +559,15 @@ async fn collect_requests_are_approved_declined_or_expire() {
     let paid = bank_b.status(1).await;
     assert_eq!((paid.state, paid.kind), (PaymentState::Completed as i32, proto::PaymentKind::Collect as i32));
     // Idempotent request; a second decision is refused.
-    let again = bank_b.payments.request_collect(ask(1, 400, 0)).await.expect("retry").into_inner();
+    let again = bank_b.payments.request_collect(collect_request(1, 400, 0)).await.expect("retry").into_inner();
     assert_eq!(again.state, PaymentState::Completed as i32);
-    let status = bank_b.payments.request_collect(ask(1, 401, 0)).await.expect_err("conflict");
+    let status = bank_b.payments.request_collect(collect_request(1, 401, 0)).await.expect_err("conflict");
     assert_eq!(reason(&status), Some(Reason::PaymentIdConflict));
     let receipt = collect_decision(&mut payer_events, 1, proto::Decision::Decline).await;
     assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
 
     // Declined.
-    bank_b.payments.request_collect(ask(2, 100, 0)).await.expect("request");
+    bank_b.payments.request_collect(collect_request(2, 100, 0)).await.expect("request");
     let receipt = collect_decision(&mut payer_events, 2, proto::Decision::Decline).await;
     assert_eq!(receipt.status_code, 0);
     let declined = bank_b.status(2).await;
@@ -598,14 +585,14 @@ async fn collect_requests_are_approved_declined_or_expire() {
     }
 
     // Approved beyond the payer's liquidity: failed, recorded.
-    bank_b.payments.request_collect(ask(3, 700, 0)).await.expect("request");
+    bank_b.payments.request_collect(collect_request(3, 700, 0)).await.expect("request");
     let receipt = collect_decision(&mut payer_events, 3, proto::Decision::Accept).await;
     assert_eq!(receipt.reason, Reason::InsufficientLiquidity as i32);
     assert_eq!(bank_b.status(3).await.state, PaymentState::Failed as i32);
 
     // Expired: nobody answered in time; a late approval is refused.
     let soon = switch::core::now_unix_ns() / 1_000_000 + 700;
-    bank_b.payments.request_collect(ask(4, 100, soon)).await.expect("request");
+    bank_b.payments.request_collect(collect_request(4, 100, soon)).await.expect("request");
     let expired = async {
         loop {
             if bank_b.status(4).await.state == PaymentState::Expired as i32 {
@@ -652,7 +639,7 @@ async fn collects_requested_and_decided_together_each_resolve_once() {
         .chain([(1, AMOUNT + 1)])
         .map(|(collect, amount)| {
             let mut payee = bank_b.payments.clone();
-            let request = ask(collect, amount, 0);
+            let request = collect_request(collect, amount, 0);
             (collect, amount, tokio::spawn(async move { payee.request_collect(request).await }))
         })
         .collect();

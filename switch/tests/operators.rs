@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use switch::proto::{self, PaymentState, Reason};
+use switch::proto::{PaymentState, Reason};
 
 /// Pays `count` payments of `amount` from ana@bank-a to bo@bank-b, ids from `first`.
 async fn pay_many(bank_a: &mut Psp, first: u128, count: u128, amount: u64) {
@@ -40,16 +40,7 @@ async fn metrics_count_payments_refusals_and_positions_and_pass_promtool() {
     let refused = bank_a.payments.pay(pay(99, "ana@bank-a", "nobody@bank-b", 10)).await.expect_err("unknown alias");
     assert_eq!(reason(&refused), Some(Reason::UnknownAlias));
     // One collect request from bank-b to bank-a, not yet decided.
-    let collect = proto::RequestCollectRequest {
-        collect_id: id(7_000),
-        payee_alias: "bo@bank-b".into(),
-        payer_alias: "ana@bank-a".into(),
-        amount_minor: 10,
-        currency: "INR".into(),
-        note: String::new(),
-        expiry_unix_ms: 0,
-    };
-    bank_b.payments.request_collect(collect).await.expect("collect request");
+    bank_b.payments.request_collect(collect_request(7_000, 10, 0)).await.expect("collect request");
 
     let (status, text) = http_get(test.operator_address, "/metrics").await;
     assert_eq!(status, 200);
@@ -189,7 +180,8 @@ async fn a_real_prometheus_scrapes_the_switch_and_loads_the_alert_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_serves_its_page_and_a_live_stream_of_snapshots() {
     let test = TestSwitch::start().await;
-    let (mut bank_a, _bank_b) = test.payer_and_payee(1_000, 50_000).await;
+    let (mut bank_a, mut bank_b) = test.payer_and_payee(1_000, 50_000).await;
+    bank_b.payments.request_collect(collect_request(7_000, 10, 0)).await.expect("collect request");
     let (status, page) = http_get(test.operator_address, "/").await;
     assert_eq!(status, 200);
     assert!(page.contains("/dashboard/stream"), "the page reads the stream");
@@ -225,6 +217,12 @@ async fn the_dashboard_serves_its_page_and_a_live_stream_of_snapshots() {
     assert_eq!(bank_a_row["balance_minor"], 49_000);
     assert_eq!(bank_a_row["net_debit_cap_minor"], 1_000);
     assert_eq!(bank_a_row["available_minor"], 50_000);
+    let bank_b_row =
+        second["psps"].as_array().expect("psps").iter().find(|row| row["psp"] == "bank-b").expect("bank-b");
+    assert_eq!(
+        (bank_a_row["collects_awaiting_approval"].as_u64(), bank_b_row["collects_awaiting_approval"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_eq!(second["settlement"]["window"], 1);
     let (status, health) = http_get(test.operator_address, "/healthz").await;
     assert_eq!((status, health.trim()), (200, "ok"));

@@ -195,6 +195,7 @@ fn psps(current: &Sample, previous: Option<&Sample>, elapsed: f64) -> Vec<Value>
                 "liquidity_used_ratio": position.liquidity_used_ratio,
                 "events_awaiting_ack": position.events_awaiting_ack,
                 "stream_connected": position.stream_connected,
+                "collects_awaiting_approval": position.collects_awaiting_approval,
             })
         })
         .collect();

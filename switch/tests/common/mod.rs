@@ -216,6 +216,19 @@ pub fn pay(payment_id: u128, payer: &str, payee: &str, amount: u64) -> proto::Pa
     }
 }
 
+/// `bo@bank-b` asks `ana@bank-a` for `amount` (expiry 0: the default).
+pub fn collect_request(collect: u128, amount: u64, expiry_unix_ms: u64) -> proto::RequestCollectRequest {
+    proto::RequestCollectRequest {
+        collect_id: id(collect),
+        payee_alias: "bo@bank-b".into(),
+        payer_alias: "ana@bank-a".into(),
+        amount_minor: amount,
+        currency: "INR".into(),
+        note: "invoice".into(),
+        expiry_unix_ms,
+    }
+}
+
 pub fn reason(status: &tonic::Status) -> Option<proto::Reason> {
     switch::reason::reason_of(status)
 }
