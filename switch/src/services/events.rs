@@ -201,14 +201,15 @@ impl Stream {
             }
             Some(Incoming::CreditDecision(decision)) => {
                 let (switch, psp) = (Arc::clone(&self.switch), self.psp.clone());
-                let id = decision.payment_id.clone();
-                self.apply(id, async move { decide(&switch, &psp, &decision).await }).await;
+                self.apply(async move { (decide(&switch, &psp, &decision).await, decision.payment_id) }).await;
                 Ok(())
             }
             Some(Incoming::CollectDecision(decision)) => {
                 let (switch, psp) = (Arc::clone(&self.switch), self.psp.clone());
-                let id = decision.collect_id.clone();
-                self.apply(id, async move { crate::services::collect::decide(&switch, &psp, &decision).await }).await;
+                self.apply(async move {
+                    (crate::services::collect::decide(&switch, &psp, &decision).await, decision.collect_id)
+                })
+                .await;
                 Ok(())
             }
             Some(Incoming::Hello(_)) | None => {
@@ -218,17 +219,18 @@ impl Stream {
     }
 
     /// Applies one decision on a task of its own, within the stream's bound, and sends its receipt.
+    /// The decision gives back its id with its outcome, so the id is moved into the receipt, not
+    /// copied per decision.
     async fn apply(
         &self,
-        id: Vec<u8>,
-        decision: impl std::future::Future<Output = Result<(), Refusal>> + Send + 'static,
+        decision: impl std::future::Future<Output = (Result<(), Refusal>, Vec<u8>)> + Send + 'static,
     ) {
         // Never closed: the stream owns it.
         let Ok(permit) = Arc::clone(&self.decisions).acquire_owned().await else { return };
         // The task holds a sender, so the response stream stays open for its receipt.
         let sender = self.sender.clone();
         tokio::spawn(async move {
-            let outcome = decision.await;
+            let (outcome, id) = decision.await;
             receipt(&sender, id, outcome.err()).await;
             drop(permit);
         });
