@@ -114,8 +114,17 @@ impl Listeners {
 /// own `tcp_nodelay` default only to sockets it binds itself, not to an incoming stream handed to
 /// it, and without it Nagle's algorithm holds each small answer back until the peer acknowledges
 /// the previous one: milliseconds added to payments for nothing.
-fn accepted(listener: TcpListener) -> TcpIncoming {
+pub fn accepted(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_IDLE))
+}
+
+/// The PSP port's transport: mutual TLS and the HTTP/2 windows above. Shared with the transport
+/// ceiling benchmark (`benches`, `grpc_ceiling`), so what it measures is this port's own cost.
+pub fn psp_transport(tls: &TlsFiles) -> anyhow::Result<Server> {
+    Ok(Server::builder()
+        .tls_config(tls.server_tls()?)?
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW))
 }
 
 /// Serves the switch until `shutdown` resolves, then finishes in-flight requests and lets the
@@ -164,10 +173,7 @@ pub async fn serve(
     let operator_port =
         tokio::spawn(crate::dashboard::serve(Arc::clone(&switch), listeners.operator_http, stopped(side_stopped)));
 
-    let served = Server::builder()
-        .tls_config(tls.server_tls()?)?
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+    let served = psp_transport(tls)?
         .layer(crate::metrics::grpc::MeteredLayer::new(Arc::clone(&switch.metrics)))
         .add_service(health)
         .add_service(reflection)
