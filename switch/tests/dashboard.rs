@@ -85,6 +85,16 @@ async fn the_dashboard_in_chromium_shows_the_figures_moving_under_load() {
     // bank-b's collect requests awaiting approval: none, drawn as 0 in its own column.
     let collects = "document.querySelector('tr[data-psp=\"bank-b\"]').children[13].textContent.trim()";
     assert_eq!(browser.evaluate(collects).await, "0");
+    // At 1440 px every column stays in view: the methods card's p99 (long method names ellipsize)
+    // and the PSP table's last column.
+    for (table, scroller) in [("table.mt", ".xscroll"), ("#psp-table", ".tablewrap")] {
+        let fits = format!(
+            "(function () {{ var th = document.querySelector('{table} thead th:last-child'); \
+             var box = th.closest('{scroller}').getBoundingClientRect(); \
+             return th.getBoundingClientRect().right <= box.right + 0.5; }})()"
+        );
+        assert_eq!(browser.evaluate(&fits).await, true, "the last column of {table} is cut off at 1440 px");
+    }
     let p99 = number(&mut browser, "Number(document.getElementById('p99-latency').dataset.value)").await;
     assert!(p99 > 0.0, "p99 shown: {p99}");
     if let Ok(path) = std::env::var("DASHBOARD_SCREENSHOT") {
