@@ -30,9 +30,12 @@ const CALLERS_CACHED_MAX: usize = 100_000;
 
 /// The caller a verified chain's leaf names, parsed once per distinct certificate.
 pub fn caller_of_certificates(certificates: &[CertificateDer<'_>]) -> Option<Caller> {
-    static CALLERS: OnceLock<papaya::HashMap<Box<[u8]>, Option<Caller>>> = OnceLock::new();
+    // aHash, keyed at random per process: every call hashes its whole certificate here, twice
+    // (the metrics layer and the handler). Under unary payments std's SipHash was 0.39% of the
+    // switch's CPU samples, aHash 0.14% (BENCHMARKS.md, twelfth session).
+    static CALLERS: OnceLock<papaya::HashMap<Box<[u8]>, Option<Caller>, ahash::RandomState>> = OnceLock::new();
     let leaf: &[u8] = certificates.first()?.as_ref();
-    let callers = CALLERS.get_or_init(papaya::HashMap::new).pin();
+    let callers = CALLERS.get_or_init(|| papaya::HashMap::with_hasher(ahash::RandomState::new())).pin();
     if let Some(caller) = callers.get(leaf) {
         return caller.clone();
     }
