@@ -618,6 +618,58 @@ async fn collect_requests_are_approved_declined_or_expire() {
     test.assert_money_conserved();
 }
 
+/// A push payment does not look at open collects, so a payment made after a collect was requested
+/// can take the collect's id. Approving the collect then cannot execute it under that id: the
+/// collect ends FAILED with PAYMENT_ID_CONFLICT (not INTERNAL, and not left open until its
+/// expiry), both PSPs are told, and only the push payment moved money, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collect_whose_id_a_later_payment_took_fails_with_a_conflict() {
+    let test = TestSwitch::start().await;
+    let (mut bank_a, mut bank_b) = test.payer_and_payee(0, 1_000).await;
+    let mut payer_events = subscribe(&test, "bank-a", 0).await;
+    let mut payee_events = subscribe(&test, "bank-b", 0).await;
+
+    bank_b.payments.request_collect(collect_request(7, 300, 0)).await.expect("request");
+    assert_eq!(test.switch.collects_awaiting.of("bank-b"), 1);
+    // The payer's PSP pays bo 100 under the collect's id.
+    let paid = bank_a.payments.pay(pay(7, "ana@bank-a", "bo@bank-b", 100)).await.expect("push").into_inner();
+    assert_eq!(paid.state, PaymentState::Completed as i32);
+
+    let receipt = collect_decision(&mut payer_events, 7, proto::Decision::Accept).await;
+    assert_eq!(receipt.reason, Reason::PaymentIdConflict as i32, "receipt {receipt:?}");
+    assert_eq!(receipt.status_code, tonic::Code::AlreadyExists as i32);
+    let outcome = loop {
+        if let proto::event::Kind::PaymentOutcome(outcome) = event(&mut payee_events).await {
+            break outcome;
+        }
+    };
+    assert_eq!((outcome.payment_id, outcome.state), (id(7), PaymentState::Failed as i32));
+    assert_eq!(outcome.reason, Reason::PaymentIdConflict as i32);
+    assert_eq!(test.switch.collects_awaiting.of("bank-b"), 0, "the collect is final");
+    // A second approval finds it decided.
+    let again = collect_decision(&mut payer_events, 7, proto::Decision::Accept).await;
+    assert_eq!(again.reason, Reason::AlreadyDecided as i32);
+
+    let check = |test: &TestSwitch| {
+        test.assert_money_conserved();
+        let collect = switch::services::collect::collect_of(&test.switch, 7).expect("read").expect("recorded");
+        assert_eq!((collect.state, collect.reason), (PaymentState::Failed as i32, Reason::PaymentIdConflict as i32));
+    };
+    check(&test);
+    // The id is the push payment's: its status, and the positions, show that payment only.
+    let status = bank_a.status(7).await;
+    assert_eq!((status.kind, status.amount_minor), (proto::PaymentKind::Push as i32, 100));
+    let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
+    assert_eq!(positions, (900, 100));
+
+    let test = TestSwitch::start_in(test.stop().await).await;
+    check(&test);
+    assert_eq!(test.switch.collects_awaiting.of("bank-b"), 0);
+    let bank_b = test.psp("bank-b").await;
+    assert_eq!(bank_b.status(7).await.amount_minor, 100);
+    assert_eq!(bank_b.position().await.balance_minor, 100);
+}
+
 /// Collects go ahead together: requests for different collects and decisions sent back to back
 /// share ledger commits, while each collect still resolves once. Two requests of one collect id
 /// with different content: one is the collect, the other a conflict. Of two contradicting

@@ -362,6 +362,18 @@ async fn execute(switch: &Arc<Switch>, id: u128, collect: CollectRecord) -> Resu
             finish(switch, id, collect, PaymentState::Failed, Reason::InsufficientLiquidity).await?;
             Err(Refusal::new(Reason::InsufficientLiquidity, "the payer PSP's net debit cap does not cover it"))
         }
+        // A push payment took the id after the collect was requested: the request checked that
+        // no payment had it, but a payment does not read collects (that would cost every
+        // payment a storage read). The collect cannot become a payment under an id that names
+        // another, so it ends here, with the reason, rather than waiting for its expiry.
+        code if code.name().starts_with("exists") => {
+            finish(switch, id, collect, PaymentState::Failed, Reason::PaymentIdConflict).await?;
+            Err(Refusal::field(
+                Reason::PaymentIdConflict,
+                "collect_id",
+                "a payment made after the collect was requested has its id; the collect failed",
+            ))
+        }
         code => Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
     }
 }
