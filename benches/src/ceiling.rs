@@ -88,6 +88,11 @@ fn request(worker: usize, sequence: u64, psps: usize) -> proto::PayRequest {
     }
 }
 
+/// Microseconds, from 1 µs to a minute (past the call timeout), 3 significant digits.
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")
+}
+
 /// Runs `plan.concurrency` workers, each sending one `Pay` and waiting for its answer, spread
 /// evenly over the connections; counts what is answered inside the measured phase.
 pub async fn drive(clients: Vec<PaymentServiceClient<Channel>>, plan: &Plan) -> anyhow::Result<Measured> {
@@ -104,7 +109,7 @@ pub async fn drive(clients: Vec<PaymentServiceClient<Channel>>, plan: &Plan) -> 
         let stopping = Arc::clone(&stopping);
         let psps = plan.psps;
         workers.spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?;
+            let mut latency = latency_histogram()?;
             let (mut completed, mut failed, mut first_failure) = (0u64, 0u64, None);
             let mut sequence = 0u64;
             while !stopping.load(Ordering::Relaxed) {
@@ -144,7 +149,7 @@ pub async fn drive(clients: Vec<PaymentServiceClient<Channel>>, plan: &Plan) -> 
         failed: 0,
         first_failure: None,
         elapsed: plan.duration,
-        latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
+        latency_us: latency_histogram()?,
     };
     while let Some(joined) = workers.join_next().await {
         let (latency, completed, failed, first_failure) = joined??;

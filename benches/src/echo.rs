@@ -5,7 +5,6 @@
 //! reach on a machine before the switch does any work of its own.
 
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use switch::proto::payment_service_server::{PaymentService, PaymentServiceServer};
 use switch::proto::{self, PaymentState};
@@ -18,10 +17,6 @@ use tonic::{Request, Response, Status, Streaming};
 /// to an automatically accepted payment; every other method is refused.
 pub struct Echo;
 
-fn now_unix_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
-}
-
 fn not_here() -> Status {
     Status::unimplemented("the transport ceiling's echo server answers Pay only")
 }
@@ -30,7 +25,7 @@ fn not_here() -> Status {
 impl PaymentService for Echo {
     async fn pay(&self, request: Request<proto::PayRequest>) -> Result<Response<proto::PaymentResult>, Status> {
         let request = request.into_inner();
-        let now = now_unix_ns();
+        let now = switch::core::now_unix_ns();
         Ok(Response::new(proto::PaymentResult {
             payment_id: request.payment_id,
             state: PaymentState::Completed.into(),

@@ -183,6 +183,26 @@ result_codes! {
 }
 
 impl ResultCode {
+    /// True when the id exists with other content (`exists_with_different_*`): an id reused for
+    /// something else, which callers report as a conflict. `Exists` (an identical retry) is not.
+    pub fn is_id_conflict(self) -> bool {
+        matches!(
+            self,
+            ResultCode::ExistsWithDifferentFlags
+                | ResultCode::ExistsWithDifferentPendingId
+                | ResultCode::ExistsWithDifferentTimeout
+                | ResultCode::ExistsWithDifferentDebitAccountId
+                | ResultCode::ExistsWithDifferentCreditAccountId
+                | ResultCode::ExistsWithDifferentAmount
+                | ResultCode::ExistsWithDifferentUserData128
+                | ResultCode::ExistsWithDifferentUserData64
+                | ResultCode::ExistsWithDifferentUserData32
+                | ResultCode::ExistsWithDifferentLedger
+                | ResultCode::ExistsWithDifferentCode
+                | ResultCode::ExistsWithDifferentDebitLimit
+        )
+    }
+
     /// True when the code depends on the ledger's state and is therefore recorded against the
     /// transfer id (precedence group 4).
     pub fn is_recorded_failure(self) -> bool {
@@ -235,6 +255,14 @@ mod tests {
         let names: std::collections::HashSet<_> = ResultCode::ALL.iter().map(|c| c.name()).collect();
         assert_eq!(names.len(), ResultCode::ALL.len());
         assert_eq!(ResultCode::from_code(u8::MAX), None);
+    }
+
+    #[test]
+    fn id_conflicts_are_exactly_the_exists_with_different_codes() {
+        for code in ResultCode::ALL {
+            assert_eq!(code.is_id_conflict(), code.name().starts_with("exists_with_different_"), "{code}");
+        }
+        assert!(!ResultCode::Exists.is_id_conflict());
     }
 
     #[test]

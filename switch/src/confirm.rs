@@ -268,7 +268,7 @@ pub async fn resolve_pending(
     match (results[0], outcome) {
         (ResultCode::Ok | ResultCode::Exists, Some(outcome)) => Ok(outcome),
         // The same decision again with another reason: the first one stands.
-        (code, Some(outcome)) if code.name().starts_with("exists_with_different") => Ok(outcome),
+        (code, Some(outcome)) if code.is_id_conflict() => Ok(outcome),
         (ResultCode::PendingTransferAlreadyPosted | ResultCode::PendingTransferAlreadyVoided, _)
         | (ResultCode::PendingTransferExpired, _) => {
             Err(Refusal::new(Reason::AlreadyDecided, "the payment is already final"))

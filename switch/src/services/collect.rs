@@ -366,7 +366,7 @@ async fn execute(switch: &Arc<Switch>, id: u128, collect: CollectRecord) -> Resu
         // no payment had it, but a payment does not read collects (that would cost every
         // payment a storage read). The collect cannot become a payment under an id that names
         // another, so it ends here, with the reason, rather than waiting for its expiry.
-        code if code.name().starts_with("exists") => {
+        code if code.is_id_conflict() => {
             finish(switch, id, collect, PaymentState::Failed, Reason::PaymentIdConflict).await?;
             Err(Refusal::field(
                 Reason::PaymentIdConflict,

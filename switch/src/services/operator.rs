@@ -105,7 +105,7 @@ impl Operator {
                     "fund-out exceeds the participant's own funds",
                 ))
             }
-            (code, _) if code.name().starts_with("exists_with_different") => {
+            (code, _) if code.is_id_conflict() => {
                 return Err(Refusal::field(
                     Reason::PaymentIdConflict,
                     "transfer_id",

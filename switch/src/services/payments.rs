@@ -312,7 +312,7 @@ fn outcome(code: ResultCode) -> Result<PaymentState, Refusal> {
         | ResultCode::OverflowsCreditsPosted
         | ResultCode::OverflowsDebits
         | ResultCode::OverflowsCredits => Err(Refusal::new(Reason::BalanceOverflow, "a position would overflow")),
-        code if code.name().starts_with("exists_with_different") => {
+        code if code.is_id_conflict() => {
             Err(Refusal::field(Reason::PaymentIdConflict, "payment_id", "payment id already used with other content"))
         }
         code => Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
