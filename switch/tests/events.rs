@@ -12,35 +12,6 @@ use switch::proto::subscribe_response::Message as Outgoing;
 use switch::proto::{self, PaymentState, Reason};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
-
-/// Most time any test waits for one expected message.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Subscription {
-    requests: mpsc::Sender<proto::SubscribeRequest>,
-    responses: Streaming<proto::SubscribeResponse>,
-    welcome: proto::Welcome,
-}
-
-async fn subscribe(test: &TestSwitch, psp: &str, last_acknowledged: u64) -> Subscription {
-    let pair = test.ca.psp(psp);
-    let mut client = EventServiceClient::new(test.channel(Some(&pair)).await.expect("connects"));
-    let (requests, receiver) = mpsc::channel(16);
-    let hello = Incoming::Hello(proto::Hello { last_acknowledged_sequence: last_acknowledged });
-    requests.send(proto::SubscribeRequest { message: Some(hello) }).await.expect("hello");
-    let mut responses = client.subscribe(ReceiverStream::new(receiver)).await.expect("subscribe").into_inner();
-    let welcome = match next(&mut responses).await {
-        Some(Outgoing::Welcome(welcome)) => welcome,
-        other => panic!("expected Welcome, got {other:?}"),
-    };
-    Subscription { requests, responses, welcome }
-}
-
-async fn next(responses: &mut Streaming<proto::SubscribeResponse>) -> Option<Outgoing> {
-    let message = tokio::time::timeout(WAIT, responses.message()).await.expect("a message in time");
-    message.expect("stream ok").and_then(|response| response.message)
-}
 
 /// The next credit notification: (sequence, payment id as u128, amount).
 async fn notification(subscription: &mut Subscription) -> (u64, u128, u64) {
@@ -54,11 +25,6 @@ async fn notification(subscription: &mut Subscription) -> (u64, u128, u64) {
         }
         other => panic!("expected a credit notification, got {other:?}"),
     }
-}
-
-async fn ack(subscription: &Subscription, sequence: u64) {
-    let ack = Incoming::Ack(proto::Ack { sequence });
-    subscription.requests.send(proto::SubscribeRequest { message: Some(ack) }).await.expect("ack");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,10 +287,6 @@ async fn confirmed_payees_accept_decline_or_time_out() {
 }
 
 /// A 16-byte id as a number.
-fn id_of(bytes: &[u8]) -> u128 {
-    u128::from_be_bytes(bytes.try_into().expect("16 bytes"))
-}
-
 /// Accept for even ids, decline for odd ones.
 fn verdict(id: u128) -> proto::Decision {
     if id.is_multiple_of(2) {

@@ -7,27 +7,50 @@ pub mod chromium;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switch::config::Config;
 use switch::core::Switch;
 use switch::proto::directory_service_client::DirectoryServiceClient;
+use switch::proto::event_service_client::EventServiceClient;
 use switch::proto::operator_service_client::OperatorServiceClient;
 use switch::proto::payment_service_client::PaymentServiceClient;
+use switch::proto::subscribe_request::Message as Incoming;
+use switch::proto::subscribe_response::Message as Outgoing;
 use switch::proto::{self, ConfirmationMode};
 use switch::server::Background;
 use switch::tls::{DevelopmentCa, PemPair};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::Streaming;
 
 pub struct TestSwitch {
     pub dir: tempfile::TempDir,
-    pub address: SocketAddr,
+    /// Where PSPs and the operator connect, and the CA that issues their certificates.
+    pub endpoint: Endpoint,
     /// The operator HTTP port (metrics, dashboard).
     pub operator_address: SocketAddr,
     /// The plain gRPC health port.
     pub health_address: SocketAddr,
-    pub ca: DevelopmentCa,
     pub switch: Arc<Switch>,
     server: Option<Background>,
+}
+
+/// The clients' side of a switch, in this process or another: its mTLS port and the development
+/// CA in its data directory, which issues the PSP and operator certificates.
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub ca: DevelopmentCa,
+}
+
+/// A test switch's clients are its endpoint's (`test.psp(..)`, `test.ca`, `test.address`).
+impl std::ops::Deref for TestSwitch {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
 }
 
 pub fn config(data: PathBuf) -> Config {
@@ -59,10 +82,9 @@ impl TestSwitch {
         let ca = DevelopmentCa::new(dir.path().join("data/certs"));
         TestSwitch {
             dir,
-            address: server.address,
+            endpoint: Endpoint { address: server.address, ca },
             operator_address: server.operator_address,
             health_address: server.health_address,
-            ca,
             switch: Arc::clone(&server.switch),
             server: Some(server),
         }
@@ -81,6 +103,16 @@ impl TestSwitch {
         }
     }
 
+    /// Every position and the settlement accounts net to zero in the ledger.
+    pub fn assert_money_conserved(&self) {
+        let accounts = self.switch.ledger.store().all_accounts().expect("accounts");
+        let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
+        let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
+        assert_eq!(debits, credits, "money created or lost");
+    }
+}
+
+impl Endpoint {
     pub async fn channel(&self, pair: Option<&PemPair>) -> Result<Channel, tonic::transport::Error> {
         let ca = std::fs::read(self.ca.ca_certificate()).expect("CA certificate");
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
@@ -154,14 +186,6 @@ impl TestSwitch {
         bank_a.alias("ana@bank-a", "Ana").await;
         bank_c.alias("cy@bank-c", "Cy").await;
         (bank_a, bank_c)
-    }
-
-    /// Every position and the settlement accounts net to zero in the ledger.
-    pub fn assert_money_conserved(&self) {
-        let accounts = self.switch.ledger.store().all_accounts().expect("accounts");
-        let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
-        let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
-        assert_eq!(debits, credits, "money created or lost");
     }
 }
 
@@ -292,4 +316,44 @@ fn dechunk(mut body: &str) -> String {
 /// The value of one series (`name{labels}` exactly as exposed) in a Prometheus exposition.
 pub fn series(exposition: &str, series: &str) -> Option<f64> {
     exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// The event stream, as a PSP subscribes to it.
+
+/// Most time any test waits for one expected message.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Subscription {
+    pub requests: mpsc::Sender<proto::SubscribeRequest>,
+    pub responses: Streaming<proto::SubscribeResponse>,
+    pub welcome: proto::Welcome,
+}
+
+pub async fn subscribe(test: &Endpoint, psp: &str, last_acknowledged: u64) -> Subscription {
+    let pair = test.ca.psp(psp);
+    let mut client = EventServiceClient::new(test.channel(Some(&pair)).await.expect("connects"));
+    let (requests, receiver) = mpsc::channel(16);
+    let hello = Incoming::Hello(proto::Hello { last_acknowledged_sequence: last_acknowledged });
+    requests.send(proto::SubscribeRequest { message: Some(hello) }).await.expect("hello");
+    let mut responses = client.subscribe(ReceiverStream::new(receiver)).await.expect("subscribe").into_inner();
+    let welcome = match next(&mut responses).await {
+        Some(Outgoing::Welcome(welcome)) => welcome,
+        other => panic!("expected Welcome, got {other:?}"),
+    };
+    Subscription { requests, responses, welcome }
+}
+
+pub async fn next(responses: &mut Streaming<proto::SubscribeResponse>) -> Option<Outgoing> {
+    let message = tokio::time::timeout(WAIT, responses.message()).await.expect("a message in time");
+    message.expect("stream ok").and_then(|response| response.message)
+}
+
+pub async fn ack(subscription: &Subscription, sequence: u64) {
+    let ack = Incoming::Ack(proto::Ack { sequence });
+    subscription.requests.send(proto::SubscribeRequest { message: Some(ack) }).await.expect("ack");
+}
+
+/// A 16-byte id as the number the tests use.
+pub fn id_of(bytes: &[u8]) -> u128 {
+    u128::from_be_bytes(bytes.try_into().expect("16 bytes"))
 }

@@ -1,0 +1,507 @@
+//! The switch killed mid-load (SIGKILL, no shutdown) and restarted on its data: every payment a
+//! PSP was told the outcome of keeps that outcome, every payment in flight either happened
+//! exactly once or not at all, positions match the payments that happened and net to zero,
+//! reservations in flight are released, and each payee is told of each credit exactly once
+//! across the crash.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use switch::proto::subscribe_request::Message as Incoming;
+use switch::proto::subscribe_response::Message as Outgoing;
+use switch::proto::{self, ConfirmationMode, PaymentState};
+use switch::tls::DevelopmentCa;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Prefunding of each PSP: far more than the run can spend, so every payment can complete and
+/// a refusal for liquidity would be a bug, not the load.
+const FUNDS: u64 = 1_000_000_000;
+/// Payments answered before the kill.
+const ANSWERED_BEFORE_KILL: usize = 20_000;
+/// Most streamed payments unanswered at once: enough to pipeline, few enough that the unary
+/// lanes still get their share of the switch.
+const STREAM_IN_FLIGHT: usize = 64;
+/// Deadline of the confirmed-mode payments: the ones in flight at the kill must be voided by
+/// the restarted switch soon after.
+const DEADLINE: Duration = Duration::from_secs(4);
+
+/// `switch serve` as its own process, on its embedded defaults, data in `data`.
+struct Process {
+    child: Child,
+}
+
+impl Process {
+    async fn start(dir: &Path) -> (Process, Endpoint) {
+        let log_path = dir.join("switch.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_switch"))
+            .args(["serve", "--data", "data"])
+            .args(["--listen", "127.0.0.1:0", "--operator-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start the switch binary");
+        let mut process = Process { child };
+        let started = Instant::now();
+        let address = loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let listening = text.lines().find_map(|line| line.strip_prefix("switch listening on "));
+            if let Some(address) = listening.and_then(|rest| rest.split_whitespace().next()) {
+                break address.parse().expect("the printed address");
+            }
+            let exited = process.child.try_wait().expect("child status");
+            assert!(
+                exited.is_none() && started.elapsed() < Duration::from_secs(60),
+                "the switch did not start:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (process, Endpoint { address, ca: DevelopmentCa::new(dir.join("data/certs")) })
+    }
+
+    /// SIGKILL: no shutdown, no flush; what is durable is what the ledger fsynced.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One submitted payment, and what its payer was told (None: no answer before the kill).
+struct Attempt {
+    payer: &'static str,
+    payee: &'static str,
+    payee_alias: &'static str,
+    payer_alias: &'static str,
+    amount: u64,
+    deadline_unix_ms: u64,
+    answer: Option<i32>,
+}
+
+impl Attempt {
+    fn request(&self, payment: u128) -> proto::PayRequest {
+        proto::PayRequest {
+            deadline_unix_ms: self.deadline_unix_ms,
+            ..pay(payment, self.payer_alias, self.payee_alias, self.amount)
+        }
+    }
+}
+
+/// Every payment submitted, by id, shared by the load tasks.
+#[derive(Clone, Default)]
+struct Book(Arc<Mutex<BTreeMap<u128, Attempt>>>);
+
+impl Book {
+    fn submit(&self, payment: u128, attempt: Attempt) {
+        self.0.lock().expect("book").insert(payment, attempt);
+    }
+
+    fn answer(&self, payment: u128, state: i32) {
+        let mut book = self.0.lock().expect("book");
+        let attempt = book.get_mut(&payment).expect("answers are for submitted payments");
+        assert!(attempt.answer.replace(state).is_none(), "payment {payment:x} answered twice");
+    }
+
+    fn answered(&self) -> usize {
+        self.0.lock().expect("book").values().filter(|attempt| attempt.answer.is_some()).count()
+    }
+}
+
+fn unix_ms_in(after: Duration) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+    u64::try_from((now + after).as_millis()).expect("milliseconds fit")
+}
+
+/// A payment of `number` in a lane: distinct ids per lane, varied amounts.
+fn attempt(lane: Lane, number: u128) -> (u128, Attempt) {
+    let payment = (u128::from(lane.id) << 64) | number;
+    let amount = 1 + u64::try_from(number % 997).expect("small");
+    let deadline_unix_ms = if lane.payee == "bank-c" { unix_ms_in(DEADLINE) } else { 0 };
+    let attempt = Attempt {
+        payer: lane.payer,
+        payee: lane.payee,
+        payer_alias: lane.payer_alias,
+        payee_alias: lane.payee_alias,
+        amount,
+        deadline_unix_ms,
+        answer: None,
+    };
+    (payment, attempt)
+}
+
+#[derive(Clone, Copy)]
+struct Lane {
+    id: u8,
+    payer: &'static str,
+    payer_alias: &'static str,
+    payee: &'static str,
+    payee_alias: &'static str,
+}
+
+const A_TO_B: [u8; 3] = [1, 2, 3];
+const A_TO_C: u8 = 4;
+const B_TO_A: u8 = 5;
+
+fn lane(id: u8) -> Lane {
+    let (payer, payer_alias, payee, payee_alias) = match id {
+        A_TO_C => ("bank-a", "ana@bank-a", "bank-c", "cy@bank-c"),
+        B_TO_A => ("bank-b", "bo@bank-b", "bank-a", "ana@bank-a"),
+        _ => ("bank-a", "ana@bank-a", "bank-b", "bo@bank-b"),
+    };
+    Lane { id, payer, payer_alias, payee, payee_alias }
+}
+
+/// One payment per RPC on a lane until the connection is lost. Any error while the switch is
+/// alive fails the test.
+async fn pay_one_by_one(mut psp: Psp, lane: Lane, book: Book, killed: Arc<AtomicBool>) {
+    for number in 1.. {
+        let (payment, attempt) = attempt(lane, number);
+        let request = attempt.request(payment);
+        book.submit(payment, attempt);
+        match psp.payments.pay(request).await {
+            Ok(result) => book.answer(payment, result.into_inner().state),
+            Err(_) if killed.load(Ordering::Acquire) => return,
+            Err(status) => panic!("payment {payment:x} refused while the switch ran: {status:?}"),
+        }
+    }
+}
+
+/// Pipelined payments on one PayStream, at most `STREAM_IN_FLIGHT` unanswered, until the
+/// connection is lost.
+async fn pay_streamed(mut psp: Psp, lane: Lane, book: Book, killed: Arc<AtomicBool>) {
+    let (requests, receiver) = mpsc::channel(1);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(STREAM_IN_FLIGHT));
+    let submitter = {
+        let (book, in_flight) = (book.clone(), Arc::clone(&in_flight));
+        tokio::spawn(async move {
+            for number in 1.. {
+                let Ok(permit) = in_flight.acquire().await else { return };
+                permit.forget(); // given back when the answer comes
+                let (payment, attempt) = attempt(lane, number);
+                let request = proto::PayStreamRequest {
+                    correlation_id: u64::try_from(number).expect("counted from 1"),
+                    payment: Some(attempt.request(payment)),
+                };
+                book.submit(payment, attempt);
+                if requests.send(request).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let answers = psp.payments.pay_stream(ReceiverStream::new(receiver)).await;
+    let mut answers = match answers {
+        Ok(answers) => answers.into_inner(),
+        Err(_) if killed.load(Ordering::Acquire) => return,
+        Err(status) => panic!("PayStream refused while the switch ran: {status:?}"),
+    };
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => {
+                let payment = (u128::from(lane.id) << 64) | u128::from(answer.correlation_id);
+                book.answer(payment, answer.result.expect("a result").state);
+                in_flight.add_permits(1);
+            }
+            Ok(None) | Err(_) if killed.load(Ordering::Acquire) => break,
+            other => panic!("PayStream ended while the switch ran: {other:?}"),
+        }
+    }
+    submitter.abort();
+}
+
+/// What one event told a PSP about a payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Told {
+    /// An automatic payee's credit notification.
+    Credited,
+    /// A confirming payee's credit request.
+    Asked,
+    /// A confirming payee's outcome, with the final state.
+    Ended(i32),
+}
+
+impl Told {
+    fn of(kind: &proto::event::Kind) -> Option<(u128, Told)> {
+        match kind {
+            proto::event::Kind::CreditNotification(credit) => Some((id_of(&credit.payment_id), Told::Credited)),
+            proto::event::Kind::CreditRequest(request) => Some((id_of(&request.payment_id), Told::Asked)),
+            proto::event::Kind::PaymentOutcome(outcome) => {
+                Some((id_of(&outcome.payment_id), Told::Ended(outcome.state)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What a PSP's event stream delivered, by sequence, and the last sequence it acknowledged.
+#[derive(Default)]
+struct Delivered {
+    events: BTreeMap<u64, (u128, Told)>,
+    acknowledged: u64,
+}
+
+/// The kill's trigger: once armed, the confirming payee leaves the next credit request it gets
+/// undecided and says so. That payment is reserved (events go out only once committed) and
+/// waiting at the kill, so the restarted switch always has one to void at its deadline.
+#[derive(Default)]
+struct Trigger {
+    armed: AtomicBool,
+    held: tokio::sync::Notify,
+}
+
+/// Reads a PSP's events and acknowledges each; a confirming payee accepts every credit request
+/// until the trigger is armed. Runs until the connection is lost.
+async fn consume_events(
+    endpoint: &Endpoint,
+    psp: &'static str,
+    delivered: Arc<Mutex<Delivered>>,
+    trigger: Arc<Trigger>,
+) {
+    let mut subscription = subscribe(endpoint, psp, 0).await;
+    while let Ok(Some(response)) = subscription.responses.message().await {
+        let Some(Outgoing::Event(proto::Event { sequence, kind: Some(kind), .. })) = response.message else {
+            continue;
+        };
+        if let Some(told) = Told::of(&kind) {
+            delivered.lock().expect("delivered").events.insert(sequence, told);
+        }
+        if let proto::event::Kind::CreditRequest(request) = kind {
+            if trigger.armed.load(Ordering::Acquire) {
+                trigger.held.notify_one();
+                continue;
+            }
+            let decision = Incoming::CreditDecision(proto::CreditDecision {
+                payment_id: request.payment_id,
+                decision: proto::Decision::Accept as i32,
+                decline_reason: 0,
+            });
+            if subscription.requests.send(proto::SubscribeRequest { message: Some(decision) }).await.is_err() {
+                return;
+            }
+        }
+        let ack = Incoming::Ack(proto::Ack { sequence });
+        if subscription.requests.send(proto::SubscribeRequest { message: Some(ack) }).await.is_err() {
+            return;
+        }
+        delivered.lock().expect("delivered").acknowledged = sequence;
+    }
+}
+
+/// The operator's view of every id in `ids`, in batches of 8,190.
+async fn lookup(endpoint: &Endpoint, ids: &[u128]) -> BTreeMap<u128, proto::Payment> {
+    let mut operator = endpoint.operator().await;
+    let mut found = BTreeMap::new();
+    for chunk in ids.chunks(8_190) {
+        let request = proto::GetPaymentsRequest { payment_ids: chunk.iter().map(|payment| id(*payment)).collect() };
+        let answer = operator.get_payments(request).await.expect("lookup").into_inner();
+        assert_eq!(answer.payments.len(), chunk.len(), "one answer per id");
+        for (payment, lookup) in chunk.iter().zip(answer.payments) {
+            if let Some(record) = lookup.payment.filter(|_| lookup.found) {
+                found.insert(*payment, record);
+            }
+        }
+    }
+    found
+}
+
+/// Each PSP's balance is its funding plus what it received minus what it sent, counting exactly
+/// the payments the switch holds as COMPLETED; nothing stays reserved.
+async fn assert_positions_match(
+    test: &TestSwitch,
+    book: &BTreeMap<u128, Attempt>,
+    stored: &BTreeMap<u128, proto::Payment>,
+) {
+    let mut expected: BTreeMap<&str, i128> = ["bank-a", "bank-b", "bank-c"].map(|psp| (psp, i128::from(FUNDS))).into();
+    for (payment, record) in stored {
+        let attempt = &book[payment];
+        assert_eq!(
+            (record.payer_psp_id.as_str(), record.payee_psp_id.as_str(), record.amount_minor),
+            (attempt.payer, attempt.payee, attempt.amount),
+            "payment {payment:x} is stored as submitted"
+        );
+        if record.state == PaymentState::Completed as i32 {
+            *expected.get_mut(attempt.payer).expect("payer") -= i128::from(attempt.amount);
+            *expected.get_mut(attempt.payee).expect("payee") += i128::from(attempt.amount);
+        }
+    }
+    for (psp, balance) in expected {
+        let position = test.psp(psp).await.position().await;
+        assert_eq!(i128::from(position.balance_minor), balance, "{psp}'s balance is its completed payments");
+        assert_eq!((position.reserved_minor, position.incoming_pending_minor), (0, 0), "{psp} has nothing reserved");
+    }
+    test.assert_money_conserved();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (process, endpoint) = Process::start(dir.path()).await;
+    let mut bank_a = endpoint.onboard("bank-a", 0, FUNDS).await;
+    let mut bank_b = endpoint.onboard("bank-b", 0, FUNDS).await;
+    let mut bank_c = endpoint.onboard_in_mode("bank-c", 0, FUNDS, ConfirmationMode::Confirmed).await;
+    bank_a.alias("ana@bank-a", "Ana").await;
+    bank_b.alias("bo@bank-b", "Bo").await;
+    bank_c.alias("cy@bank-c", "Cy").await;
+
+    // Load: three unary lanes and a PayStream between the automatic PSPs, one unary lane to the
+    // confirming one, and every PSP reading (and acknowledging) its events.
+    let endpoint = Arc::new(endpoint);
+    let book = Book::default();
+    let killed = Arc::new(AtomicBool::new(false));
+    let trigger = Arc::new(Trigger::default());
+    let delivered: BTreeMap<&'static str, Arc<Mutex<Delivered>>> =
+        ["bank-a", "bank-b", "bank-c"].map(|psp| (psp, Arc::default())).into();
+    // Clients first: issuing a PSP's certificate rewrites its files, which a client connecting at
+    // the same moment could read half-written.
+    let mut payers = Vec::new();
+    for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A]) {
+        payers.push((endpoint.psp(lane(lane_id).payer).await, lane(lane_id)));
+    }
+    let mut tasks = Vec::new();
+    for (psp, delivered) in &delivered {
+        let (endpoint, psp, delivered) = (Arc::clone(&endpoint), *psp, Arc::clone(delivered));
+        let trigger = Arc::clone(&trigger);
+        tasks.push(tokio::spawn(async move { consume_events(&endpoint, psp, delivered, trigger).await }));
+    }
+    for (payer, lane) in payers {
+        let (book, killed) = (book.clone(), Arc::clone(&killed));
+        tasks.push(if lane.id == B_TO_A {
+            tokio::spawn(pay_streamed(payer, lane, book, killed))
+        } else {
+            tokio::spawn(pay_one_by_one(payer, lane, book, killed))
+        });
+    }
+
+    let started = Instant::now();
+    while book.answered() < ANSWERED_BEFORE_KILL {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the switch answered {} payments in 120 s",
+            book.answered()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("killing after {:?} of load", started.elapsed());
+    trigger.armed.store(true, Ordering::Release);
+    tokio::time::timeout(WAIT, trigger.held.notified()).await.expect("a confirmed payment to hold");
+    killed.store(true, Ordering::Release);
+    process.kill();
+    for task in tasks {
+        tokio::time::timeout(WAIT, task).await.expect("load stops with the switch").expect("load task");
+    }
+    let book = std::mem::take(&mut *book.0.lock().expect("book"));
+    let unanswered: Vec<u128> =
+        book.iter().filter(|(_, attempt)| attempt.answer.is_none()).map(|(id, _)| *id).collect();
+    for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A]) {
+        let in_lane = book.range(u128::from(lane_id) << 64..u128::from(lane_id + 1) << 64);
+        let (submitted, answered) =
+            in_lane.fold((0, 0), |(n, a), (_, attempt)| (n + 1, a + usize::from(attempt.answer.is_some())));
+        println!("lane {lane_id}: {submitted} submitted, {answered} answered at the kill");
+    }
+
+    // Restart on the same data, in this process this time, to read its ledger directly too.
+    let test = TestSwitch::start_in(dir).await;
+    let ids: Vec<u128> = book.keys().copied().collect();
+    let stored = lookup(&test, &ids).await;
+    for (payment, attempt) in &book {
+        let Some(answer) = attempt.answer else { continue };
+        let record = stored.get(payment).unwrap_or_else(|| panic!("answered payment {payment:x} lost in the crash"));
+        assert_eq!(record.state, answer, "payment {payment:x} keeps the outcome its payer was told");
+    }
+
+    // Confirmed payments in flight are voided at their deadline by the restarted switch.
+    let waiting = Instant::now();
+    while test.psp("bank-a").await.position().await.reserved_minor > 0 {
+        assert!(waiting.elapsed() < DEADLINE + Duration::from_secs(30), "reservations in flight were never released");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored = lookup(&test, &ids).await;
+    let held = unanswered.iter().filter(|payment| book[payment].payee == "bank-c");
+    let held_states: Vec<Option<i32>> = held.map(|payment| stored.get(payment).map(|record| record.state)).collect();
+    assert_eq!(held_states, [Some(PaymentState::Expired as i32)], "the held payment expired after the restart");
+    let in_flight_landed = unanswered.iter().filter(|payment| stored.contains_key(payment)).count();
+    println!("of the {} unanswered, {in_flight_landed} had been recorded", unanswered.len());
+    assert_positions_match(&test, &book, &stored).await;
+
+    // Retrying every unanswered automatic payment completes it exactly once, whether or not it
+    // had committed before the kill; retrying an answered one changes nothing.
+    let mut payers: BTreeMap<&str, Psp> = BTreeMap::new();
+    for psp in ["bank-a", "bank-b"] {
+        payers.insert(psp, test.psp(psp).await);
+    }
+    let answered_sample = book.iter().filter(|(_, attempt)| attempt.answer.is_some()).take(50).map(|(id, _)| *id);
+    for payment in unanswered.iter().copied().chain(answered_sample) {
+        let attempt = &book[&payment];
+        if attempt.payee == "bank-c" {
+            continue; // confirmed: ended above, EXPIRED or COMPLETED
+        }
+        let payer = payers.get_mut(attempt.payer).expect("an automatic payer");
+        let result = payer.payments.pay(attempt.request(payment)).await.expect("retry").into_inner();
+        assert_eq!(result.state, PaymentState::Completed as i32, "payment {payment:x} completes on retry");
+    }
+    let stored = lookup(&test, &ids).await;
+    for (payment, attempt) in &book {
+        let state = stored.get(payment).map(|record| record.state);
+        if attempt.payee != "bank-c" {
+            assert_eq!(state, Some(PaymentState::Completed as i32), "automatic payment {payment:x} ends completed");
+        } else {
+            // Unanswered and never recorded (None), or recorded and since ended.
+            let ended = [None, Some(PaymentState::Completed as i32), Some(PaymentState::Expired as i32)];
+            assert!(ended.contains(&state), "confirmed payment {payment:x} ended, not {state:?}");
+        }
+    }
+    assert_positions_match(&test, &book, &stored).await;
+
+    // Each payee is told exactly what happened, once, across the crash: what it received and
+    // acknowledged before, then, resuming after that, the rest. An automatic payee is notified
+    // of each completed credit; a confirming one is asked about each recorded payment and told
+    // its final state.
+    for psp in ["bank-a", "bank-b", "bank-c"] {
+        let before = std::mem::take(&mut *delivered[psp].lock().expect("delivered"));
+        let mut subscription = subscribe(&test, psp, before.acknowledged).await;
+        assert_eq!(subscription.welcome.acknowledged_sequence, before.acknowledged, "{psp} resumes where it acked");
+        let mut told: BTreeSet<(u128, Told)> = BTreeSet::new();
+        for (sequence, event) in before.events.range(..=before.acknowledged) {
+            assert!(told.insert(*event), "{psp} told {event:x?} twice (event {sequence})");
+        }
+        for sequence in before.acknowledged + 1..=subscription.welcome.last_sequence {
+            let event = match next(&mut subscription.responses).await {
+                Some(Outgoing::Event(event)) => event,
+                other => panic!("expected event {sequence} for {psp}, got {other:?}"),
+            };
+            assert_eq!(event.sequence, sequence, "{psp}'s events resume in order, without a gap");
+            if sequence % 1_024 == 0 {
+                ack(&subscription, sequence).await; // the switch sends at most a window beyond it
+            }
+            if let Some(event) = event.kind.as_ref().and_then(Told::of) {
+                assert!(told.insert(event), "{psp} told {event:x?} twice (event {sequence})");
+            }
+        }
+        let mut expected = BTreeSet::new();
+        for (payment, record) in stored.iter().filter(|(_, record)| record.payee_psp_id == psp) {
+            let completed = record.state == PaymentState::Completed as i32;
+            if psp != "bank-c" && completed {
+                expected.insert((*payment, Told::Credited));
+            } else if psp == "bank-c" {
+                expected.extend([(*payment, Told::Asked), (*payment, Told::Ended(record.state))]);
+            }
+        }
+        assert_eq!(told, expected, "{psp} is told exactly what happened to its payments");
+    }
+}
