@@ -1,8 +1,8 @@
-//! The switch killed mid-load (SIGKILL, no shutdown) and restarted on its data: every payment a
-//! PSP was told the outcome of keeps that outcome, every payment in flight either happened
-//! exactly once or not at all, positions match the payments that happened and net to zero,
-//! reservations in flight are released, and each payee is told of each credit exactly once
-//! across the crash.
+//! The switch killed mid-load (SIGKILL, no shutdown) twice in a row, the second time after it
+//! recovered from the first, then restarted on its data: every payment a PSP was told the outcome
+//! of keeps that outcome; every payment in flight happened exactly once or not at all; positions
+//! match the payments that happened and net to zero; reservations in flight are released; and
+//! each PSP is told of each of its payments exactly once across the crashes.
 
 mod common;
 
@@ -128,10 +128,20 @@ fn unix_ms_in(after: Duration) -> u64 {
     u64::try_from((now + after).as_millis()).expect("milliseconds fit")
 }
 
-/// A payment of `number` in a lane: distinct ids per lane, varied amounts.
-fn attempt(lane: Lane, number: u128) -> (u128, Attempt) {
-    let payment = (u128::from(lane.id) << 64) | number;
-    let amount = 1 + u64::try_from(number % 997).expect("small");
+/// The id of the `number`th payment of a lane in a round: distinct across lanes and rounds.
+fn payment_id(lane: Lane, number: u64) -> u128 {
+    (u128::from(lane.id) << 64) | (u128::from(lane.round) << 32) | u128::from(number)
+}
+
+/// The round a payment was submitted in.
+fn round_of(payment: u128) -> u32 {
+    u32::try_from((payment >> 32) & u128::from(u32::MAX)).expect("masked to 32 bits")
+}
+
+/// A payment of `number` in a lane: its id, and varied amounts.
+fn attempt(lane: Lane, number: u64) -> (u128, Attempt) {
+    let payment = payment_id(lane, number);
+    let amount = 1 + number % 997;
     let deadline_unix_ms = if lane.payee == "bank-c" { unix_ms_in(DEADLINE) } else { 0 };
     let attempt = Attempt {
         payer: lane.payer,
@@ -145,9 +155,11 @@ fn attempt(lane: Lane, number: u128) -> (u128, Attempt) {
     (payment, attempt)
 }
 
+/// Who pays whom, and how; one task per lane in each round (the life of one switch process).
 #[derive(Clone, Copy)]
 struct Lane {
     id: u8,
+    round: u32,
     payer: &'static str,
     payer_alias: &'static str,
     payee: &'static str,
@@ -158,13 +170,13 @@ const A_TO_B: [u8; 3] = [1, 2, 3];
 const A_TO_C: u8 = 4;
 const B_TO_A: u8 = 5;
 
-fn lane(id: u8) -> Lane {
+fn lane(id: u8, round: u32) -> Lane {
     let (payer, payer_alias, payee, payee_alias) = match id {
         A_TO_C => ("bank-a", "ana@bank-a", "bank-c", "cy@bank-c"),
         B_TO_A => ("bank-b", "bo@bank-b", "bank-a", "ana@bank-a"),
         _ => ("bank-a", "ana@bank-a", "bank-b", "bo@bank-b"),
     };
-    Lane { id, payer, payer_alias, payee, payee_alias }
+    Lane { id, round, payer, payer_alias, payee, payee_alias }
 }
 
 /// One payment per RPC on a lane until the connection is lost. Any error while the switch is
@@ -194,10 +206,8 @@ async fn pay_streamed(mut psp: Psp, lane: Lane, book: Book, killed: Arc<AtomicBo
                 let Ok(permit) = in_flight.acquire().await else { return };
                 permit.forget(); // given back when the answer comes
                 let (payment, attempt) = attempt(lane, number);
-                let request = proto::PayStreamRequest {
-                    correlation_id: u64::try_from(number).expect("counted from 1"),
-                    payment: Some(attempt.request(payment)),
-                };
+                let request =
+                    proto::PayStreamRequest { correlation_id: number, payment: Some(attempt.request(payment)) };
                 book.submit(payment, attempt);
                 if requests.send(request).await.is_err() {
                     return;
@@ -214,7 +224,7 @@ async fn pay_streamed(mut psp: Psp, lane: Lane, book: Book, killed: Arc<AtomicBo
     loop {
         match answers.message().await {
             Ok(Some(answer)) => {
-                let payment = (u128::from(lane.id) << 64) | u128::from(answer.correlation_id);
+                let payment = payment_id(lane, answer.correlation_id);
                 book.answer(payment, answer.result.expect("a result").state);
                 in_flight.add_permits(1);
             }
@@ -273,13 +283,17 @@ async fn consume_events(
     delivered: Arc<Mutex<Delivered>>,
     trigger: Arc<Trigger>,
 ) {
-    let mut subscription = subscribe(endpoint, psp, 0).await;
+    let resume = delivered.lock().expect("delivered").acknowledged;
+    let mut subscription = subscribe(endpoint, psp, resume).await;
+    assert_eq!(subscription.welcome.acknowledged_sequence, resume, "{psp} resumes where it acknowledged");
     while let Ok(Some(response)) = subscription.responses.message().await {
         let Some(Outgoing::Event(proto::Event { sequence, kind: Some(kind), .. })) = response.message else {
             continue;
         };
         if let Some(told) = Told::of(&kind) {
-            delivered.lock().expect("delivered").events.insert(sequence, told);
+            let previous = delivered.lock().expect("delivered").events.insert(sequence, told);
+            // Sent again only if not acknowledged, and then the same event.
+            assert!(previous.is_none_or(|previous| previous == told), "{psp}'s event {sequence} changed");
         }
         if let proto::event::Kind::CreditRequest(request) = kind {
             if trigger.armed.load(Ordering::Acquire) {
@@ -348,33 +362,28 @@ async fn assert_positions_match(
     test.assert_money_conserved();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let (process, endpoint) = Process::start(dir.path()).await;
-    let mut bank_a = endpoint.onboard("bank-a", 0, FUNDS).await;
-    let mut bank_b = endpoint.onboard("bank-b", 0, FUNDS).await;
-    let mut bank_c = endpoint.onboard_in_mode("bank-c", 0, FUNDS, ConfirmationMode::Confirmed).await;
-    bank_a.alias("ana@bank-a", "Ana").await;
-    bank_b.alias("bo@bank-b", "Bo").await;
-    bank_c.alias("cy@bank-c", "Cy").await;
-
-    // Load: three unary lanes and a PayStream between the automatic PSPs, one unary lane to the
-    // confirming one, and every PSP reading (and acknowledging) its events.
+/// One life of a switch process: every lane pays and every PSP reads its events until
+/// `ANSWERED_BEFORE_KILL` more payments are answered and the confirming payee holds one
+/// reservation; then SIGKILL.
+async fn load_then_kill(
+    process: Process,
+    endpoint: Endpoint,
+    round: u32,
+    book: &Book,
+    delivered: &BTreeMap<&'static str, Arc<Mutex<Delivered>>>,
+) {
     let endpoint = Arc::new(endpoint);
-    let book = Book::default();
     let killed = Arc::new(AtomicBool::new(false));
     let trigger = Arc::new(Trigger::default());
-    let delivered: BTreeMap<&'static str, Arc<Mutex<Delivered>>> =
-        ["bank-a", "bank-b", "bank-c"].map(|psp| (psp, Arc::default())).into();
     // Clients first: issuing a PSP's certificate rewrites its files, which a client connecting at
     // the same moment could read half-written.
     let mut payers = Vec::new();
     for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A]) {
-        payers.push((endpoint.psp(lane(lane_id).payer).await, lane(lane_id)));
+        let lane = lane(lane_id, round);
+        payers.push((endpoint.psp(lane.payer).await, lane));
     }
     let mut tasks = Vec::new();
-    for (psp, delivered) in &delivered {
+    for (psp, delivered) in delivered {
         let (endpoint, psp, delivered) = (Arc::clone(&endpoint), *psp, Arc::clone(delivered));
         let trigger = Arc::clone(&trigger);
         tasks.push(tokio::spawn(async move { consume_events(&endpoint, psp, delivered, trigger).await }));
@@ -388,16 +397,12 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
         });
     }
 
-    let started = Instant::now();
-    while book.answered() < ANSWERED_BEFORE_KILL {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the switch answered {} payments in 120 s",
-            book.answered()
-        );
+    let (started, answered_before) = (Instant::now(), book.answered());
+    while book.answered() < answered_before + ANSWERED_BEFORE_KILL {
+        let answered = book.answered() - answered_before;
+        assert!(started.elapsed() < Duration::from_secs(120), "the switch answered {answered} payments in 120 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("killing after {:?} of load", started.elapsed());
     trigger.armed.store(true, Ordering::Release);
     tokio::time::timeout(WAIT, trigger.held.notified()).await.expect("a confirmed payment to hold");
     killed.store(true, Ordering::Release);
@@ -405,15 +410,37 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
     for task in tasks {
         tokio::time::timeout(WAIT, task).await.expect("load stops with the switch").expect("load task");
     }
+    let book = book.0.lock().expect("book");
+    let this_round = book.iter().filter(|(payment, _)| round_of(**payment) == round);
+    let (submitted, answered) =
+        this_round.fold((0, 0), |(n, a), (_, attempt)| (n + 1, a + usize::from(attempt.answer.is_some())));
+    println!("round {round}: killed after {:?}, {submitted} submitted, {answered} answered", started.elapsed());
+}
+
+/// Crashes in a row: the second one hits a switch that recovered from the first.
+const ROUNDS: u32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let book = Book::default();
+    let delivered: BTreeMap<&'static str, Arc<Mutex<Delivered>>> =
+        ["bank-a", "bank-b", "bank-c"].map(|psp| (psp, Arc::default())).into();
+    for round in 0..ROUNDS {
+        let (process, endpoint) = Process::start(dir.path()).await;
+        if round == 0 {
+            let mut bank_a = endpoint.onboard("bank-a", 0, FUNDS).await;
+            let mut bank_b = endpoint.onboard("bank-b", 0, FUNDS).await;
+            let mut bank_c = endpoint.onboard_in_mode("bank-c", 0, FUNDS, ConfirmationMode::Confirmed).await;
+            bank_a.alias("ana@bank-a", "Ana").await;
+            bank_b.alias("bo@bank-b", "Bo").await;
+            bank_c.alias("cy@bank-c", "Cy").await;
+        }
+        load_then_kill(process, endpoint, round, &book, &delivered).await;
+    }
     let book = std::mem::take(&mut *book.0.lock().expect("book"));
     let unanswered: Vec<u128> =
         book.iter().filter(|(_, attempt)| attempt.answer.is_none()).map(|(id, _)| *id).collect();
-    for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A]) {
-        let in_lane = book.range(u128::from(lane_id) << 64..u128::from(lane_id + 1) << 64);
-        let (submitted, answered) =
-            in_lane.fold((0, 0), |(n, a), (_, attempt)| (n + 1, a + usize::from(attempt.answer.is_some())));
-        println!("lane {lane_id}: {submitted} submitted, {answered} answered at the kill");
-    }
 
     // Restart on the same data, in this process this time, to read its ledger directly too.
     let test = TestSwitch::start_in(dir).await;
@@ -432,9 +459,17 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let stored = lookup(&test, &ids).await;
+    // The last round's held payment expires; an earlier round's was asked again after its restart
+    // and accepted, unless its deadline had passed by then (COMPLETED or EXPIRED, checked below).
     let held = unanswered.iter().filter(|payment| book[payment].payee == "bank-c");
-    let held_states: Vec<Option<i32>> = held.map(|payment| stored.get(payment).map(|record| record.state)).collect();
-    assert_eq!(held_states, [Some(PaymentState::Expired as i32)], "the held payment expired after the restart");
+    let held_states: Vec<(u32, Option<i32>)> =
+        held.map(|payment| (round_of(*payment), stored.get(payment).map(|record| record.state))).collect();
+    for (round, state) in &held_states {
+        let name = state.and_then(|state| PaymentState::try_from(state).ok()).map(|state| state.as_str_name());
+        println!("round {round}: the held payment ended {name:?}");
+    }
+    let last = held_states.iter().filter(|(round, _)| *round == ROUNDS - 1).map(|(_, state)| *state);
+    assert_eq!(last.collect::<Vec<_>>(), [Some(PaymentState::Expired as i32)], "the last held payment expired");
     let in_flight_landed = unanswered.iter().filter(|payment| stored.contains_key(payment)).count();
     println!("of the {} unanswered, {in_flight_landed} had been recorded", unanswered.len());
     assert_positions_match(&test, &book, &stored).await;
