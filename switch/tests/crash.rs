@@ -91,10 +91,31 @@ struct Attempt {
     payer_alias: &'static str,
     amount: u64,
     deadline_unix_ms: u64,
+    /// A refund's original payment (the refund's payer is that payment's payee).
+    original: Option<u128>,
     answer: Option<i32>,
 }
 
 impl Attempt {
+    fn refund(&self, refund: u128) -> proto::RefundRequest {
+        proto::RefundRequest {
+            refund_id: id(refund),
+            original_payment_id: id(self.original.expect("a refund")),
+            amount_minor: self.amount,
+            currency: "INR".into(),
+            note: "returned".into(),
+        }
+    }
+
+    /// Submits it again as its payer (a payment or a refund): its final state.
+    async fn retry(&self, payment: u128, payer: &mut Psp) -> i32 {
+        let answer = match self.original {
+            None => payer.payments.pay(self.request(payment)).await,
+            Some(_) => payer.payments.refund(self.refund(payment)).await,
+        };
+        answer.unwrap_or_else(|status| panic!("retry of {payment:x}: {status:?}")).into_inner().state
+    }
+
     fn request(&self, payment: u128) -> proto::PayRequest {
         proto::PayRequest {
             deadline_unix_ms: self.deadline_unix_ms,
@@ -116,6 +137,22 @@ impl Book {
         let mut book = self.0.lock().expect("book");
         let attempt = book.get_mut(&payment).expect("answers are for submitted payments");
         assert!(attempt.answer.replace(state).is_none(), "payment {payment:x} answered twice");
+    }
+
+    /// Books a unary call's answer. False once the switch is gone (the lane stops); any error
+    /// while it runs fails the test.
+    fn record(
+        &self,
+        payment: u128,
+        answer: Result<tonic::Response<proto::PaymentResult>, tonic::Status>,
+        killed: &AtomicBool,
+    ) -> bool {
+        match answer {
+            Ok(result) => self.answer(payment, result.into_inner().state),
+            Err(_) if killed.load(Ordering::Acquire) => return false,
+            Err(status) => panic!("{payment:x} refused while the switch ran: {status:?}"),
+        }
+        true
     }
 
     fn answered(&self) -> usize {
@@ -150,6 +187,7 @@ fn attempt(lane: Lane, number: u64) -> (u128, Attempt) {
         payee_alias: lane.payee_alias,
         amount,
         deadline_unix_ms,
+        original: None,
         answer: None,
     };
     (payment, attempt)
@@ -169,11 +207,13 @@ struct Lane {
 const A_TO_B: [u8; 3] = [1, 2, 3];
 const A_TO_C: u8 = 4;
 const B_TO_A: u8 = 5;
+/// bank-b refunds half of each payment of the first A_TO_B lane once it is answered.
+const REFUNDS: u8 = 6;
 
 fn lane(id: u8, round: u32) -> Lane {
     let (payer, payer_alias, payee, payee_alias) = match id {
         A_TO_C => ("bank-a", "ana@bank-a", "bank-c", "cy@bank-c"),
-        B_TO_A => ("bank-b", "bo@bank-b", "bank-a", "ana@bank-a"),
+        B_TO_A | REFUNDS => ("bank-b", "bo@bank-b", "bank-a", "ana@bank-a"),
         _ => ("bank-a", "ana@bank-a", "bank-b", "bo@bank-b"),
     };
     Lane { id, round, payer, payer_alias, payee, payee_alias }
@@ -186,10 +226,37 @@ async fn pay_one_by_one(mut psp: Psp, lane: Lane, book: Book, killed: Arc<Atomic
         let (payment, attempt) = attempt(lane, number);
         let request = attempt.request(payment);
         book.submit(payment, attempt);
-        match psp.payments.pay(request).await {
-            Ok(result) => book.answer(payment, result.into_inner().state),
-            Err(_) if killed.load(Ordering::Acquire) => return,
-            Err(status) => panic!("payment {payment:x} refused while the switch ran: {status:?}"),
+        if !book.record(payment, psp.payments.pay(request).await, &killed) {
+            return;
+        }
+    }
+}
+
+/// Refunds, one per RPC, of half of each payment of `lane(A_TO_B[0])` in order, each once its
+/// payment is answered, until the connection is lost.
+async fn refund_one_by_one(mut psp: Psp, lane: Lane, book: Book, killed: Arc<AtomicBool>) {
+    let originals = self::lane(A_TO_B[0], lane.round);
+    for number in 1.. {
+        let original = payment_id(originals, number);
+        let amount = loop {
+            if let Some(attempt) =
+                book.0.lock().expect("book").get(&original).filter(|attempt| attempt.answer.is_some())
+            {
+                assert_eq!(attempt.answer, Some(PaymentState::Completed as i32), "an automatic payment completes");
+                break attempt.amount.div_ceil(2);
+            }
+            if killed.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let refund = payment_id(lane, number);
+        let (_, attempt) = attempt(lane, number);
+        let attempt = Attempt { amount, original: Some(original), ..attempt };
+        let request = attempt.refund(refund);
+        book.submit(refund, attempt);
+        if !book.record(refund, psp.payments.refund(request).await, &killed) {
+            return;
         }
     }
 }
@@ -244,6 +311,8 @@ enum Told {
     Asked,
     /// A confirming payee's outcome, with the final state.
     Ended(i32),
+    /// An original payer's refund notice (keyed by the refund's id).
+    Refunded,
 }
 
 impl Told {
@@ -254,6 +323,7 @@ impl Told {
             proto::event::Kind::PaymentOutcome(outcome) => {
                 Some((id_of(&outcome.payment_id), Told::Ended(outcome.state)))
             }
+            proto::event::Kind::RefundNotice(notice) => Some((id_of(&notice.refund_id), Told::Refunded)),
             _ => None,
         }
     }
@@ -378,7 +448,7 @@ async fn load_then_kill(
     // Clients first: issuing a PSP's certificate rewrites its files, which a client connecting at
     // the same moment could read half-written.
     let mut payers = Vec::new();
-    for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A]) {
+    for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A, REFUNDS]) {
         let lane = lane(lane_id, round);
         payers.push((endpoint.psp(lane.payer).await, lane));
     }
@@ -390,10 +460,10 @@ async fn load_then_kill(
     }
     for (payer, lane) in payers {
         let (book, killed) = (book.clone(), Arc::clone(&killed));
-        tasks.push(if lane.id == B_TO_A {
-            tokio::spawn(pay_streamed(payer, lane, book, killed))
-        } else {
-            tokio::spawn(pay_one_by_one(payer, lane, book, killed))
+        tasks.push(match lane.id {
+            B_TO_A => tokio::spawn(pay_streamed(payer, lane, book, killed)),
+            REFUNDS => tokio::spawn(refund_one_by_one(payer, lane, book, killed)),
+            _ => tokio::spawn(pay_one_by_one(payer, lane, book, killed)),
         });
     }
 
@@ -410,11 +480,15 @@ async fn load_then_kill(
     for task in tasks {
         tokio::time::timeout(WAIT, task).await.expect("load stops with the switch").expect("load task");
     }
+    println!("round {round}: killed after {:?} of load", started.elapsed());
     let book = book.0.lock().expect("book");
-    let this_round = book.iter().filter(|(payment, _)| round_of(**payment) == round);
-    let (submitted, answered) =
-        this_round.fold((0, 0), |(n, a), (_, attempt)| (n + 1, a + usize::from(attempt.answer.is_some())));
-    println!("round {round}: killed after {:?}, {submitted} submitted, {answered} answered", started.elapsed());
+    for lane_id in A_TO_B.into_iter().chain([A_TO_C, B_TO_A, REFUNDS]) {
+        let lane = lane(lane_id, round);
+        let in_lane = book.range(payment_id(lane, 0)..payment_id(lane, u64::from(u32::MAX)));
+        let (submitted, answered) =
+            in_lane.fold((0, 0), |(n, a), (_, attempt)| (n + 1, a + usize::from(attempt.answer.is_some())));
+        println!("  lane {lane_id} {} -> {}: {submitted} submitted, {answered} answered", lane.payer, lane.payee);
+    }
 }
 
 /// Crashes in a row: the second one hits a switch that recovered from the first.
@@ -486,9 +560,10 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
         if attempt.payee == "bank-c" {
             continue; // confirmed: ended above, EXPIRED or COMPLETED
         }
+        // Ids in order: a refund (lane 6) is retried after the payment it refunds (lane 1).
         let payer = payers.get_mut(attempt.payer).expect("an automatic payer");
-        let result = payer.payments.pay(attempt.request(payment)).await.expect("retry").into_inner();
-        assert_eq!(result.state, PaymentState::Completed as i32, "payment {payment:x} completes on retry");
+        let state = attempt.retry(payment, payer).await;
+        assert_eq!(state, PaymentState::Completed as i32, "payment {payment:x} completes on retry");
     }
     let stored = lookup(&test, &ids).await;
     for (payment, attempt) in &book {
@@ -502,11 +577,24 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
         }
     }
     assert_positions_match(&test, &book, &stored).await;
+    // Refunds: each payment's refunded amount is exactly its completed refunds, never above it.
+    let mut refunded: BTreeMap<u128, u64> = BTreeMap::new();
+    for attempt in book.values() {
+        if let Some(original) = attempt.original {
+            *refunded.entry(original).or_default() += attempt.amount; // every refund completed, above
+        }
+    }
+    for (original, sum) in &refunded {
+        let record = &stored[original];
+        assert_eq!(record.refunded_amount_minor, *sum, "payment {original:x}'s refunds");
+        assert!(record.refunded_amount_minor <= record.amount_minor, "payment {original:x} over-refunded");
+    }
+    assert!(!refunded.is_empty(), "refunds were made");
 
-    // Each payee is told exactly what happened, once, across the crash: what it received and
+    // Each payee is told exactly what happened, once, across the crashes: what it received and
     // acknowledged before, then, resuming after that, the rest. An automatic payee is notified
     // of each completed credit; a confirming one is asked about each recorded payment and told
-    // its final state.
+    // its final state; an original payer is sent a notice of each refund.
     for psp in ["bank-a", "bank-b", "bank-c"] {
         let before = std::mem::take(&mut *delivered[psp].lock().expect("delivered"));
         let mut subscription = subscribe(&test, psp, before.acknowledged).await;
@@ -531,7 +619,9 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
         let mut expected = BTreeSet::new();
         for (payment, record) in stored.iter().filter(|(_, record)| record.payee_psp_id == psp) {
             let completed = record.state == PaymentState::Completed as i32;
-            if psp != "bank-c" && completed {
+            if record.kind == proto::PaymentKind::Refund as i32 {
+                expected.insert((*payment, Told::Refunded)); // all completed, checked above
+            } else if psp != "bank-c" && completed {
                 expected.insert((*payment, Told::Credited));
             } else if psp == "bank-c" {
                 expected.extend([(*payment, Told::Asked), (*payment, Told::Ended(record.state))]);
