@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 root="$(pwd)"
 name="$1"
 shift
-bin="$(pwd)/target/release"
+# BIN: another build's binaries, to compare two builds with the same command.
+bin="${BIN:-$(pwd)/target/release}"
 dir="target/bench-switch/$name"
 rm -rf "$dir"
 mkdir -p "$dir"

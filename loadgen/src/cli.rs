@@ -130,6 +130,10 @@ pub struct Args {
     /// How long a simulated PSP takes to decide a credit or collect request, milliseconds.
     #[arg(long, default_value_t = 0)]
     pub think_time_ms: u64,
+    /// A simulated PSP acknowledges its events after this many (1: each one, as a simple PSP
+    /// would), or after 20 ms without an acknowledgement. At most 8,192, the switch's window.
+    #[arg(long, default_value_t = 1_024, value_parser = clap::value_parser!(u64).range(1..=8_192))]
+    pub ack_every: u64,
 
     /// Give up on one call after this many seconds (its outcome is then looked up in the ledger).
     #[arg(long, default_value_t = 35.0)]
@@ -309,6 +313,9 @@ mod tests {
         assert!(parse(&["--submit", "carrier-pigeon"]).is_err(), "unknown mode");
         assert!(parse(&["--mix", "pay=1,teleport=2"]).is_err(), "unknown kind in the mix");
         assert!(parse(&["--rate", "5", "--concurrency", "5"]).is_err(), "open and closed loop at once");
+        assert!(parse(&["--ack-every", "0"]).is_err(), "acknowledging never");
+        assert!(parse(&["--ack-every", "8193"]).is_err(), "beyond the switch's window");
+        assert_eq!(parse(&["--ack-every", "1"]).expect("each event").ack_every, 1);
         let refused = |args: &[&str]| parse(args).expect("parses").check().expect_err("refused");
         assert!(refused(&["--rate", "0"]).contains("--rate"));
         assert!(refused(&["--rate=-5"]).contains("--rate"));

@@ -18,11 +18,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::setup::Psp;
 
-/// Acknowledge after this many events (the switch sends at most EVENT_WINDOW_MAX = 8,192 beyond
-/// the last ack, so this keeps the window open while making acks, which the switch writes
-/// durably, cheap).
-const ACK_EVERY: u64 = 1_024;
-/// ...or after this long without one, so a quiet stream is acknowledged too.
+/// Acknowledge after `Behaviour::ack_every` events or after this long without an
+/// acknowledgement, so a quiet stream is acknowledged too.
 const ACK_INTERVAL: Duration = Duration::from_millis(20);
 
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +28,9 @@ pub struct Behaviour {
     pub decline_rate: f64,
     /// How long the simulated back office takes to decide.
     pub think_time: Duration,
+    /// Acknowledge after this many events (the switch sends at most EVENT_WINDOW_MAX = 8,192
+    /// beyond the last acknowledgement): 1,024 by default; 1 is a PSP acknowledging each event.
+    pub ack_every: u64,
 }
 
 /// What the simulators saw, shared with the verification.
@@ -156,7 +156,9 @@ async fn serve(
                         });
                     }
                 }
-                if seen >= acked + ACK_EVERY && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await {
+                if seen >= acked + behaviour.ack_every
+                    && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await
+                {
                     acked = seen;
                 }
             }

@@ -66,7 +66,8 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     } else {
         setup::aliases(&psps, &population, quiet).await?;
     }
-    let behaviour = Behaviour { decline_rate: args.decline_rate, think_time: checked.think_time };
+    let behaviour =
+        Behaviour { decline_rate: args.decline_rate, think_time: checked.think_time, ack_every: args.ack_every };
     let payees = payee::start(&psps, behaviour, args.seed).await?;
     let before = verify::Baseline {
         positions: setup::positions(&mut operator).await?,
@@ -277,6 +278,7 @@ fn settings(args: &Args, checked: &Checked) -> Vec<(String, String)> {
         ("amounts".into(), format!("{} to {} minor units", fmt_count(args.amount_min), fmt_count(args.amount_max))),
         ("payee decline rate".into(), format!("{}", args.decline_rate)),
         ("payee think time".into(), format!("{} ms", args.think_time_ms)),
+        ("payee acknowledges every".into(), format!("{} events", fmt_count(args.ack_every))),
         ("duration".into(), format!("{} s", args.duration)),
         ("seed".into(), args.seed.to_string()),
     ]

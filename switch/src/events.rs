@@ -78,6 +78,12 @@ pub struct Outbox {
     pub appended: AtomicU64,
     /// Highest sequence the PSP acknowledged durably.
     pub acknowledged: AtomicU64,
+    /// Highest sequence any stream of the PSP received an `Ack` for: recorded by the stream's
+    /// acknowledging task, and honoured by a stream that replaces it even before that.
+    pub ack_requested: AtomicU64,
+    /// Held while an acknowledgement is written, so that writes go one at a time and the stored
+    /// position only rises (two streams of one PSP may both be writing).
+    pub ack_writes: tokio::sync::Mutex<()>,
     /// Event streams of the PSP being served (the newest one delivers; older ones are ending).
     pub streams: AtomicU64,
     /// Committed events not yet delivered, by sequence, exactly as `read` would return them.

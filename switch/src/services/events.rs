@@ -2,14 +2,15 @@
 //!
 //! Protocol (events.proto): `Hello` first; the switch answers `Welcome` and then every event after
 //! the acknowledged position, in order, at most `EVENT_WINDOW_MAX` beyond it; `Ack`s are recorded
-//! durably and never re-sent; a newer stream of the same PSP ends the older with ABORTED. Credit
-//! and collect decisions are applied on tasks of their own, up to `DECISIONS_IN_FLIGHT_MAX` at
-//! once, each answered with a receipt when durable.
+//! durably and acknowledged events never re-sent; a newer stream of the same PSP ends the older
+//! with ABORTED. Credit and collect decisions are applied on tasks of their own, up to
+//! `DECISIONS_IN_FLIGHT_MAX` at once, each answered with a receipt when durable. `Ack`s are
+//! written by a task of their own too, coalesced: the stream never waits for one.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -66,8 +67,11 @@ impl EventService for Events {
             let message = format!("acknowledged {} but the last event is {last}", hello.last_acknowledged_sequence);
             return Err(Refusal::new(Reason::SequenceOutOfRange, message).into());
         }
-        if hello.last_acknowledged_sequence > outbox.acknowledged.load(Ordering::Acquire) {
-            acknowledge(&self.switch, &psp, &outbox, hello.last_acknowledged_sequence).await?;
+        // What the PSP says it acknowledged, or what a stream it replaces was told and has not
+        // recorded yet, is durable before the first event is sent.
+        let resume = hello.last_acknowledged_sequence.max(outbox.ack_requested.load(Ordering::Acquire));
+        if resume > outbox.acknowledged.load(Ordering::Acquire) {
+            acknowledge(&self.switch, &psp, &outbox, resume).await?;
         }
         let epoch = outbox.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         // A stream this one replaces is woken to notice.
@@ -81,7 +85,8 @@ impl EventService for Events {
         let _ = sender.send(Ok(response(Outgoing::Welcome(welcome)))).await;
         outbox.streams.fetch_add(1, Ordering::AcqRel);
         let decisions = Arc::new(Semaphore::new(DECISIONS_IN_FLIGHT_MAX));
-        let stream = Stream { switch: Arc::clone(&self.switch), psp, outbox, epoch, sender, decisions };
+        let acks = start_acknowledging(Arc::clone(&self.switch), psp.clone(), Arc::clone(&outbox), sender.clone());
+        let stream = Stream { switch: Arc::clone(&self.switch), psp, outbox, epoch, sender, decisions, acks };
         tokio::spawn(stream.run(incoming));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
@@ -91,10 +96,44 @@ fn response(message: Outgoing) -> proto::SubscribeResponse {
     proto::SubscribeResponse { message: Some(message) }
 }
 
-async fn acknowledge(switch: &Switch, psp: &str, outbox: &Outbox, sequence: u64) -> Result<(), Refusal> {
-    switch.submit(vec![events::acknowledgement(psp, sequence)]).await?;
-    outbox.acknowledged.fetch_max(sequence, Ordering::AcqRel);
+/// Records durably that the PSP acknowledged everything up to `up_to`, or to a later `Ack` one
+/// of its streams received. Returns once that is durable.
+async fn acknowledge(switch: &Switch, psp: &str, outbox: &Outbox, up_to: u64) -> Result<(), Refusal> {
+    outbox.ack_requested.fetch_max(up_to, Ordering::AcqRel);
+    let _one_at_a_time = outbox.ack_writes.lock().await;
+    // The latest by now: `Ack`s that arrived during the previous write share this one.
+    let sequence = outbox.ack_requested.load(Ordering::Acquire);
+    if sequence > outbox.acknowledged.load(Ordering::Acquire) {
+        switch.submit(vec![events::acknowledgement(psp, sequence)]).await?;
+        outbox.acknowledged.fetch_max(sequence, Ordering::AcqRel);
+        outbox.notify.notify_waiters(); // the window moved: the stream may send more
+    }
     Ok(())
+}
+
+/// Starts the task that records a stream's acknowledgements: it writes the latest one asked for,
+/// waits for that commit, then writes whatever the latest is by then. Written inline, each `Ack`
+/// held up the stream for a commit round trip, so a PSP acknowledging every event had its
+/// decisions read (and its events sent) one commit at a time; coalesced, any rate of `Ack`s
+/// costs at most one write per commit. Ends when the stream drops the returned sender, after
+/// writing what it last asked for.
+fn start_acknowledging(switch: Arc<Switch>, psp: String, outbox: Arc<Outbox>, sender: Responses) -> watch::Sender<u64> {
+    let (wanted, mut asked) = watch::channel(outbox.acknowledged.load(Ordering::Acquire));
+    tokio::spawn(async move {
+        loop {
+            // An ending stream's last request is still seen (`changed` reports it before the close).
+            let ended = asked.changed().await.is_err();
+            let sequence = *asked.borrow_and_update();
+            if let Err(refusal) = acknowledge(&switch, &psp, &outbox, sequence).await {
+                let _ = sender.send(Err(refusal.into())).await;
+                return;
+            }
+            if ended {
+                return;
+            }
+        }
+    });
+    wanted
 }
 
 struct Stream {
@@ -105,6 +144,8 @@ struct Stream {
     sender: Responses,
     /// Permits for credit decisions being applied.
     decisions: Arc<Semaphore>,
+    /// The highest `Ack` received, for the acknowledging task to record.
+    acks: watch::Sender<u64>,
 }
 
 impl Drop for Stream {
@@ -194,9 +235,13 @@ impl Stream {
                 if ack.sequence > last {
                     return Err(Refusal::new(Reason::SequenceOutOfRange, format!("no event {} yet", ack.sequence)));
                 }
-                if ack.sequence > self.outbox.acknowledged.load(Ordering::Acquire) {
-                    acknowledge(&self.switch, &self.psp, &self.outbox, ack.sequence).await?;
-                }
+                // Seen at once by a stream that replaces this one; written by the acknowledging task.
+                self.outbox.ack_requested.fetch_max(ack.sequence, Ordering::AcqRel);
+                self.acks.send_if_modified(|wanted| {
+                    let later = ack.sequence > *wanted;
+                    *wanted = (*wanted).max(ack.sequence);
+                    later
+                });
                 Ok(())
             }
             Some(Incoming::CreditDecision(decision)) => {
