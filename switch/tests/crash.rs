@@ -9,12 +9,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::served::Served;
 use common::*;
 use switch::proto::subscribe_request::Message as Incoming;
 use switch::proto::subscribe_response::Message as Outgoing;
@@ -34,56 +33,6 @@ const STREAM_IN_FLIGHT: usize = 64;
 /// Deadline of the confirmed-mode payments: the ones in flight at the kill must be voided by
 /// the restarted switch soon after.
 const DEADLINE: Duration = Duration::from_secs(4);
-
-/// `switch serve` as its own process, on its embedded defaults, data in `data`.
-struct Process {
-    child: Child,
-}
-
-impl Process {
-    async fn start(dir: &Path) -> (Process, Endpoint) {
-        let log_path = dir.join("switch.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_switch"))
-            .args(["serve", "--data", "data"])
-            .args(["--listen", "127.0.0.1:0", "--operator-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-            .current_dir(dir)
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the switch binary");
-        let mut process = Process { child };
-        let started = Instant::now();
-        let address = loop {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let listening = text.lines().find_map(|line| line.strip_prefix("switch listening on "));
-            if let Some(address) = listening.and_then(|rest| rest.split_whitespace().next()) {
-                break address.parse().expect("the printed address");
-            }
-            let exited = process.child.try_wait().expect("child status");
-            assert!(
-                exited.is_none() && started.elapsed() < Duration::from_secs(60),
-                "the switch did not start:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        (process, Endpoint { address, ca: DevelopmentCa::new(dir.join("data/certs")) })
-    }
-
-    /// SIGKILL: no shutdown, no flush; what is durable is what the ledger fsynced.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One submitted payment, and what its payer was told (None: no answer before the kill).
 struct Attempt {
@@ -498,7 +447,7 @@ async fn assert_positions_match(
 /// `ANSWERED_BEFORE_KILL` more requests are answered and a credit request and a collect request
 /// are held; then SIGKILL. The ids of the requests held.
 async fn load_then_kill(
-    process: Process,
+    served: Served,
     endpoint: Endpoint,
     round: u32,
     book: &Book,
@@ -539,7 +488,7 @@ async fn load_then_kill(
     let holds = tokio::time::timeout(WAIT, trigger.holds.acquire_many(HELD_PER_ROUND)).await;
     holds.expect("a credit request and a collect request held").expect("semaphore open").forget();
     killed.store(true, Ordering::Release);
-    process.kill();
+    served.kill();
     for task in tasks {
         tokio::time::timeout(WAIT, task).await.expect("load stops with the switch").expect("load task");
     }
@@ -653,7 +602,9 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
         ["bank-a", "bank-b", "bank-c"].map(|psp| (psp, Arc::default())).into();
     let mut held = Vec::new();
     for round in 0..ROUNDS {
-        let (process, endpoint) = Process::start(dir.path()).await;
+        let data = dir.path().join("data");
+        let served = tokio::task::block_in_place(|| Served::start(&data));
+        let endpoint = Endpoint { address: served.grpc, ca: DevelopmentCa::new(data.join("certs")) };
         if round == 0 {
             let mut bank_a = endpoint.onboard("bank-a", 0, FUNDS).await;
             let mut bank_b = endpoint.onboard("bank-b", 0, FUNDS).await;
@@ -662,7 +613,7 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
             bank_b.alias("bo@bank-b", "Bo").await;
             bank_c.alias("cy@bank-c", "Cy").await;
         }
-        held.push(load_then_kill(process, endpoint, round, &book, &delivered).await);
+        held.push(load_then_kill(served, endpoint, round, &book, &delivered).await);
     }
     let book = std::mem::take(&mut *book.0.lock().expect("book"));
     let unanswered: Vec<u128> =

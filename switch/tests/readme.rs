@@ -7,51 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use common::served::Served;
 
 const SWITCH: &str = env!("CARGO_BIN_EXE_switch");
-
-/// A `switch serve` process and the addresses it printed.
-struct Served {
-    child: Child,
-    grpc: String,
-    operator: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(data: &Path) -> Served {
-    let mut child = Command::new(SWITCH)
-        .args(["serve", "--data"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--operator-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start switch serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (mut grpc, mut operator) = (None, None);
-    // The health line is printed last, once every port is bound.
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("read switch output");
-        if let Some(rest) = line.strip_prefix("switch listening on ") {
-            grpc = rest.split_whitespace().next().map(str::to_string);
-        } else if let Some(rest) = line.strip_prefix("dashboard   http://") {
-            operator = rest.split('/').next().map(str::to_string);
-        } else if line.starts_with("health") {
-            break;
-        }
-    }
-    let (Some(grpc), Some(operator)) = (grpc, operator) else { panic!("switch serve printed no addresses") };
-    Served { child, grpc, operator }
-}
 
 fn run(args: &[&str]) -> Output {
     Command::new(SWITCH).args(args).output().expect("run switch")
@@ -88,7 +49,7 @@ fn number(text: &str, name: &str) -> i64 {
 }
 
 fn assert_ledger_balanced(served: &Served) {
-    let address = served.operator.parse().expect("operator address");
+    let address = served.operator;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (code, metrics) = runtime.block_on(common::http_get(address, "/metrics"));
     assert_eq!(code, 200);
@@ -100,7 +61,7 @@ fn a_new_user_makes_one_payment_by_following_the_readme() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data_arg = data.to_str().expect("utf-8 path");
-    let served = serve(&data);
+    let served = Served::start(&data);
     for psp in ["bank-a", "bank-b", "bank-c"] {
         let issued = run(&["certs", "issue", "--data", data_arg, "--psp", psp]);
         assert!(issued.status.success(), "certs issue --psp {psp}");
@@ -171,7 +132,7 @@ fn a_new_user_makes_one_payment_by_following_the_readme() {
     drop(served);
     let stopped = ledger::Store::open_read_only(&ledger_dir, &ledger::StoreOptions::default());
     drop(stopped.expect("a stopped ledger opens for an audit"));
-    let served = serve(&data);
+    let served = Served::start(&data);
     let status = client(&served, &data, &["--as", "bank-a", "status", "--id", "42"]);
     assert_eq!((field(&status, "state"), number(&status, "amount_minor")), ("PAYMENT_STATE_COMPLETED", 2500));
     let payer = client(&served, &data, &["--as", "bank-a", "position"]);

@@ -69,10 +69,8 @@ impl EventService for Events {
         }
         // What the PSP says it acknowledged, or what a stream it replaces was told and has not
         // recorded yet, is durable before the first event is sent.
-        let resume = hello.last_acknowledged_sequence.max(outbox.ack_requested.load(Ordering::Acquire));
-        if resume > outbox.acknowledged.load(Ordering::Acquire) {
-            acknowledge(&self.switch, &psp, &outbox, resume).await?;
-        }
+        outbox.ack_requested.fetch_max(hello.last_acknowledged_sequence, Ordering::AcqRel);
+        acknowledge(&self.switch, &psp, &outbox).await?;
         let epoch = outbox.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         // A stream this one replaces is woken to notice.
         outbox.notify.notify_waiters();
@@ -96,10 +94,12 @@ fn response(message: Outgoing) -> proto::SubscribeResponse {
     proto::SubscribeResponse { message: Some(message) }
 }
 
-/// Records durably that the PSP acknowledged everything up to `up_to`, or to a later `Ack` one
-/// of its streams received. Returns once that is durable.
-async fn acknowledge(switch: &Switch, psp: &str, outbox: &Outbox, up_to: u64) -> Result<(), Refusal> {
-    outbox.ack_requested.fetch_max(up_to, Ordering::AcqRel);
+/// Records durably the highest `Ack` any stream of the PSP received (`Outbox::ack_requested`),
+/// unless it already is. Returns once it is durable.
+async fn acknowledge(switch: &Switch, psp: &str, outbox: &Outbox) -> Result<(), Refusal> {
+    if outbox.ack_requested.load(Ordering::Acquire) <= outbox.acknowledged.load(Ordering::Acquire) {
+        return Ok(());
+    }
     let _one_at_a_time = outbox.ack_writes.lock().await;
     // The latest by now: `Ack`s that arrived during the previous write share this one.
     let sequence = outbox.ack_requested.load(Ordering::Acquire);
@@ -111,20 +111,19 @@ async fn acknowledge(switch: &Switch, psp: &str, outbox: &Outbox, up_to: u64) ->
     Ok(())
 }
 
-/// Starts the task that records a stream's acknowledgements: it writes the latest one asked for,
-/// waits for that commit, then writes whatever the latest is by then. Written inline, each `Ack`
-/// held up the stream for a commit round trip, so a PSP acknowledging every event had its
-/// decisions read (and its events sent) one commit at a time; coalesced, any rate of `Ack`s
-/// costs at most one write per commit. Ends when the stream drops the returned sender, after
-/// writing what it last asked for.
-fn start_acknowledging(switch: Arc<Switch>, psp: String, outbox: Arc<Outbox>, sender: Responses) -> watch::Sender<u64> {
-    let (wanted, mut asked) = watch::channel(outbox.acknowledged.load(Ordering::Acquire));
+/// Starts the task that records a stream's acknowledgements, woken through the returned sender:
+/// it writes the latest one received, waits for that commit, then writes whatever the latest is
+/// by then. Written inline, each `Ack` held up the stream for a commit round trip, so a PSP
+/// acknowledging every event had its decisions read (and its events sent) one commit at a time;
+/// coalesced, any rate of `Ack`s costs at most one write per commit. Ends when the stream drops
+/// the sender, after writing what it last received.
+fn start_acknowledging(switch: Arc<Switch>, psp: String, outbox: Arc<Outbox>, sender: Responses) -> watch::Sender<()> {
+    let (wake, mut woken) = watch::channel(());
     tokio::spawn(async move {
         loop {
-            // An ending stream's last request is still seen (`changed` reports it before the close).
-            let ended = asked.changed().await.is_err();
-            let sequence = *asked.borrow_and_update();
-            if let Err(refusal) = acknowledge(&switch, &psp, &outbox, sequence).await {
+            // A wake-up just before the stream ended is still seen (`changed` reports it first).
+            let ended = woken.changed().await.is_err();
+            if let Err(refusal) = acknowledge(&switch, &psp, &outbox).await {
                 let _ = sender.send(Err(refusal.into())).await;
                 return;
             }
@@ -133,7 +132,7 @@ fn start_acknowledging(switch: Arc<Switch>, psp: String, outbox: Arc<Outbox>, se
             }
         }
     });
-    wanted
+    wake
 }
 
 struct Stream {
@@ -144,8 +143,8 @@ struct Stream {
     sender: Responses,
     /// Permits for credit decisions being applied.
     decisions: Arc<Semaphore>,
-    /// The highest `Ack` received, for the acknowledging task to record.
-    acks: watch::Sender<u64>,
+    /// Wakes the task that records the stream's `Ack`s.
+    acks: watch::Sender<()>,
 }
 
 impl Drop for Stream {
@@ -236,12 +235,9 @@ impl Stream {
                     return Err(Refusal::new(Reason::SequenceOutOfRange, format!("no event {} yet", ack.sequence)));
                 }
                 // Seen at once by a stream that replaces this one; written by the acknowledging task.
-                self.outbox.ack_requested.fetch_max(ack.sequence, Ordering::AcqRel);
-                self.acks.send_if_modified(|wanted| {
-                    let later = ack.sequence > *wanted;
-                    *wanted = (*wanted).max(ack.sequence);
-                    later
-                });
+                if self.outbox.ack_requested.fetch_max(ack.sequence, Ordering::AcqRel) < ack.sequence {
+                    self.acks.send_replace(());
+                }
                 Ok(())
             }
             Some(Incoming::CreditDecision(decision)) => {

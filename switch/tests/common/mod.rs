@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod chromium;
+pub mod served;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
