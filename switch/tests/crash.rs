@@ -25,13 +25,13 @@ use tokio_stream::wrappers::ReceiverStream;
 /// Prefunding of each PSP: far more than the run can spend, so every payment can complete and
 /// a refusal for liquidity would be a bug, not the load.
 const FUNDS: u64 = 1_000_000_000;
-/// Payments answered before the kill.
+/// Requests answered in each life of the switch before it is killed.
 const ANSWERED_BEFORE_KILL: usize = 20_000;
 /// Most streamed payments unanswered at once: enough to pipeline, few enough that the unary
 /// lanes still get their share of the switch.
 const STREAM_IN_FLIGHT: usize = 64;
-/// Deadline of the confirmed-mode payments: the ones in flight at the kill must be voided by
-/// the restarted switch soon after.
+/// Deadline of the confirmed-mode payments and expiry of the collects: the ones left waiting at a
+/// kill must be ended by the restarted switch soon after.
 const DEADLINE: Duration = Duration::from_secs(4);
 
 /// One submitted payment, and what its payer was told (None: no answer before the kill).
