@@ -90,6 +90,12 @@ impl Attempt {
         answer.unwrap_or_else(|status| panic!("retry of {payment:x}: {status:?}")).into_inner().state
     }
 
+    /// Ended by its payer's counterpart or by a deadline (a confirmed push, a collect), not at
+    /// once: it may still be waiting at a kill, and may end EXPIRED.
+    fn waits(&self) -> bool {
+        self.payee == "bank-c" || self.kind == Kind::Collect
+    }
+
     fn request(&self, payment: u128) -> proto::PayRequest {
         proto::PayRequest {
             deadline_unix_ms: self.deadline_unix_ms,
@@ -146,21 +152,20 @@ fn payment_id(lane: Lane, number: u64) -> u128 {
 
 /// A payment of `number` in a lane: its id, and varied amounts.
 fn attempt(lane: Lane, number: u64) -> (u128, Attempt) {
-    let payment = payment_id(lane, number);
-    let amount = 1 + number % 997;
-    let waits = lane.payee == "bank-c" || lane.id == COLLECTS;
-    let deadline_unix_ms = if waits { unix_ms_in(DEADLINE) } else { 0 };
-    let attempt = Attempt {
+    let mut attempt = Attempt {
         payer: lane.payer,
         payee: lane.payee,
         payer_alias: lane.payer_alias,
         payee_alias: lane.payee_alias,
-        amount,
-        deadline_unix_ms,
+        amount: 1 + number % 997,
+        deadline_unix_ms: 0,
         kind: if lane.id == COLLECTS { Kind::Collect } else { Kind::Push },
         answer: None,
     };
-    (payment, attempt)
+    if attempt.waits() {
+        attempt.deadline_unix_ms = unix_ms_in(DEADLINE);
+    }
+    (payment_id(lane, number), attempt)
 }
 
 /// Who pays whom, and how; one task per lane in each round (the life of one switch process).
@@ -398,11 +403,11 @@ async fn consume_events(
     }
 }
 
-/// The operator's view of every id in `ids`, in batches of 8,190.
+/// The operator's view of every id in `ids`, in batches of the switch's largest.
 async fn lookup(endpoint: &Endpoint, ids: &[u128]) -> BTreeMap<u128, proto::Payment> {
     let mut operator = endpoint.operator().await;
     let mut found = BTreeMap::new();
-    for chunk in ids.chunks(8_190) {
+    for chunk in ids.chunks(switch::services::BATCH_SIZE_MAX) {
         let request = proto::GetPaymentsRequest { payment_ids: chunk.iter().map(|payment| id(*payment)).collect() };
         let answer = operator.get_payments(request).await.expect("lookup").into_inner();
         assert_eq!(answer.payments.len(), chunk.len(), "one answer per id");
@@ -586,8 +591,7 @@ async fn wait_until_final(test: &TestSwitch, book: &BTreeMap<u128, Attempt>) {
 /// been recorded.
 fn may_end(attempt: &Attempt) -> &'static [Option<PaymentState>] {
     use PaymentState::{Completed, Expired};
-    let waits = attempt.payee == "bank-c" || attempt.kind == Kind::Collect;
-    match (waits, attempt.answer) {
+    match (attempt.waits(), attempt.answer) {
         (false, _) => &[Some(Completed)],
         (true, Some(_)) => &[Some(Completed), Some(Expired)],
         (true, None) => &[Some(Completed), Some(Expired), None],
@@ -664,7 +668,7 @@ async fn every_acknowledged_payment_survives_a_sigkill_of_the_switch() {
     let answered_sample = book.iter().filter(|(_, attempt)| attempt.answer.is_some()).take(50).map(|(id, _)| *id);
     for payment in unanswered.iter().copied().chain(answered_sample) {
         let attempt = &book[&payment];
-        if attempt.payee == "bank-c" || attempt.kind == Kind::Collect {
+        if attempt.waits() {
             continue; // ended above (a collect past its expiry cannot be requested again)
         }
         // Ids in order: a refund (lane 6) is retried after the payment it refunds (lane 1).

@@ -33,8 +33,10 @@ impl Served {
             .stdin(Stdio::null())
             .spawn()
             .expect("start switch serve");
-        let mut served =
-            Served { child, grpc: SocketAddr::from(([0, 0, 0, 0], 0)), operator: SocketAddr::from(([0, 0, 0, 0], 0)) };
+        // Placeholders until the switch prints its ports: the value owns the child from the start,
+        // so a start that fails below still kills it on drop.
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut served = Served { child, grpc: unbound, operator: unbound };
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
