@@ -7,7 +7,8 @@ start_switch() {
   # the ~1 GB a release build leaves dirty made 30-200 ms WAL syncs in the runs that started
   # right after one, which was the whole p99 at 25,000/s (BENCHMARKS.md, seventh session).
   sync
-  "$1/switch" serve >switch.log 2>&1 &
+  # SWITCH_ENV: extra environment for the switch (e.g. TOKIO_WORKER_THREADS=1), to compare settings.
+  env ${SWITCH_ENV:-} "$1/switch" serve >switch.log 2>&1 &
   switch_pid=$!
   # Stop it and wait, so the next run finds the ports free.
   trap 'kill "$switch_pid" 2>/dev/null || true; wait "$switch_pid" 2>/dev/null || true' EXIT

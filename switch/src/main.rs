@@ -94,7 +94,8 @@ enum CertsCommand {
         #[arg(long, default_value = "data")]
         data: PathBuf,
     },
-    /// Issue a client certificate for a PSP or an operator.
+    /// Issue a client certificate for a PSP or an operator (again: a new certificate for the key
+    /// it already has, so a client reading the pair at that moment still gets a matching one).
     Issue {
         #[arg(long, default_value = "data")]
         data: PathBuf,

@@ -20,6 +20,8 @@ const URI_PREFIX_PSP: &str = "spiffe://switch/psp/";
 const URI_PREFIX_OPERATOR: &str = "spiffe://switch/operator/";
 /// Development certificates last a year; production ones come from the bank's own PKI.
 const DEVELOPMENT_VALIDITY_DAYS: i64 = 365;
+/// Certificates are public: readable by all, written by the owner.
+const CERTIFICATE_MODE: u32 = 0o644;
 
 /// Who is calling, from the verified client certificate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -77,18 +79,84 @@ pub struct DevelopmentCa {
     pub dir: PathBuf,
 }
 
-fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
-    std::fs::write(path, contents).map_err(|source| TlsError::Io { path: path.to_path_buf(), source })
-}
-
-/// A private key: readable by its owner only (0600), from the moment it exists.
-fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
+/// A file next to `path` holding `contents` (with `mode`), synced, under a name no other writer
+/// uses: the first half of every write here, so that `path` itself only ever names a whole file.
+fn write_temporary(path: &Path, contents: &str, mode: u32) -> Result<PathBuf, TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io { path: path.to_path_buf(), source };
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+    let temporary = path.with_file_name(name);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(contents.as_bytes()).and_then(|()| file.sync_all()));
+    match written {
+        Ok(()) => Ok(temporary),
+        Err(source) => {
+            let _ = std::fs::remove_file(&temporary);
+            Err(TlsError::Io { path: temporary, source })
+        }
+    }
+}
+
+/// Makes a rename or link in `path`'s directory durable.
+fn sync_directory(path: &Path) -> Result<(), TlsError> {
+    let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(directory)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| TlsError::Io { path: directory.to_path_buf(), source })
+}
+
+/// Replaces `path` whole: a reader finds the old file or the new one, never a part of either,
+/// and a crash leaves one of the two (a stray temporary file at worst).
+fn replace(path: &Path, contents: &str, mode: u32) -> Result<(), TlsError> {
+    let temporary = write_temporary(path, contents, mode)?;
+    if let Err(source) = std::fs::rename(&temporary, path) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(TlsError::Io { path: path.to_path_buf(), source });
+    }
+    sync_directory(path)
+}
+
+/// The private key at `path` (0600, readable by its owner only from the moment it exists),
+/// created if there is none. A key, once there, is kept: a certificate re-issued for it matches
+/// whichever version of the certificate file a reader picks up, so no reader ever pairs a key
+/// with a certificate for another key. Of two processes creating it at once the first one's
+/// key stands and both use it (published by a link, which never replaces a file).
+fn key_at(path: &Path) -> Result<KeyPair, TlsError> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) => match KeyPair::from_pem(&pem) {
+            Ok(key) => return Ok(key),
+            // Torn or foreign (never by this code, which publishes whole files): replaced.
+            Err(_) => {
+                let key = KeyPair::generate()?;
+                replace(path, &key.serialize_pem(), 0o600)?;
+                return Ok(key);
+            }
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(TlsError::Io { path: path.to_path_buf(), source }),
+    }
+    let key = KeyPair::generate()?;
+    let temporary = write_temporary(path, &key.serialize_pem(), 0o600)?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            sync_directory(path)?;
+            Ok(key)
+        }
+        // Another process published its key first: use that one.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            KeyPair::from_pem(&read(path)?).map_err(TlsError::from)
+        }
+        Err(source) => Err(TlsError::Io { path: path.to_path_buf(), source }),
+    }
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
@@ -147,7 +215,7 @@ impl DevelopmentCa {
             return Ok(false);
         }
         std::fs::create_dir_all(&self.dir).map_err(|source| TlsError::Io { path: self.dir.clone(), source })?;
-        let key = KeyPair::generate()?;
+        let key = key_at(&self.dir.join("ca.key"))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, "switch development CA");
@@ -156,8 +224,7 @@ impl DevelopmentCa {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         set_validity(&mut params);
         let certificate = params.self_signed(&key)?;
-        write_private(&self.dir.join("ca.key"), &key.serialize_pem())?;
-        write(&self.ca_certificate(), &certificate.pem())?;
+        replace(&self.ca_certificate(), &certificate.pem(), CERTIFICATE_MODE)?;
 
         let mut server = leaf_params("switch", None, &["localhost", "127.0.0.1"])?;
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -166,7 +233,7 @@ impl DevelopmentCa {
         Ok(true)
     }
 
-    /// Issues (or re-issues) a PSP's client certificate.
+    /// Issues (or re-issues, for the key it already has) a PSP's client certificate.
     pub fn issue_psp(&self, psp: &str) -> Result<PemPair, TlsError> {
         if !valid_name(psp) {
             return Err(TlsError::BadName(psp.into()));
@@ -178,7 +245,7 @@ impl DevelopmentCa {
         Ok(pair)
     }
 
-    /// Issues (or re-issues) an operator's client certificate.
+    /// Issues (or re-issues, for the key it already has) an operator's client certificate.
     pub fn issue_operator(&self, name: &str) -> Result<PemPair, TlsError> {
         if !valid_name(name) {
             return Err(TlsError::BadName(name.into()));
@@ -193,10 +260,10 @@ impl DevelopmentCa {
     fn issue(&self, params: CertificateParams, pair: &PemPair) -> Result<(), TlsError> {
         let ca_key = KeyPair::from_pem(&read(&self.dir.join("ca.key"))?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(&self.ca_certificate())?, ca_key)?;
-        let key = KeyPair::generate()?;
+        // The key first: a certificate file never names a key that is not there yet.
+        let key = key_at(&pair.key)?;
         let certificate = params.signed_by(&key, &issuer)?;
-        write_private(&pair.key, &key.serialize_pem())?;
-        write(&pair.certificate, &certificate.pem())
+        replace(&pair.certificate, &certificate.pem(), CERTIFICATE_MODE)
     }
 }
 
@@ -232,5 +299,79 @@ mod tests {
         let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem").1.contents;
         assert_eq!(caller_from_certificate(&der), None, "the server certificate names no caller");
         assert!(matches!(ca.issue_psp("Bad Name"), Err(TlsError::BadName(_))));
+    }
+
+    /// The public key a PEM certificate was issued for, and the one in a PEM private key.
+    fn public_keys(pair: &PemPair) -> (Vec<u8>, Vec<u8>) {
+        let pem = std::fs::read_to_string(&pair.certificate).expect("read certificate");
+        let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem").1.contents;
+        let (_, certificate) = X509Certificate::from_der(&der).expect("der");
+        let key = KeyPair::from_pem(&std::fs::read_to_string(&pair.key).expect("read key")).expect("key");
+        (certificate.public_key().subject_public_key.data.to_vec(), key.public_key_raw().to_vec())
+    }
+
+    #[test]
+    fn a_reissued_certificate_is_for_the_key_already_there() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = DevelopmentCa::new(dir.path());
+        ca.ensure().expect("create CA");
+        let pair = ca.issue_psp("bank-a").expect("issue");
+        let key = std::fs::read(&pair.key).expect("key");
+        let (issued_for, held) = public_keys(&pair);
+        assert_eq!(issued_for, held, "the certificate is for the key beside it");
+        ca.issue_psp("bank-a").expect("re-issue");
+        assert_eq!(std::fs::read(&pair.key).expect("key"), key, "re-issuing keeps the key");
+        let (issued_for, held) = public_keys(&pair);
+        assert_eq!(issued_for, held, "the re-issued certificate is for the same key");
+
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&pair.key), 0o600, "a private key is its owner's alone");
+        assert_eq!(mode(&dir.path().join("ca.key")), 0o600);
+        assert_eq!(mode(&pair.certificate), CERTIFICATE_MODE);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let expected = ["ca.key", "ca.pem", "operator-admin.key", "operator-admin.pem", "psp-bank-a.key"];
+        assert_eq!(names[..5], expected, "no temporary file is left behind");
+        assert_eq!(names[5..], ["psp-bank-a.pem", "server.key", "server.pem"]);
+    }
+
+    #[test]
+    fn readers_never_see_a_torn_or_mismatched_pair_while_it_is_reissued() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = DevelopmentCa::new(dir.path());
+        ca.ensure().expect("create CA");
+        let pair = ca.issue_psp("bank-a").expect("issue");
+        let issuer = {
+            let ca = ca.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    ca.issue_psp("bank-a").expect("re-issue");
+                }
+            })
+        };
+        let mut reads = 0;
+        while !issuer.is_finished() || reads < 50 {
+            // Each read parses both files whole; a torn file fails to parse and panics here.
+            let (issued_for, held) = public_keys(&pair);
+            assert_eq!(issued_for, held, "read {reads}: certificate and key belong together");
+            reads += 1;
+        }
+        issuer.join().expect("issuer");
+    }
+
+    #[test]
+    fn a_torn_key_is_replaced_when_its_certificate_is_issued() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let ca = DevelopmentCa::new(dir.path());
+        ca.ensure().expect("create CA");
+        let pair = ca.psp("bank-a");
+        std::fs::write(&pair.key, "-----BEGIN PRIVATE KEY-----\nMIGH").expect("write a torn key");
+        ca.issue_psp("bank-a").expect("issue over it");
+        let (issued_for, held) = public_keys(&pair);
+        assert_eq!(issued_for, held);
     }
 }
