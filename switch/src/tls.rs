@@ -310,12 +310,18 @@ mod tests {
         (certificate.public_key().subject_public_key.data.to_vec(), key.public_key_raw().to_vec())
     }
 
-    #[test]
-    fn a_reissued_certificate_is_for_the_key_already_there() {
+    /// A development CA in a temporary directory, and bank-a's certificate issued by it.
+    fn ca_with_bank_a() -> (tempfile::TempDir, DevelopmentCa, PemPair) {
         let dir = tempfile::tempdir().expect("temporary directory");
         let ca = DevelopmentCa::new(dir.path());
         ca.ensure().expect("create CA");
         let pair = ca.issue_psp("bank-a").expect("issue");
+        (dir, ca, pair)
+    }
+
+    #[test]
+    fn a_reissued_certificate_is_for_the_key_already_there() {
+        let (dir, ca, pair) = ca_with_bank_a();
         let key = std::fs::read(&pair.key).expect("key");
         let (issued_for, held) = public_keys(&pair);
         assert_eq!(issued_for, held, "the certificate is for the key beside it");
@@ -334,17 +340,22 @@ mod tests {
             .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let expected = ["ca.key", "ca.pem", "operator-admin.key", "operator-admin.pem", "psp-bank-a.key"];
-        assert_eq!(names[..5], expected, "no temporary file is left behind");
-        assert_eq!(names[5..], ["psp-bank-a.pem", "server.key", "server.pem"]);
+        let expected = [
+            "ca.key",
+            "ca.pem",
+            "operator-admin.key",
+            "operator-admin.pem",
+            "psp-bank-a.key",
+            "psp-bank-a.pem",
+            "server.key",
+            "server.pem",
+        ];
+        assert_eq!(names, expected, "no temporary file is left behind");
     }
 
     #[test]
     fn readers_never_see_a_torn_or_mismatched_pair_while_it_is_reissued() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let ca = DevelopmentCa::new(dir.path());
-        ca.ensure().expect("create CA");
-        let pair = ca.issue_psp("bank-a").expect("issue");
+        let (_dir, ca, pair) = ca_with_bank_a();
         let issuer = {
             let ca = ca.clone();
             std::thread::spawn(move || {
@@ -365,10 +376,7 @@ mod tests {
 
     #[test]
     fn a_torn_key_is_replaced_when_its_certificate_is_issued() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let ca = DevelopmentCa::new(dir.path());
-        ca.ensure().expect("create CA");
-        let pair = ca.psp("bank-a");
+        let (_dir, ca, pair) = ca_with_bank_a();
         std::fs::write(&pair.key, "-----BEGIN PRIVATE KEY-----\nMIGH").expect("write a torn key");
         ca.issue_psp("bank-a").expect("issue over it");
         let (issued_for, held) = public_keys(&pair);
