@@ -1,0 +1,1 @@
+//! The reason catalogue (errors.proto) against the code and these tests.

@@ -1,0 +1,1 @@
+//! DirectoryService: RegisterAlias, RegisterAliasBatch, RemoveAlias, ResolveAlias (directory.proto).

@@ -1,0 +1,1 @@
+//! EventService: Subscribe, acks, and each event's documented fields (events.proto).

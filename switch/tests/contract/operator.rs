@@ -1,0 +1,1 @@
+//! OperatorService: participants, funding, caps, suspension, listings (operator.proto).

@@ -1,0 +1,2 @@
+//! PaymentService: Pay, PayBatch, PayStream, GetPaymentStatus, RequestCollect, Refund,
+//! GetPosition (payments.proto, common.proto).

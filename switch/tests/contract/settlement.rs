@@ -1,0 +1,1 @@
+//! Settlement windows: the open window, close, reports (operator.proto, common.proto).
