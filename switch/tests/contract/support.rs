@@ -21,11 +21,7 @@ pub fn retry_after_ms(status: &Status) -> Option<u64> {
 /// in `switch-reason`, and `switch-field` naming `field` (or absent when `field` is `None`).
 #[track_caller]
 pub fn assert_refused(status: &Status, reason: Reason, field: Option<&str>) {
-    assert_eq!(
-        trailer(status, "switch-reason"),
-        Some(reason.as_str_name()),
-        "reason trailer of {status:?}"
-    );
+    assert_eq!(trailer(status, "switch-reason"), Some(reason.as_str_name()), "reason trailer of {status:?}");
     assert_eq!(status.code(), switch::reason::code_of(reason), "status code of {status:?}");
     assert_eq!(trailer(status, "switch-field"), field, "field trailer of {status:?}");
     if status.code() == Code::ResourceExhausted {
