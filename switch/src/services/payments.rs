@@ -434,6 +434,11 @@ pub fn status_of(
         Ok(kind) => kind,
     };
     let state = crate::confirm::with_decline_reason(switch, id, crate::confirm::state_of(id, &stored))?;
+    // The money moved when the payment completed: its single-phase commit or the post.
+    let settlement_window_id = match state.state {
+        PaymentState::Completed => super::settlement::window_of(switch, state.finalized_at_unix_ns)?,
+        _ => 0,
+    };
     Ok(proto::Payment {
         payment_id: id.to_be_bytes().to_vec(),
         kind: kind as i32,
@@ -453,7 +458,7 @@ pub fn status_of(
         original_payment_id: metadata.original_payment_id,
         refunded_amount_minor: refunds.refunded_minor,
         refund_ids: refunds.refund_ids,
-        ..proto::Payment::default()
+        settlement_window_id,
     })
 }
 

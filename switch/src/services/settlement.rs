@@ -7,6 +7,11 @@
 //! participant-to-participant money counts (payments, posted confirmed payments, collects,
 //! refunds), so the net positions always sum to zero. The report, the next window and the
 //! settlement transfers are one linked ledger submission: a window closes completely or not at all.
+//!
+//! Window 1 opened when the switch first started: the ledger time its settlement accounts were
+//! created (the ledger's first batch), so it needs no record of its own until it closes. Each
+//! close also writes a boundary record, `closed-at/<closed_at>` → window id, so that the window of
+//! any ledger time (`Payment.settlement_window_id`) is one seek, whatever the number of windows.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +24,8 @@ use crate::proto::{self, Reason, SettlementWindowState};
 use crate::reason::Refusal;
 
 const OPEN_KEY: &[u8] = b"open";
+/// Prefix of the boundary records: the big-endian `closed_at` follows, so keys sort by time.
+const CLOSED_AT_PREFIX: &[u8] = b"closed-at/";
 
 /// The open window (ledger record).
 #[derive(Clone, PartialEq, Message)]
@@ -33,7 +40,39 @@ pub struct OpenWindow {
 pub fn open_window(switch: &Switch) -> Result<OpenWindow, Refusal> {
     let bytes = switch.ledger.record(tables::SETTLEMENT, OPEN_KEY).map_err(ledger_refusal)?;
     let stored = bytes.and_then(|bytes| OpenWindow::decode(bytes.as_slice()).ok());
-    Ok(stored.unwrap_or(OpenWindow { window_id: 1, opened_at_unix_ns: 0 }))
+    match stored {
+        Some(open) => Ok(open),
+        None => Ok(OpenWindow { window_id: 1, opened_at_unix_ns: first_started_at(switch)? }),
+    }
+}
+
+/// When the switch first started: the ledger time of its oldest settlement account, created in
+/// the ledger's first batch (a currency configured later has a later one).
+fn first_started_at(switch: &Switch) -> Result<u64, Refusal> {
+    let ids: Vec<u128> =
+        switch.config.currencies.iter().map(|currency| accounts::settlement(currency.ledger)).collect();
+    let found = switch.ledger.lookup_accounts(&ids).map_err(ledger_refusal)?;
+    let first = found.into_iter().flatten().map(|account| account.timestamp).min();
+    first.ok_or_else(|| Refusal::new(Reason::Internal, "no settlement account: the switch did not open its ledger"))
+}
+
+fn closed_at_key(closed_at: u64) -> Vec<u8> {
+    [CLOSED_AT_PREFIX, &closed_at.to_be_bytes()].concat()
+}
+
+/// The settlement window holding ledger time `at`: the open window from its opening on, otherwise
+/// the first closed window that closed at or after `at` (windows tile time without gaps).
+pub fn window_of(switch: &Switch, at: u64) -> Result<u64, Refusal> {
+    let open = open_window(switch)?;
+    if at >= open.opened_at_unix_ns {
+        return Ok(open.window_id);
+    }
+    let after = closed_at_key(at.saturating_sub(1));
+    let found =
+        switch.ledger.records_after(tables::SETTLEMENT, CLOSED_AT_PREFIX, Some(&after), 1).map_err(ledger_refusal)?;
+    let window =
+        found.first().and_then(|(_, value)| <[u8; 8]>::try_from(value.as_slice()).ok()).map(u64::from_be_bytes);
+    window.ok_or_else(|| Refusal::new(Reason::Internal, format!("no settlement window holds ledger time {at}")))
 }
 
 fn closed_report(switch: &Switch, window_id: u64) -> Result<Option<proto::SettlementReport>, Refusal> {
@@ -137,13 +176,16 @@ fn positions(
     Ok(report)
 }
 
-/// `GetSettlementReport`: a closed window's final report, or the open window's provisional one.
+/// `GetSettlementReport`: a closed window's final report, or the open window's provisional one
+/// (window id 0 names the open window).
 pub fn report(switch: &Switch, window_id: u64) -> Result<proto::SettlementReport, Refusal> {
-    if let Some(report) = closed_report(switch, window_id)? {
-        return Ok(report);
+    if window_id != 0 {
+        if let Some(report) = closed_report(switch, window_id)? {
+            return Ok(report);
+        }
     }
     let open = open_window(switch)?;
-    if window_id != open.window_id {
+    if window_id != 0 && window_id != open.window_id {
         return Err(Refusal::field(Reason::SettlementWindowNotFound, "window_id", "no such window"));
     }
     let now = switch.ledger.head().map_err(ledger_refusal)?.next_timestamp.saturating_sub(1);
@@ -168,6 +210,7 @@ pub async fn close(switch: &Switch, window_id: u64) -> Result<proto::SettlementR
     let next = OpenWindow { window_id: window_id + 1, opened_at_unix_ns: closed_at + 1 };
     let mut events = vec![
         record(tables::SETTLEMENT, window_id.to_be_bytes(), report.encode_to_vec(), true),
+        record(tables::SETTLEMENT, closed_at_key(closed_at), window_id.to_be_bytes().to_vec(), true),
         record(tables::SETTLEMENT, OPEN_KEY, next.encode_to_vec(), false),
     ];
     for position in report.positions.iter().filter(|position| position.net_position_minor != 0) {
