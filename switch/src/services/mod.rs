@@ -3,6 +3,7 @@
 pub mod collect;
 pub mod directory;
 pub mod events;
+pub mod funding;
 pub mod operator;
 mod pay_stream;
 pub mod payments;
@@ -19,6 +20,9 @@ use crate::reason::Refusal;
 /// Most items in one batch call (`PayBatch`, `RegisterAliasBatch`, `GetPayments`): the ledger's batch
 /// (`BATCH_SIZE_MAX` in common.proto), so one call never needs two ledger batches.
 pub const BATCH_SIZE_MAX: usize = 8_190;
+
+/// Longest free-text note, in UTF-8 bytes (`NOTE_BYTES_MAX` in common.proto).
+pub const NOTE_BYTES_MAX: usize = 140;
 
 /// A client-chosen id: exactly 16 bytes, a big-endian u128, neither all zeros nor all ones.
 pub fn parse_id(bytes: &[u8], field: &'static str) -> Result<u128, Refusal> {
@@ -65,6 +69,9 @@ pub fn participant_view(
         - i128::try_from(account.debits_posted).unwrap_or(i128::MAX);
     let reserved = i128::try_from(account.debits_pending).unwrap_or(i128::MAX);
     let available = balance - reserved + i128::from(participant.net_debit_cap_minor);
+    // Funding is outside every window and settlement transfers reverse each closed window, so
+    // what the balance holds beyond the funding is the open window's payments (`funding`).
+    let window_net = balance - funding::funded_minor(switch, &participant.psp_id)?;
     Ok(proto::Participant {
         psp_id: participant.psp_id.to_string(),
         name: participant.name.clone(),
@@ -76,9 +83,9 @@ pub fn participant_view(
         reserved_minor: u64::try_from(account.debits_pending).unwrap_or(u64::MAX),
         incoming_pending_minor: u64::try_from(account.credits_pending).unwrap_or(u64::MAX),
         available_minor: clamp(available),
-        // Settlement windows are not served yet: the whole history is one open window.
-        window_net_position_minor: clamp(balance),
-        registered_at_unix_ns: participant.registered_at_unix_ns,
+        window_net_position_minor: clamp(window_net),
+        // The ledger time of the registration: its batch created the position account.
+        registered_at_unix_ns: account.timestamp,
         as_of_unix_ns: crate::core::now_unix_ns(),
     })
 }

@@ -2,16 +2,15 @@
 //!
 //! Every change is one ledger submission, so it is durable and atomic with its money movement:
 //! registration is `[participant record, create account]`; a cap change is `[record, set debit
-//! limit]`; fund-out is `[set limit 0, transfer out, set limit back]`, which the ledger refuses as a
-//! whole when the participant's own funds (not its cap) do not cover it.
+//! limit]`. Funding is its own module (`funding`).
 
 use std::sync::Arc;
 
-use ledger::{Account, AccountFlags, Event, ResultCode, Transfer};
+use ledger::{Account, AccountFlags, Event, ResultCode};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use super::{check_amount, parse_id, participant_view, BATCH_SIZE_MAX};
+use super::{parse_id, participant_view, BATCH_SIZE_MAX, NOTE_BYTES_MAX};
 use crate::auth;
 use crate::core::{codes, record, tables, Switch};
 use crate::directory::check_text;
@@ -31,12 +30,64 @@ pub struct Operator {
     pub switch: Arc<Switch>,
 }
 
+/// A PSP id as a request names it: present (FIELD_REQUIRED) and of the PSP id grammar.
+pub(super) fn check_psp_id(psp_id: &str) -> Result<(), Refusal> {
+    if psp_id.is_empty() {
+        return Err(Refusal::field(Reason::FieldRequired, "psp_id", "psp_id is required"));
+    }
+    if !valid_name(psp_id) {
+        return Err(Refusal::field(
+            Reason::PspIdMalformed,
+            "psp_id",
+            "psp_id must be 2-32 of [a-z0-9-], not starting with '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// The participant a request names: a well-formed PSP id of a registered participant.
+pub(super) fn participant(switch: &Switch, psp_id: &str) -> Result<Arc<Participant>, Refusal> {
+    check_psp_id(psp_id)?;
+    switch
+        .participants
+        .get(psp_id)
+        .ok_or_else(|| Refusal::field(Reason::ParticipantNotFound, "psp_id", format!("no participant {psp_id:?}")))
+}
+
+/// A listing's page token: `after:` and the last PSP id of the previous page. Anything else
+/// was not produced by the switch.
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// The PSP id a page token continues after (`""` for the first page).
+fn page_start(page_token: &str) -> Result<&str, Refusal> {
+    if page_token.is_empty() {
+        return Ok("");
+    }
+    match page_token.strip_prefix(PAGE_TOKEN_PREFIX) {
+        Some(after) if valid_name(after) => Ok(after),
+        _ => Err(Refusal::field(Reason::PageInvalid, "page_token", "not a page token of this listing")),
+    }
+}
+
+fn below_usage() -> Refusal {
+    Refusal::new(
+        Reason::NetDebitCapBelowUsage,
+        "the participant already uses more than the new cap; suspend it instead",
+    )
+}
+
 impl Operator {
     fn participant(&self, psp_id: &str) -> Result<Arc<Participant>, Refusal> {
-        self.switch
-            .participants
-            .get(psp_id)
-            .ok_or_else(|| Refusal::field(Reason::ParticipantNotFound, "psp_id", format!("no participant {psp_id:?}")))
+        participant(&self.switch, psp_id)
+    }
+
+    /// Suspends or reactivates the participant a request names, with its audit note checked.
+    async fn set_status(&self, psp_id: &str, note: &str, status: ParticipantStatus) -> Result<Participant, Refusal> {
+        let participant = self.participant(psp_id)?;
+        check_text(note, "note", NOTE_BYTES_MAX, false)?;
+        let changed = Participant { status, ..Participant::clone(&participant) };
+        self.change(changed.clone(), None).await?;
+        Ok(changed)
     }
 
     fn view(&self, participant: &Participant) -> Result<Response<proto::Participant>, Status> {
@@ -59,77 +110,8 @@ impl Operator {
         Ok(results)
     }
 
-    async fn fund(&self, request: proto::FundRequest, inbound: bool) -> Result<proto::FundResult, Refusal> {
-        let participant = self.participant(&request.psp_id)?;
-        let transfer_id = parse_id(&request.transfer_id, "transfer_id")?;
-        let currency = check_amount(&self.switch, request.amount_minor, &request.currency)?;
-        if currency.code != participant.currency {
-            return Err(Refusal::field(Reason::CurrencyMismatch, "currency", "the participant holds another currency"));
-        }
-        check_text(&request.note, "note", 140, false)?;
-        let settlement = accounts::settlement(currency.ledger);
-        let (debit, credit, code) = if inbound {
-            (settlement, participant.account_id, codes::FUND_IN)
-        } else {
-            (participant.account_id, settlement, codes::FUND_OUT)
-        };
-        let transfer = Transfer {
-            id: transfer_id,
-            debit_account_id: debit,
-            credit_account_id: credit,
-            amount: u128::from(request.amount_minor),
-            ledger: currency.ledger,
-            code,
-            ..Transfer::default()
-        };
-        let cap = u128::from(participant.net_debit_cap_minor);
-        let account_id = participant.account_id;
-        let events = if inbound {
-            vec![Event::CreateTransfer(transfer)]
-        } else {
-            // Take the cap away for the duration of the transfer: only own funds may leave.
-            let linked = Transfer { flags: ledger::TransferFlags(ledger::TransferFlags::LINKED), ..transfer };
-            vec![
-                Event::SetDebitLimit { account_id, debit_limit: 0, linked: true },
-                Event::CreateTransfer(linked),
-                Event::SetDebitLimit { account_id, debit_limit: cap, linked: false },
-            ]
-        };
-        let results = self.switch.submit(events).await?;
-        let transfer_result = if inbound { results[0] } else { results[1] };
-        match (transfer_result, results.first().copied()) {
-            (ResultCode::Ok | ResultCode::Exists, _) => {}
-            (_, Some(ResultCode::DebitLimitBelowCurrentDebits)) | (ResultCode::ExceedsCredits, _) => {
-                return Err(Refusal::new(
-                    Reason::FundOutExceedsAvailable,
-                    "fund-out exceeds the participant's own funds",
-                ))
-            }
-            (code, _) if code.is_id_conflict() => {
-                return Err(Refusal::field(
-                    Reason::PaymentIdConflict,
-                    "transfer_id",
-                    "transfer id used with other content",
-                ))
-            }
-            (ResultCode::OverflowsCreditsPosted | ResultCode::OverflowsDebitsPosted, _) => {
-                return Err(Refusal::new(Reason::BalanceOverflow, "the balance would overflow"))
-            }
-            (code, _) => return Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
-        }
-        let stored = self.switch.ledger.lookup_transfers(&[transfer_id]).map_err(crate::core::ledger_refusal)?;
-        let recorded_at = stored.first().copied().flatten().map(|record| record.stored.transfer.timestamp).unwrap_or(0);
-        Ok(proto::FundResult {
-            transfer_id: request.transfer_id,
-            recorded_at_unix_ns: recorded_at,
-            participant: Some(participant_view(&self.switch, &participant)?),
-        })
-    }
-
     async fn register(&self, request: proto::RegisterParticipantRequest) -> Result<Participant, Refusal> {
-        if !valid_name(&request.psp_id) {
-            return Err(Refusal::field(Reason::PspIdMalformed, "psp_id", "psp_id must be 2-32 of [a-z0-9-]"));
-        }
+        check_psp_id(&request.psp_id)?;
         check_text(&request.name, "name", PARTICIPANT_NAME_BYTES_MAX, true)?;
         let currency = self.switch.config.currency(&request.currency).ok_or_else(|| {
             Refusal::field(
@@ -160,9 +142,9 @@ impl Operator {
             registered_at_unix_ns: crate::core::now_unix_ns(),
         };
         if let Some(existing) = self.switch.participants.get(&request.psp_id) {
+            // The cap is not compared: SetNetDebitCap may have changed it since (operator.proto).
             let same = existing.name == participant.name
                 && existing.currency == participant.currency
-                && existing.net_debit_cap_minor == participant.net_debit_cap_minor
                 && existing.confirmation_mode == participant.confirmation_mode;
             return if same {
                 Ok(Participant::clone(&existing))
@@ -170,11 +152,11 @@ impl Operator {
                 Err(Refusal::field(Reason::ParticipantAlreadyRegistered, "psp_id", "registered with other details"))
             };
         }
-        // The outbox exists before the participant can be paid (exact event counts).
-        self.switch.events.outbox(&self.switch.ledger, &request.psp_id).map_err(crate::core::ledger_refusal)?;
         if self.switch.participants.len() >= self.switch.config.limits.participants_max {
             return Err(Refusal::new(Reason::ParticipantsLimit, "the switch holds its maximum of participants"));
         }
+        // The outbox exists before the participant can be paid (exact event counts).
+        self.switch.events.outbox(&self.switch.ledger, &request.psp_id).map_err(crate::core::ledger_refusal)?;
         let account = Account {
             id: participant.account_id,
             ledger: participant.ledger,
@@ -227,12 +209,13 @@ impl OperatorService for Operator {
             size if size <= PAGE_SIZE_MAX => size,
             _ => return Err(Refusal::field(Reason::PageInvalid, "page_size", "page_size above 1000").into()),
         } as usize;
-        // The page token is the last PSP id of the previous page (ids are listed in order).
+        // Ids are listed in order, so a page continues after the last id of the previous one.
+        let after = page_start(&request.page_token)?;
         let all = self.switch.participants.all();
-        let start = all.iter().position(|participant| *participant.psp_id > *request.page_token).unwrap_or(all.len());
+        let start = all.iter().position(|participant| *participant.psp_id > *after).unwrap_or(all.len());
         let page: Vec<_> = all[start..].iter().take(page_size).collect();
         let next_page_token = match (page.last(), start + page.len() < all.len()) {
-            (Some(last), true) => last.psp_id.to_string(),
+            (Some(last), true) => format!("{PAGE_TOKEN_PREFIX}{}", last.psp_id),
             _ => String::new(),
         };
         let participants =
@@ -242,13 +225,14 @@ impl OperatorService for Operator {
 
     async fn fund_in(&self, request: Request<proto::FundRequest>) -> Result<Response<proto::FundResult>, Status> {
         auth::operator(&request)?;
-        Ok(Response::new(self.fund(request.into_inner(), true).await?))
+        let _serial = self.switch.operator_lock.lock().await;
+        Ok(Response::new(super::funding::fund(&self.switch, request.into_inner(), true).await?))
     }
 
     async fn fund_out(&self, request: Request<proto::FundRequest>) -> Result<Response<proto::FundResult>, Status> {
         auth::operator(&request)?;
         let _serial = self.switch.operator_lock.lock().await;
-        Ok(Response::new(self.fund(request.into_inner(), false).await?))
+        Ok(Response::new(super::funding::fund(&self.switch, request.into_inner(), false).await?))
     }
 
     async fn set_net_debit_cap(
@@ -258,9 +242,17 @@ impl OperatorService for Operator {
         auth::operator(&request)?;
         let _serial = self.switch.operator_lock.lock().await;
         let request = request.into_inner();
-        let participant = self.participant(&request.psp_id)?;
+        check_psp_id(&request.psp_id)?;
         if i64::try_from(request.net_debit_cap_minor).is_err() {
             return Err(Refusal::field(Reason::AmountOverLimit, "net_debit_cap_minor", "cap above 2^63-1").into());
+        }
+        let participant = self.participant(&request.psp_id)?;
+        // Checked before anything is written, so that the refusal changes nothing; the ledger
+        // checks again atomically against payments running meanwhile.
+        let position = participant_view(&self.switch, &participant)?;
+        let own_minor = i128::from(position.balance_minor) - i128::from(position.reserved_minor);
+        if own_minor + i128::from(request.net_debit_cap_minor) < 0 {
+            return Err(below_usage().into());
         }
         let changed =
             Participant { net_debit_cap_minor: request.net_debit_cap_minor, ..Participant::clone(&participant) };
@@ -272,11 +264,7 @@ impl OperatorService for Operator {
         let results = self.change(changed.clone(), Some(limit)).await?;
         match results.as_slice() {
             [ResultCode::Ok, ResultCode::Ok] => self.view(&changed),
-            [_, ResultCode::DebitLimitBelowCurrentDebits] => Err(Refusal::new(
-                Reason::NetDebitCapBelowUsage,
-                "the participant already uses more than the new cap; suspend it instead",
-            )
-            .into()),
+            [_, ResultCode::DebitLimitBelowCurrentDebits] => Err(below_usage().into()),
             other => Err(Refusal::new(Reason::Internal, format!("ledger answered {other:?}")).into()),
         }
     }
@@ -287,9 +275,8 @@ impl OperatorService for Operator {
     ) -> Result<Response<proto::Participant>, Status> {
         auth::operator(&request)?;
         let _serial = self.switch.operator_lock.lock().await;
-        let participant = self.participant(&request.get_ref().psp_id)?;
-        let changed = Participant { status: ParticipantStatus::Suspended, ..Participant::clone(&participant) };
-        self.change(changed.clone(), None).await?;
+        let request = request.get_ref();
+        let changed = self.set_status(&request.psp_id, &request.note, ParticipantStatus::Suspended).await?;
         tracing::warn!(psp = %changed.psp_id, "participant suspended");
         self.view(&changed)
     }
@@ -300,9 +287,8 @@ impl OperatorService for Operator {
     ) -> Result<Response<proto::Participant>, Status> {
         auth::operator(&request)?;
         let _serial = self.switch.operator_lock.lock().await;
-        let participant = self.participant(&request.get_ref().psp_id)?;
-        let changed = Participant { status: ParticipantStatus::Active, ..Participant::clone(&participant) };
-        self.change(changed.clone(), None).await?;
+        let request = request.get_ref();
+        let changed = self.set_status(&request.psp_id, &request.note, ParticipantStatus::Active).await?;
         tracing::info!(psp = %changed.psp_id, "participant reactivated");
         self.view(&changed)
     }
