@@ -150,7 +150,12 @@ impl Directory {
     }
 
     pub fn is_full(&self) -> bool {
-        self.len() >= self.aliases_max
+        !self.has_room_for(1)
+    }
+
+    /// Whether `count` more aliases fit (a batch counts the ones it is about to add).
+    pub fn has_room_for(&self, count: usize) -> bool {
+        self.len().saturating_add(count) <= self.aliases_max
     }
 
     /// Applies a committed registration. `false` (and nothing applied) for an alias longer than
@@ -206,6 +211,7 @@ mod tests {
     #[test]
     fn counts_follow_inserts_and_removals() {
         let directory = Directory::new(2);
+        assert!(directory.has_room_for(2) && !directory.has_room_for(3));
         let entry = AliasEntry { psp: "bank-a".into(), display_name: "Ana".into() };
         assert!(directory.insert("ana@bank-a", entry.clone()));
         assert!(directory.insert("ana@bank-a", entry.clone()));
@@ -213,6 +219,7 @@ mod tests {
         assert_eq!(directory.resolve("ana@bank-a"), Some(entry.clone()));
         directory.insert("bo@bank-a", entry);
         assert!(directory.is_full());
+        assert!(!directory.has_room_for(1));
         assert!(directory.remove("ana@bank-a"));
         assert!(!directory.remove("ana@bank-a"));
         assert_eq!(directory.len(), 1);

@@ -4,6 +4,10 @@
 //! serialised by one lock so that the map always shows the last committed value; they are not on
 //! the payment path, and bulk loading goes through `RegisterAliasBatch` (8,190 per call, one
 //! durable write per ledger batch).
+//!
+//! A suspended PSP keeps its directory (directory.proto): registering, removing and resolving
+//! aliases move no money, and payments to or from its aliases are refused while it is suspended
+//! anyway. So these calls ask only that the caller be registered.
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::{status_code, BATCH_SIZE_MAX};
 use crate::auth;
-use crate::core::{now_unix_ns, record, tables, AliasRecord, Switch};
+use crate::core::{ledger_refusal, now_unix_ns, record, tables, AliasRecord, Switch};
 use crate::directory::{alias_owner, check_text, AliasEntry, DISPLAY_NAME_BYTES_MAX};
 use crate::proto::directory_service_server::DirectoryService;
 use crate::proto::{self, Reason};
@@ -34,8 +38,39 @@ impl Directory {
         Directory { switch, write_lock: tokio::sync::Mutex::new(()) }
     }
 
-    /// Checks one registration. `Ok(None)`: already registered exactly so (idempotent).
-    fn check(&self, psp: &str, request: &proto::RegisterAliasRequest) -> Result<Option<Registration>, Refusal> {
+    /// The calling PSP, which must be registered; suspended or not.
+    fn caller<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
+        let psp = auth::psp(request)?;
+        if self.switch.participants.get(&psp).is_none() {
+            return Err(Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant")));
+        }
+        Ok(psp)
+    }
+
+    /// An alias as the ledger recorded it (the directory map has no registration time), or
+    /// `None` if it is not registered.
+    fn stored(&self, alias: &str) -> Result<Option<proto::Alias>, Refusal> {
+        let Some(bytes) = self.switch.ledger.record(tables::ALIASES, alias.as_bytes()).map_err(ledger_refusal)? else {
+            return Ok(None);
+        };
+        let record = AliasRecord::decode(bytes.as_slice())
+            .map_err(|_| Refusal::new(Reason::Internal, format!("the stored alias {alias:?} does not decode")))?;
+        Ok(Some(proto::Alias {
+            alias: alias.to_string(),
+            psp_id: record.psp_id,
+            display_name: record.display_name,
+            registered_at_unix_ns: record.registered_at_unix_ns,
+        }))
+    }
+
+    /// Checks one registration, `pending` others of the same call being about to be added.
+    /// `Ok(None)`: already registered exactly so (idempotent).
+    fn check(
+        &self,
+        psp: &str,
+        request: &proto::RegisterAliasRequest,
+        pending: usize,
+    ) -> Result<Option<Registration>, Refusal> {
         let owner = alias_owner(&request.alias)?;
         if owner != psp {
             return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "alias", "the alias belongs to another PSP"));
@@ -48,7 +83,7 @@ impl Directory {
                 Err(Refusal::field(Reason::AliasAlreadyRegistered, "alias", "registered with another display name"))
             };
         }
-        if self.switch.directory.is_full() {
+        if !self.switch.directory.has_room_for(pending + 1) {
             return Err(Refusal::new(Reason::DirectoryFull, "the directory holds its maximum of aliases"));
         }
         let record = AliasRecord {
@@ -91,13 +126,14 @@ impl Directory {
     }
 }
 
-fn alias_message(alias: &str, entry: &AliasEntry) -> proto::Alias {
-    proto::Alias {
-        alias: alias.to_string(),
-        psp_id: entry.psp.to_string(),
-        display_name: entry.display_name.to_string(),
-        registered_at_unix_ns: 0,
+/// A batch item repeating an alias registered earlier in the same batch as `first_display_name`:
+/// the same display name is a retry, another one is refused as RegisterAlias would refuse it.
+fn repeated(first_display_name: &str, item: &proto::RegisterAliasRequest) -> Result<(), Refusal> {
+    check_text(&item.display_name, "display_name", DISPLAY_NAME_BYTES_MAX, true)?;
+    if item.display_name != first_display_name {
+        return Err(Refusal::field(Reason::AliasAlreadyRegistered, "alias", "registered with another display name"));
     }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -106,30 +142,24 @@ impl DirectoryService for Directory {
         &self,
         request: Request<proto::RegisterAliasRequest>,
     ) -> Result<Response<proto::Alias>, Status> {
-        let psp = auth::psp(&request)?;
-        self.switch.active_participant(&psp)?;
+        let psp = self.caller(&request)?;
         let request = request.into_inner();
         let _serial = self.write_lock.lock().await;
-        if let Some(registration) = self.check(&psp, &request)? {
-            let record = registration.record.clone();
+        if let Some(registration) = self.check(&psp, &request, 0)? {
             if let Some(Err(refusal)) = self.commit(vec![registration]).await?.pop() {
                 return Err(refusal.into());
             }
-            let entry = AliasEntry { psp: record.psp_id.into(), display_name: record.display_name.into() };
-            let mut message = alias_message(&request.alias, &entry);
-            message.registered_at_unix_ns = record.registered_at_unix_ns;
-            return Ok(Response::new(message));
         }
-        let entry = self.switch.directory.resolve(&request.alias).ok_or_else(|| Status::internal("alias vanished"))?;
-        Ok(Response::new(alias_message(&request.alias, &entry)))
+        // New or a retry: the registration as recorded, with its original time.
+        let stored = self.stored(&request.alias)?;
+        Ok(Response::new(stored.ok_or_else(|| Refusal::new(Reason::Internal, "a registered alias has no record"))?))
     }
 
     async fn register_alias_batch(
         &self,
         request: Request<proto::RegisterAliasBatchRequest>,
     ) -> Result<Response<proto::RegisterAliasBatchResponse>, Status> {
-        let psp = auth::psp(&request)?;
-        self.switch.active_participant(&psp)?;
+        let psp = self.caller(&request)?;
         let aliases = request.into_inner().aliases;
         if aliases.is_empty() || aliases.len() > BATCH_SIZE_MAX {
             let message = format!("a batch holds 1 to {BATCH_SIZE_MAX} aliases");
@@ -139,16 +169,22 @@ impl DirectoryService for Directory {
         let mut outcomes: Vec<Option<Result<(), Refusal>>> = Vec::with_capacity(aliases.len());
         let mut registrations = Vec::new();
         let mut positions = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // Aliases this call registers, with their display names.
+        let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         for (position, item) in aliases.iter().enumerate() {
-            match self.check(&psp, item) {
-                Ok(Some(registration)) if seen.insert(item.alias.clone()) => {
+            if let Some(first) = seen.get(&item.alias) {
+                // A repeat inside the batch answers like a retry of its first occurrence.
+                outcomes.push(Some(repeated(first, item)));
+                continue;
+            }
+            match self.check(&psp, item, registrations.len()) {
+                Ok(Some(registration)) => {
+                    seen.insert(item.alias.clone(), item.display_name.clone());
                     registrations.push(registration);
                     positions.push(position);
                     outcomes.push(None);
                 }
-                // A repeat inside the batch is registered once; the rest answer like a retry.
-                Ok(_) => outcomes.push(Some(Ok(()))),
+                Ok(None) => outcomes.push(Some(Ok(()))),
                 Err(refusal) => outcomes.push(Some(Err(refusal))),
             }
         }
@@ -173,8 +209,7 @@ impl DirectoryService for Directory {
         &self,
         request: Request<proto::RemoveAliasRequest>,
     ) -> Result<Response<proto::RemoveAliasResponse>, Status> {
-        let psp = auth::psp(&request)?;
-        self.switch.active_participant(&psp)?;
+        let psp = self.caller(&request)?;
         let alias = request.into_inner().alias;
         if alias_owner(&alias)? != psp {
             return Err(
@@ -198,15 +233,10 @@ impl DirectoryService for Directory {
         &self,
         request: Request<proto::ResolveAliasRequest>,
     ) -> Result<Response<proto::Alias>, Status> {
-        let psp = auth::psp(&request)?;
-        self.switch.active_participant(&psp)?;
+        self.caller(&request)?;
         let alias = &request.get_ref().alias;
         alias_owner(alias)?;
-        let entry = self
-            .switch
-            .directory
-            .resolve(alias)
-            .ok_or_else(|| Refusal::field(Reason::UnknownAlias, "alias", "no such alias"))?;
-        Ok(Response::new(alias_message(alias, &entry)))
+        let stored = self.stored(alias)?;
+        Ok(Response::new(stored.ok_or_else(|| Refusal::field(Reason::UnknownAlias, "alias", "no such alias"))?))
     }
 }
