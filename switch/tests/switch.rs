@@ -282,7 +282,13 @@ async fn operator_controls_funding_caps_and_suspension() {
         .expect("list")
         .into_inner();
     assert_eq!(listed.participants.len(), 1);
-    assert_eq!(listed.next_page_token, "bank-a");
+    // The token is opaque: passed back unchanged, it continues after bank-a.
+    let rest = operator
+        .list_participants(proto::ListParticipantsRequest { page_size: 1, page_token: listed.next_page_token })
+        .await
+        .expect("next page")
+        .into_inner();
+    assert_eq!(rest.participants[0].psp_id, "bank-b");
     test.assert_money_conserved();
 }
 

@@ -70,6 +70,7 @@ async fn resolving_checks_the_grammar_then_the_directory() {
     let unchanged = Unchanged::take(&test);
     assert_refusal(directory.resolve_alias(resolve("nobody@bank-b")).await, Reason::UnknownAlias, Some("alias"));
     assert_refusal(directory.resolve_alias(resolve("no at sign")).await, Reason::AliasMalformed, Some("alias"));
+    assert_refusal(directory.resolve_alias(resolve("")).await, Reason::FieldRequired, Some("alias"));
     let remove = proto::RemoveAliasRequest { alias: "nobody@bank-b".into() };
     assert_refusal(directory.remove_alias(remove).await, Reason::AliasOwnedByOtherPsp, Some("alias"));
     let removed = directory.remove_alias(proto::RemoveAliasRequest { alias: "nobody@bank-a".into() }).await;
