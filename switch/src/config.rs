@@ -78,6 +78,9 @@ pub struct Limits {
     pub aliases_max: usize,
     /// Most participants.
     pub participants_max: usize,
+    /// Directory calls per second per PSP (register, remove, resolve; a batch is one call):
+    /// bounds alias enumeration through ResolveAlias. Beyond it RATE_LIMITED.
+    pub directory_calls_per_second: u32,
     /// Status queries per second per PSP (UPI's April 2025 outage was a status-query flood).
     pub status_queries_per_second: u32,
     /// Payments per second per payer PSP (single, batch and stream together): a runaway PSP
@@ -128,6 +131,7 @@ impl Default for Limits {
             payment_deadline_ms_default: 30_000,
             aliases_max: 20_000_000,
             participants_max: 1_000,
+            directory_calls_per_second: 1_000,
             status_queries_per_second: 1_000,
             payments_per_second_per_psp: 200_000,
         }

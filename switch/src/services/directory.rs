@@ -14,6 +14,7 @@ use std::sync::Arc;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use super::payments::RateLimiter;
 use super::{status_code, BATCH_SIZE_MAX};
 use crate::auth;
 use crate::core::{ledger_refusal, now_unix_ns, record, tables, AliasRecord, Switch};
@@ -25,6 +26,8 @@ use crate::reason::Refusal;
 pub struct Directory {
     pub switch: Arc<Switch>,
     pub write_lock: tokio::sync::Mutex<()>,
+    /// Directory calls per PSP per second (`limits.directory_calls_per_second`).
+    limiter: RateLimiter,
 }
 
 /// An alias checked and ready to record.
@@ -35,14 +38,19 @@ struct Registration {
 
 impl Directory {
     pub fn new(switch: Arc<Switch>) -> Self {
-        Directory { switch, write_lock: tokio::sync::Mutex::new(()) }
+        let limiter = RateLimiter::new(switch.config.limits.directory_calls_per_second);
+        Directory { switch, write_lock: tokio::sync::Mutex::new(()), limiter }
     }
 
-    /// The calling PSP, which must be registered; suspended or not.
+    /// The calling PSP, which must be registered (suspended or not) and within its directory
+    /// rate: every call counts, which also bounds alias enumeration through ResolveAlias.
     fn caller<T>(&self, request: &Request<T>) -> Result<String, Refusal> {
         let psp = auth::psp(request)?;
         if self.switch.participants.get(&psp).is_none() {
             return Err(Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant")));
+        }
+        if !self.limiter.allow(&psp) {
+            return Err(Refusal::new(Reason::RateLimited, "directory calls are rate limited; back off"));
         }
         Ok(psp)
     }

@@ -150,3 +150,28 @@ async fn a_batch_counts_its_own_aliases_against_the_capacity_and_its_repeats_as_
     let cy = bank_a.directory.resolve_alias(resolve("cy@bank-a")).await.expect("resolve").into_inner();
     assert_eq!(cy.display_name, "Cy", "the first of the batch's two names");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_directory_call_counts_against_the_callers_rate() {
+    let test = TestSwitch::start_with(|config| config.limits.directory_calls_per_second = 3).await;
+    let bank_a = test.onboard("bank-a", 0, 0).await;
+    let bank_b = test.onboard("bank-b", 0, 0).await;
+    let mut directory = bank_a.directory.clone();
+    let unchanged = Unchanged::take(&test);
+    // Ten calls at once: at most 3 per second pass, so even across a second boundary some wait.
+    let mut limited = 0;
+    for _ in 0..10 {
+        match directory.resolve_alias(resolve("nobody@bank-b")).await {
+            Err(status) if crate::common::reason(&status) == Some(Reason::RateLimited) => {
+                crate::support::assert_refused(&status, Reason::RateLimited, None);
+                limited += 1;
+            }
+            other => assert_refusal(other, Reason::UnknownAlias, Some("alias")),
+        }
+    }
+    assert!(limited >= 4, "10 calls at 3 per second: {limited} limited");
+    unchanged.assert_still(&test, "rate-limited directory calls");
+    // Another PSP has its own budget.
+    let other = bank_b.directory.clone().resolve_alias(resolve("nobody@bank-a")).await;
+    assert_refusal(other, Reason::UnknownAlias, Some("alias"));
+}
