@@ -175,3 +175,23 @@ async fn every_directory_call_counts_against_the_callers_rate() {
     let other = bank_b.directory.clone().resolve_alias(resolve("nobody@bank-a")).await;
     assert_refusal(other, Reason::UnknownAlias, Some("alias"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_registered_psps_use_the_directory_and_a_batch_holds_1_to_8190_items() {
+    let test = TestSwitch::start().await;
+    let mut bank_a = test.onboard("bank-a", 0, 0).await;
+    let unregistered = test.psp("bank-z").await;
+    let mut directory = unregistered.directory.clone();
+    let unchanged = Unchanged::take(&test);
+    assert_refusal(directory.register_alias(alias("zed@bank-z", "Zed")).await, Reason::CallerNotRegistered, None);
+    assert_refusal(directory.resolve_alias(resolve("ana@bank-a")).await, Reason::CallerNotRegistered, None);
+    let remove = proto::RemoveAliasRequest { alias: "zed@bank-z".into() };
+    assert_refusal(directory.remove_alias(remove).await, Reason::CallerNotRegistered, None);
+    let empty = proto::RegisterAliasBatchRequest { aliases: Vec::new() };
+    let refused = bank_a.directory.register_alias_batch(empty).await;
+    assert_refusal(refused, Reason::BatchSizeOutOfRange, Some("aliases"));
+    let too_many = proto::RegisterAliasBatchRequest { aliases: vec![alias("ana@bank-a", "Ana"); 8_191] };
+    let refused = bank_a.directory.register_alias_batch(too_many).await;
+    assert_refusal(refused, Reason::BatchSizeOutOfRange, Some("aliases"));
+    unchanged.assert_still(&test, "directory calls of an unregistered PSP and batches out of range");
+}

@@ -262,6 +262,12 @@ async fn funding_is_bounded_by_int64_not_by_the_payment_maximum() {
         Some("amount_minor"),
     );
     assert_refusal(operator.fund_in(funding("bank-a", 2, 0)).await, Reason::AmountZero, Some("amount_minor"));
+    let short = proto::FundRequest { transfer_id: vec![7; 15], ..funding("bank-a", 2, 5) };
+    assert_refusal(operator.fund_in(short).await, Reason::IdMalformed, Some("transfer_id"));
+    for reserved in [0, u128::MAX] {
+        let request = funding("bank-a", reserved, 5);
+        assert_refusal(operator.fund_out(request).await, Reason::IdReserved, Some("transfer_id"));
+    }
     assert_refusal(operator.fund_out(funding("bank-a", 2, 0)).await, Reason::AmountZero, Some("amount_minor"));
     // Beyond the balance, whatever the amount.
     let refused = operator.fund_out(funding("bank-a", 2, large + 1)).await;
