@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod confirm;
 pub mod core;
@@ -38,6 +39,9 @@ pub mod tls;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("paymentswitch.v1");
+    // The clients, generated apart so that they decode answers with tonic-prost's codec
+    // (`build.rs`).
+    include!(concat!(env!("OUT_DIR"), "/clients/paymentswitch.v1.rs"));
 
     /// The encoded descriptors, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("switch_v1_descriptor");

@@ -46,7 +46,8 @@ pub fn code_of(reason: Reason) -> Code {
         | R::DeadlinePassed
         | R::DeadlineTooFar
         | R::BatchSizeOutOfRange
-        | R::PageInvalid => Code::InvalidArgument,
+        | R::PageInvalid
+        | R::RequestMalformed => Code::InvalidArgument,
         R::NotAuthenticated => Code::Unauthenticated,
         R::NotAuthorized | R::CallerNotRegistered | R::AliasOwnedByOtherPsp | R::RefundNotByPayee => {
             Code::PermissionDenied

@@ -184,7 +184,13 @@ impl Stream {
                             return self.end(refusal).await;
                         }
                     }
-                    Ok(None) | Err(_) => return,
+                    Ok(None) => return,
+                    // A message that does not decode (`crate::codec`) is answered; a broken
+                    // connection has no one to answer.
+                    Err(status) => {
+                        let _ = self.sender.send(Err(status)).await;
+                        return;
+                    }
                 },
             }
         }

@@ -41,14 +41,27 @@ pub async fn serve(
 ) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let mut ended = false;
+    let mut broken = None;
     while !ended {
-        let Ok(Some(first)) = incoming.message().await else { break };
+        let first = match incoming.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => break,
+            Err(status) => {
+                broken = Some(status);
+                break;
+            }
+        };
         let mut group = vec![first];
         while group.len() < GROUP_MAX {
             match arrived(&mut incoming) {
                 Some(Ok(Some(item))) => group.push(item),
-                Some(Ok(None) | Err(_)) => {
-                    ended = true; // the client half-closed or the stream broke: pay what came
+                Some(Ok(None)) => {
+                    ended = true; // the client half-closed: pay what came
+                    break;
+                }
+                Some(Err(status)) => {
+                    broken = Some(status); // the stream broke: pay what came
+                    ended = true;
                     break;
                 }
                 None => break,
@@ -59,6 +72,13 @@ pub async fn serve(
         let admitted: Vec<bool> = group.iter().map(|_| limiter.allow_many(&payer.psp_id, 1)).collect();
         let (switch, payer, sender) = (Arc::clone(&switch), Arc::clone(&payer), sender.clone());
         tokio::spawn(async move { pay_group(&switch, &payer, group, admitted, permits, &sender).await });
+    }
+    // An item the switch refused to read (bytes that do not decode, `crate::codec`) ends the
+    // stream with its status, after the payments before it are answered: the status is the
+    // response stream's last word. A broken connection (no reason) has no one to answer.
+    if let Some(status) = broken.filter(|status| crate::reason::reason_of(status).is_some()) {
+        let _all_answered = in_flight.acquire_many(IN_FLIGHT_MAX as u32).await;
+        let _ = sender.send(Err(status)).await;
     }
 }
 
