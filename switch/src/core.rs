@@ -98,6 +98,9 @@ pub struct Switch {
     /// Set when the switch begins to shut down: long-lived event streams end (UNAVAILABLE,
     /// SHUTTING_DOWN) so that graceful shutdown does not wait on them forever.
     pub shutting_down: tokio::sync::watch::Sender<bool>,
+    /// Set when a stored record did not decode (`crate::records`): health turns NOT_SERVING and
+    /// every write is refused until the switch is repaired and restarted.
+    pub failed: tokio::sync::watch::Sender<bool>,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
     /// Counters for operators (`crate::metrics`).
@@ -112,6 +115,17 @@ pub enum OpenError {
     Settlement { currency: String, code: ResultCode },
     #[error("stored {what} record {key:?} is not one this release can read")]
     Corrupt { what: &'static str, key: String },
+    #[error(transparent)]
+    Record(#[from] crate::records::CorruptRecord),
+}
+
+impl From<crate::records::ReadError> for OpenError {
+    fn from(error: crate::records::ReadError) -> OpenError {
+        match error {
+            crate::records::ReadError::Ledger(error) => OpenError::Ledger(error),
+            crate::records::ReadError::Corrupt(record) => OpenError::Record(record),
+        }
+    }
 }
 
 impl Switch {
@@ -131,10 +145,8 @@ impl Switch {
         }
         let participants = load_participants(&ledger)?;
         let directory = Directory::new(config.limits.aliases_max);
-        for (key, value) in ledger.records(tables::ALIASES)? {
+        for (key, record) in crate::records::all::<AliasRecord>(&ledger, tables::ALIASES)? {
             let alias = String::from_utf8(key).map_err(|_| OpenError::Corrupt { what: "alias", key: "?".into() })?;
-            let record = AliasRecord::decode(value.as_slice())
-                .map_err(|_| OpenError::Corrupt { what: "alias", key: alias.clone() })?;
             let entry = AliasEntry { psp: record.psp_id.into(), display_name: record.display_name.into() };
             if !directory.insert(&alias, entry) {
                 return Err(OpenError::Corrupt { what: "alias longer than the grammar admits", key: alias });
@@ -159,6 +171,7 @@ impl Switch {
             collect_turns: crate::serial::KeyLocks::default(),
             collects_awaiting: crate::services::collect::AwaitingCounts::default(),
             shutting_down: tokio::sync::watch::Sender::new(false),
+            failed: tokio::sync::watch::Sender::new(false),
             operator_lock,
             metrics: Arc::new(crate::metrics::Metrics::default()),
         }))
@@ -166,6 +179,7 @@ impl Switch {
 
     /// Submits events to the ledger and waits until they are durable.
     pub async fn submit(&self, events: Vec<Event>) -> Result<Results, Refusal> {
+        self.writable()?;
         let completion = self.ledger.submit(events).map_err(ledger_refusal)?;
         completion.await.map_err(ledger_refusal)
     }
@@ -188,15 +202,8 @@ impl Switch {
 }
 
 fn load_participants(ledger: &Ledger) -> Result<Registry, OpenError> {
-    let mut participants = Vec::new();
-    for (key, value) in ledger.records(tables::PARTICIPANTS)? {
-        let participant = Participant::from_bytes(&value).ok_or_else(|| OpenError::Corrupt {
-            what: "participant",
-            key: String::from_utf8_lossy(&key).into_owned(),
-        })?;
-        participants.push(participant);
-    }
-    Ok(Registry::new(participants))
+    let participants = crate::records::all::<Participant>(ledger, tables::PARTICIPANTS)?;
+    Ok(Registry::new(participants.into_iter().map(|(_, participant)| participant)))
 }
 
 /// A ledger that cannot take work: busy is back-pressure, anything else is unavailability.

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use crate::core::{tables, PaymentRecord};
 use crate::directory::alias_owner;
 use crate::proto;
+use crate::records::{self, ReadError, Sequence};
 
 /// Most events sent beyond the last acknowledged one (`EVENT_WINDOW_MAX`).
 pub const EVENT_WINDOW_MAX: u64 = 8_192;
@@ -243,12 +244,23 @@ fn stamp(event: &mut proto::Event, timestamp: u64) {
 pub fn last_sequence(ledger: &Ledger, psp: &str) -> Result<u64, LedgerError> {
     let mut counter = vec![tables::EVENTS];
     counter.extend_from_slice(&outbox_key(psp));
-    Ok(ledger.record(RECORD_TABLE_RESERVED, &counter)?.and_then(|bytes| decode_u64(&bytes)).unwrap_or(0))
+    stored_counter(ledger, RECORD_TABLE_RESERVED, &counter)
 }
 
 /// The acknowledgement recorded for a PSP (0 if none).
 pub fn stored_acknowledgement(ledger: &Ledger, psp: &str) -> Result<u64, LedgerError> {
-    Ok(ledger.record(tables::EVENT_ACKS, psp.as_bytes())?.and_then(|bytes| decode_u64(&bytes)).unwrap_or(0))
+    stored_counter(ledger, tables::EVENT_ACKS, psp.as_bytes())
+}
+
+/// A stored counter, 0 if there is none yet. One that does not decode is a storage error: the
+/// counters are read when an outbox is loaded, which `Switch::open` does for every participant,
+/// so a corrupt one stops the switch from starting rather than renumbering a PSP's events.
+fn stored_counter(ledger: &Ledger, table: u8, key: &[u8]) -> Result<u64, LedgerError> {
+    match records::get::<Sequence>(ledger, table, key) {
+        Ok(counter) => Ok(counter.map_or(0, |Sequence(counter)| counter)),
+        Err(ReadError::Ledger(error)) => Err(error),
+        Err(ReadError::Corrupt(record)) => Err(LedgerError::Store(record.to_string())),
+    }
 }
 
 /// The record event that stores an acknowledgement.
@@ -256,22 +268,19 @@ pub fn acknowledgement(psp: &str, sequence: u64) -> Event {
     Record::put(tables::EVENT_ACKS, psp.as_bytes().to_vec(), sequence.to_be_bytes().to_vec(), false)
 }
 
-fn decode_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-/// Events of `psp` after `after`, at most `limit`, with their sequence numbers filled in.
-pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<proto::Event>, LedgerError> {
+/// Events of `psp` after `after`, at most `limit`, with their sequence numbers filled in. An event
+/// (or the metadata of a credit) that does not decode is an error (`crate::records`): delivered
+/// empty or skipped, the PSP would take it as handled.
+pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<proto::Event>, ReadError> {
     let prefix = outbox_key(psp);
     let mut after_key = prefix.clone();
     after_key.extend_from_slice(&after.to_be_bytes());
     let entries = ledger.records_after(tables::EVENTS, &prefix, Some(&after_key), limit)?;
     let mut events = Vec::with_capacity(entries.len());
     for (key, value) in entries {
-        let sequence = key.get(prefix.len()..).and_then(decode_u64).unwrap_or(0);
-        // An entry this release cannot decode is delivered as an empty event rather than
-        // skipped: the sequence must stay gap-free for the PSP.
-        let mut event = proto::Event::decode(value.as_slice()).unwrap_or_default();
+        let Sequence(sequence) =
+            records::decode::<Sequence>(tables::EVENTS, &key, key.get(prefix.len()..).unwrap_or_default())?;
+        let mut event: proto::Event = records::decode(tables::EVENTS, &key, &value)?;
         event.sequence = sequence;
         events.push(event);
     }
@@ -284,9 +293,8 @@ pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<
 /// transfer's commit time. Two batched ledger reads per chunk of events, whatever their kinds:
 /// the transfers (one lookup serves both needs of a credit notification) and the metadata of
 /// stored credits. A credit's record and transfer committed with it, so both are there; were
-/// either missing, the event would go out with those fields empty rather than be skipped, as an
-/// undecodable one does.
-fn complete(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerError> {
+/// either missing, the event would go out with those fields empty rather than be skipped.
+fn complete(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), ReadError> {
     let transfer_of = |event: &proto::Event| stamped_transfer(event).or_else(|| stored_credit(event));
     let ids: Vec<u128> = events.iter().filter_map(transfer_of).collect();
     if ids.is_empty() {
@@ -295,16 +303,14 @@ fn complete(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), LedgerEr
     let mut transfers = ledger.lookup_transfers(&ids)?.into_iter();
     let keys: Vec<[u8; 16]> = events.iter().filter_map(stored_credit).map(u128::to_be_bytes).collect();
     let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
-    let mut records =
-        if keys.is_empty() { Vec::new() } else { ledger.records_many(tables::PAYMENTS, &keys)? }.into_iter();
+    let mut payments = records::get_many::<PaymentRecord>(ledger, tables::PAYMENTS, &keys)?.into_iter();
     for event in events.iter_mut() {
         if transfer_of(event).is_none() {
             continue;
         }
         let transfer = transfers.next().flatten().map(|record| record.stored.transfer);
         if stored_credit(event).is_some() {
-            let record = records.next().flatten();
-            let payment = record.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default();
+            let payment = payments.next().flatten().unwrap_or_default();
             let amount_minor = transfer.as_ref().and_then(|transfer| u64::try_from(transfer.amount).ok()).unwrap_or(0);
             fill_credit(event, payment, amount_minor);
         }

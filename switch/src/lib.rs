@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod observability;
 pub mod participants;
 pub mod reason;
+pub mod records;
 pub mod serial;
 pub mod server;
 pub mod services;

@@ -146,6 +146,7 @@ pub async fn serve(
     health_reporter.set_serving::<DirectoryServiceServer<Directory>>().await;
     health_reporter.set_serving::<OperatorServiceServer<Operator>>().await;
     health_reporter.set_serving::<EventServiceServer<Events>>().await;
+    tokio::spawn(crate::records::serve_health(switch.failed.subscribe(), health_reporter.clone()));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

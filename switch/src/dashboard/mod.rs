@@ -5,7 +5,8 @@
 //!   an operations network is often closed).
 //! - `GET /dashboard/stream`: server-sent events, one `snapshot` a second (`snapshot`), rates
 //!   computed against the connection's previous snapshot.
-//! - `GET /healthz`: 200 `ok` while the ledger takes work, 503 once a storage failure stopped it.
+//! - `GET /healthz`: 200 `ok` while the ledger takes work, 503 once a storage failure stopped it
+//!   or the switch read a record it cannot decode (`crate::records`).
 //!
 //! Plain HTTP on purpose: scrapers and browsers on the operations network expect it, and the
 //! port carries no control (nothing here changes state). Bind it to a private address.
@@ -78,6 +79,8 @@ async fn metrics(State(console): State<Console>) -> Response {
 async fn health(State(console): State<Console>) -> Response {
     if console.switch.ledger.failed() {
         (StatusCode::SERVICE_UNAVAILABLE, "ledger failed\n").into_response()
+    } else if *console.switch.failed.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "switch failed: a stored record does not decode\n").into_response()
     } else {
         (StatusCode::OK, "ok\n").into_response()
     }

@@ -286,6 +286,9 @@ fn invariant(page: &mut Page, metrics: &Metrics, reading: &Reading) {
     let name = "switch_settlement_window_opened_timestamp_seconds";
     page.family(name, "gauge", "When the open settlement window opened (0: at the start).");
     page.sample(name, &[], number(reading.settlement_opened_unix_ns as f64 * SECONDS_PER_NANOSECOND));
+    let name = "switch_store_corrupt_records_total";
+    page.family(name, "counter", "Reads of stored records that did not decode; any means the switch has failed.");
+    page.sample(name, &[], metrics.store_corrupt_records.load(std::sync::atomic::Ordering::Relaxed));
     page.family("switch_build_info", "gauge", "The running build.");
     page.sample("switch_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
     let started = metrics.started.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64());

@@ -141,6 +141,8 @@ pub struct Metrics {
     outcomes: papaya::HashMap<(i32, i32), AtomicU64>,
     /// Admission to answer, per payment.
     pub payment_duration: Histogram,
+    /// Reads of stored records that did not decode (`crate::records`): any is a failed switch.
+    pub store_corrupt_records: AtomicU64,
     pub started: SystemTime,
 }
 
@@ -151,6 +153,7 @@ impl Default for Metrics {
             psps: papaya::HashMap::new(),
             outcomes: papaya::HashMap::new(),
             payment_duration: Histogram::new(DURATION_NANOSECONDS),
+            store_corrupt_records: AtomicU64::new(0),
             started: SystemTime::now(),
         }
     }

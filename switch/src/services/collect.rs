@@ -149,8 +149,7 @@ impl CollectRecord {
 }
 
 pub fn collect_of(switch: &Switch, id: u128) -> Result<Option<CollectRecord>, Refusal> {
-    let bytes = switch.ledger.record(tables::COLLECTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(bytes.and_then(|bytes| CollectRecord::decode(bytes.as_slice()).ok()))
+    switch.read(tables::COLLECTS, &id.to_be_bytes())
 }
 
 fn outcome_event(id: u128, collect: &CollectRecord) -> proto::Event {
@@ -437,11 +436,12 @@ pub fn arm_expiry(switch: Arc<Switch>, id: u128, expiry_unix_ms: u64) {
 /// the switch serves, so no request or decision can interleave.
 pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
     let mut armed = 0;
-    for (key, value) in switch.ledger.records(tables::COLLECTS).map_err(ledger_refusal)? {
-        let (Ok(key), Ok(collect)) = (<[u8; 16]>::try_from(key.as_slice()), CollectRecord::decode(value.as_slice()))
-        else {
-            continue;
-        };
+    let collects = crate::records::all::<CollectRecord>(&switch.ledger, tables::COLLECTS)
+        .map_err(|error| switch.read_refusal(error))?;
+    for (key, collect) in collects {
+        let key = <[u8; 16]>::try_from(key.as_slice()).map_err(|_| {
+            switch.read_refusal(crate::records::CorruptRecord::new::<CollectRecord>(tables::COLLECTS, &key).into())
+        })?;
         if collect.awaiting() {
             switch.collects_awaiting.restore(&collect.payee_psp_id);
             arm_expiry(Arc::clone(switch), u128::from_be_bytes(key), collect.expiry_unix_ms);

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::payments::RateLimiter;
 use super::{status_code, BATCH_SIZE_MAX};
 use crate::auth;
-use crate::core::{ledger_refusal, now_unix_ns, record, tables, AliasRecord, Switch};
+use crate::core::{now_unix_ns, record, tables, AliasRecord, Switch};
 use crate::directory::{alias_owner, check_text, AliasEntry, DISPLAY_NAME_BYTES_MAX};
 use crate::proto::directory_service_server::DirectoryService;
 use crate::proto::{self, Reason};
@@ -58,11 +58,9 @@ impl Directory {
     /// An alias as the ledger recorded it (the directory map has no registration time), or
     /// `None` if it is not registered.
     fn stored(&self, alias: &str) -> Result<Option<proto::Alias>, Refusal> {
-        let Some(bytes) = self.switch.ledger.record(tables::ALIASES, alias.as_bytes()).map_err(ledger_refusal)? else {
+        let Some(record) = self.switch.read::<AliasRecord>(tables::ALIASES, alias.as_bytes())? else {
             return Ok(None);
         };
-        let record = AliasRecord::decode(bytes.as_slice())
-            .map_err(|_| Refusal::new(Reason::Internal, format!("the stored alias {alias:?} does not decode")))?;
         Ok(Some(proto::Alias {
             alias: alias.to_string(),
             psp_id: record.psp_id,

@@ -218,8 +218,8 @@ impl Stream {
             }
             let read = batch.is_empty();
             if read {
-                batch =
-                    events::read(&self.switch.ledger, &self.psp, sent, limit).map_err(crate::core::ledger_refusal)?;
+                batch = events::read(&self.switch.ledger, &self.psp, sent, limit)
+                    .map_err(|error| self.switch.read_refusal(error))?;
             }
             let Some(last) = batch.last().map(|event| event.sequence) else { break };
             self.outbox.passed_through(last, if read { &batch } else { &[] });

@@ -227,7 +227,7 @@ async fn commit_prepared(
         for ready in chunk.iter_mut() {
             events.append(&mut ready.events);
         }
-        match switch.ledger.submit(events).map_err(ledger_refusal) {
+        match switch.writable().and_then(|()| switch.ledger.submit(events).map_err(ledger_refusal)) {
             Ok(completion) => submitted.push(Ok(completion)),
             Err(refusal) if index == 0 => return Err(refusal),
             Err(refusal) => submitted.push(Err(refusal)),
@@ -427,8 +427,8 @@ pub fn status_of(
         return Err(not_found());
     }
     let psp_of = |account: u128| switch.participants.by_account(account).map(|p| p.psp_id.to_string());
-    let metadata = decode_metadata(metadata);
-    let refunds = super::refund::decode_refunds(refunds);
+    let metadata = decode_metadata(switch, id, metadata)?;
+    let refunds = super::refund::decode_refunds(switch, id, refunds)?;
     let kind = match PaymentKind::try_from(metadata.kind) {
         Ok(PaymentKind::Unspecified) | Err(_) => PaymentKind::Push,
         Ok(kind) => kind,
@@ -464,12 +464,12 @@ pub fn status_of(
 
 /// A payment's metadata record (empty fields if it has none, e.g. a recorded failure).
 pub fn payment_metadata(switch: &Switch, id: u128) -> Result<PaymentRecord, Refusal> {
-    let bytes = switch.ledger.record(tables::PAYMENTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(decode_metadata(bytes))
+    Ok(switch.read(tables::PAYMENTS, &id.to_be_bytes())?.unwrap_or_default())
 }
 
-fn decode_metadata(bytes: Option<Vec<u8>>) -> PaymentRecord {
-    bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).unwrap_or_default()
+/// Metadata read in a batch: none is empty, one that does not decode an error (`crate::records`).
+fn decode_metadata(switch: &Switch, id: u128, bytes: Option<Vec<u8>>) -> Result<PaymentRecord, Refusal> {
+    Ok(switch.decoded(tables::PAYMENTS, &id.to_be_bytes(), bytes)?.unwrap_or_default())
 }
 
 /// A payment's current state from the ledger, if the payment exists.
@@ -485,8 +485,7 @@ fn current_outcome(switch: &Switch, id: u128) -> Result<Option<crate::confirm::O
 
 /// A payment's deadline, from its metadata record.
 pub fn deadline_of(switch: &Switch, id: u128) -> Result<Option<u64>, Refusal> {
-    let bytes = switch.ledger.record(tables::PAYMENTS, &id.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(bytes.and_then(|bytes| PaymentRecord::decode(bytes.as_slice()).ok()).map(|record| record.deadline_unix_ms))
+    Ok(switch.read::<PaymentRecord>(tables::PAYMENTS, &id.to_be_bytes())?.map(|record| record.deadline_unix_ms))
 }
 
 /// A payment's answer, as far as it is known once its group has committed.

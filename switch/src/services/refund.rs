@@ -35,13 +35,13 @@ pub struct RefundsRecord {
 
 /// The refunds recorded against a payment.
 pub fn refunds_of(switch: &Switch, original: u128) -> Result<RefundsRecord, Refusal> {
-    let bytes = switch.ledger.record(tables::REFUNDS, &original.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(decode_refunds(bytes))
+    // No record: nothing refunded yet. A record that does not decode is an error, never 0.
+    Ok(switch.read(tables::REFUNDS, &original.to_be_bytes())?.unwrap_or_default())
 }
 
-/// A payment's refunds from its stored record (none if it has no record).
-pub fn decode_refunds(bytes: Option<Vec<u8>>) -> RefundsRecord {
-    bytes.and_then(|bytes| RefundsRecord::decode(bytes.as_slice()).ok()).unwrap_or_default()
+/// A payment's refunds from its stored record, read in a batch (none if it has no record).
+pub fn decode_refunds(switch: &Switch, original: u128, bytes: Option<Vec<u8>>) -> Result<RefundsRecord, Refusal> {
+    Ok(switch.decoded(tables::REFUNDS, &original.to_be_bytes(), bytes)?.unwrap_or_default())
 }
 
 fn content_hash(request: &proto::RefundRequest) -> u128 {

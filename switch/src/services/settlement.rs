@@ -22,6 +22,7 @@ use crate::core::{codes, ledger_refusal, record, tables, Switch};
 use crate::participants::accounts;
 use crate::proto::{self, Reason, SettlementWindowState};
 use crate::reason::Refusal;
+use crate::records::Sequence;
 
 const OPEN_KEY: &[u8] = b"open";
 /// Prefix of the boundary records: the big-endian `closed_at` follows, so keys sort by time.
@@ -38,9 +39,7 @@ pub struct OpenWindow {
 
 /// The window currently open (window 1 from the start until the first close).
 pub fn open_window(switch: &Switch) -> Result<OpenWindow, Refusal> {
-    let bytes = switch.ledger.record(tables::SETTLEMENT, OPEN_KEY).map_err(ledger_refusal)?;
-    let stored = bytes.and_then(|bytes| OpenWindow::decode(bytes.as_slice()).ok());
-    match stored {
+    match switch.read(tables::SETTLEMENT, OPEN_KEY)? {
         Some(open) => Ok(open),
         None => Ok(OpenWindow { window_id: 1, opened_at_unix_ns: first_started_at(switch)? }),
     }
@@ -70,14 +69,16 @@ pub fn window_of(switch: &Switch, at: u64) -> Result<u64, Refusal> {
     let after = closed_at_key(at.saturating_sub(1));
     let found =
         switch.ledger.records_after(tables::SETTLEMENT, CLOSED_AT_PREFIX, Some(&after), 1).map_err(ledger_refusal)?;
-    let window =
-        found.first().and_then(|(_, value)| <[u8; 8]>::try_from(value.as_slice()).ok()).map(u64::from_be_bytes);
-    window.ok_or_else(|| Refusal::new(Reason::Internal, format!("no settlement window holds ledger time {at}")))
+    let Some((key, value)) = found.into_iter().next() else {
+        return Err(Refusal::new(Reason::Internal, format!("no settlement window holds ledger time {at}")));
+    };
+    let Sequence(window) = crate::records::decode(tables::SETTLEMENT, &key, &value)
+        .map_err(|record| switch.read_refusal(record.into()))?;
+    Ok(window)
 }
 
 fn closed_report(switch: &Switch, window_id: u64) -> Result<Option<proto::SettlementReport>, Refusal> {
-    let bytes = switch.ledger.record(tables::SETTLEMENT, &window_id.to_be_bytes()).map_err(ledger_refusal)?;
-    Ok(bytes.and_then(|bytes| proto::SettlementReport::decode(bytes.as_slice()).ok()))
+    switch.read(tables::SETTLEMENT, &window_id.to_be_bytes())
 }
 
 /// The settlement transfer id of a participant in a window.
