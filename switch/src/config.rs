@@ -242,3 +242,59 @@ mod tests {
         assert_eq!(config.limits.participants_max, Limits::default().participants_max);
     }
 }
+
+/// The configuration file fuzzed: any text parses to a configuration that passes its checks, or
+/// is an error; never a panic. Bounded so `cargo test` stays fast; to fuzz longer:
+/// `PROPTEST_CASES=100000 cargo test --release -p switch --lib config::fuzz`.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../switch.example.toml");
+
+    fn config() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(256);
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// A parsed configuration is a checked one, and the ledger's part of it can be built.
+    fn parse_holds(text: &str) -> Result<(), TestCaseError> {
+        if let Ok(config) = Config::parse(text) {
+            prop_assert!(config.check().is_ok());
+            let _ = config.ledger_config();
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn random_text_is_a_configuration_or_an_error(text in any::<String>()) {
+            parse_holds(&text)?;
+        }
+
+        #[test]
+        fn the_example_with_a_part_replaced_is_a_configuration_or_an_error(
+            start in 0..EXAMPLE.len(),
+            length in 0usize..64,
+            replacement in "[ -~\n]{0,24}",
+        ) {
+            // Byte offsets rounded down to character boundaries, so the text stays text.
+            let floor = |mut index: usize| { while !EXAMPLE.is_char_boundary(index) { index -= 1; } index };
+            let (start, end) = (floor(start), floor((start + length).min(EXAMPLE.len())));
+            let text = format!("{}{replacement}{}", &EXAMPLE[..start], &EXAMPLE[end..]);
+            parse_holds(&text)?;
+        }
+
+        #[test]
+        fn numbers_of_any_size_in_the_limits_are_values_or_errors(
+            option in proptest::sample::select(vec!["aliases_max", "participants_max", "payment_deadline_ms_max", "payment_deadline_ms_default"]),
+            value in any::<i64>(),
+        ) {
+            parse_holds(&format!("[limits]\n{option} = {value}\n"))?;
+        }
+    }
+}
