@@ -66,8 +66,8 @@ impl Stored for crate::participants::Participant {
     }
 }
 
-/// A counter or sequence number, stored as 8 big-endian bytes (event outbox counters and
-/// acknowledgements, and the sequence part of event keys).
+/// A counter or number, stored as 8 big-endian bytes (event outbox counters and
+/// acknowledgements, the sequence part of event keys, the window of a settlement boundary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sequence(pub u64);
 
@@ -76,6 +76,19 @@ impl Stored for Sequence {
 
     fn from_stored(bytes: &[u8]) -> Option<Self> {
         Some(Sequence(u64::from_be_bytes(bytes.try_into().ok()?)))
+    }
+}
+
+/// A participant's funding total (funds in − funds out, `services::funding`), stored as 16
+/// big-endian bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FundingTotal(pub i128);
+
+impl Stored for FundingTotal {
+    const WHAT: &'static str = "funding total";
+
+    fn from_stored(bytes: &[u8]) -> Option<Self> {
+        Some(FundingTotal(i128::from_be_bytes(bytes.try_into().ok()?)))
     }
 }
 

@@ -33,13 +33,8 @@ fn funding_key(psp_id: &str) -> Vec<u8> {
 
 /// A participant's funds in minus funds out since registration (0 before its first funding).
 pub fn funded_minor(switch: &Switch, psp_id: &str) -> Result<i128, Refusal> {
-    let stored = switch.ledger.record(tables::SETTLEMENT, &funding_key(psp_id)).map_err(ledger_refusal)?;
-    match stored {
-        None => Ok(0),
-        Some(bytes) => <[u8; 16]>::try_from(bytes.as_slice())
-            .map(i128::from_be_bytes)
-            .map_err(|_| Refusal::new(Reason::Internal, format!("the funding total of {psp_id} is not 16 bytes"))),
-    }
+    let stored = switch.read::<crate::records::FundingTotal>(tables::SETTLEMENT, &funding_key(psp_id))?;
+    Ok(stored.map_or(0, |total| total.0))
 }
 
 /// What a participant may withdraw: balance − reserved − its unsettled receipts (a positive open

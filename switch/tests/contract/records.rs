@@ -214,3 +214,12 @@ async fn a_corrupt_collect_stops_the_switch_from_serving_after_a_restart() {
     assert!(served.is_err(), "served with a corrupt collect");
     assert!(*failed.borrow(), "the switch marked itself failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_funding_total_answers_internal_not_a_position_without_funding() {
+    let test = TestSwitch::start().await;
+    let (mut bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
+    corrupt(&test, tables::SETTLEMENT, b"funding/bank-a".to_vec());
+    let status = bank_a.payments.get_position(proto::GetPositionRequest {}).await.expect_err("a corrupt total");
+    assert_switch_failed(&test, &status, &mut bank_a).await;
+}
