@@ -95,11 +95,11 @@ async fn pay_group(
                 answered.push((*correlation_id, result));
             }
             // Its own task waits for the payee, so the rest of the group is answered now.
-            Answer::AwaitPayee { id, deadline, waiter } => {
+            Answer::AwaitPayee { id, deadline, accepted_at, waiter } => {
                 let (switch, sender, payment_id) = (Arc::clone(switch), sender.clone(), payment.payment_id.clone());
                 let (correlation_id, permit) = (*correlation_id, permits.split(1));
                 tokio::spawn(async move {
-                    let answer = final_answer(&switch, &payment_id, id, deadline, waiter).await;
+                    let answer = final_answer(&switch, &payment_id, id, deadline, accepted_at, waiter).await;
                     let result = answer.unwrap_or_else(|refusal| result_message(&payment_id, Err(refusal)));
                     switch.metrics.answered(result.state, result.reason, 1, started.elapsed());
                     let _ = sender.send(Ok(proto::PayStreamResponse { correlation_id, result: Some(result) })).await;
