@@ -618,3 +618,109 @@ async fn a_refund_beyond_the_refunders_liquidity_is_recorded() {
     assert_eq!(bank_a.status(1).await.refunded_amount_minor, 0, "nothing refunded");
     test.assert_money_conserved();
 }
+
+/// PayBatch and PayStream answer each item once it is final (payments.proto, common.proto):
+/// items to a confirming payee wait for its decision (a batch answered PENDING, with a final
+/// time), and every answer says when the payment was recorded (a confirmed payment's
+/// accepted_at was its final time, or 0 when declined). Refusals are in-band, by correlation id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_and_stream_items_answer_once_final() {
+    let test = TestSwitch::start().await;
+    let (bank_a, _bank_c) = test.payer_and_confirming_payee(10_000).await;
+    let mut payee = crate::events::listen(&test, "bank-c", 0).await;
+
+    let batch = proto::PayBatchRequest {
+        payments: vec![
+            pay(1, "ana@bank-a", "cy@bank-c", 100),
+            pay(2, "ana@bank-a", "cy@bank-c", 200),
+            pay(3, "ana@bank-a", "cy@bank-c", 0),
+        ],
+    };
+    let paying = {
+        let mut payments = bank_a.payments.clone();
+        tokio::spawn(async move { payments.pay_batch(batch).await })
+    };
+    for _ in 0..2 {
+        payee.next_event().await;
+    }
+    crate::events::credit_decision(&mut payee, id(1), proto::Decision::Accept).await;
+    crate::events::credit_decision(&mut payee, id(2), proto::Decision::Decline).await;
+    let results = paying.await.expect("task").expect("answered").into_inner().results;
+    let (first, second) = (bank_a.status(1).await, bank_a.status(2).await);
+    let expected = [
+        proto::PaymentResult {
+            payment_id: id(1),
+            state: PaymentState::Completed as i32,
+            accepted_at_unix_ns: first.accepted_at_unix_ns,
+            finalized_at_unix_ns: first.finalized_at_unix_ns,
+            ..proto::PaymentResult::default()
+        },
+        proto::PaymentResult {
+            payment_id: id(2),
+            state: PaymentState::Declined as i32,
+            reason: Reason::PayeeDeclined as i32,
+            decline_reason: proto::DeclineReason::AccountClosed as i32,
+            accepted_at_unix_ns: second.accepted_at_unix_ns,
+            finalized_at_unix_ns: second.finalized_at_unix_ns,
+            ..proto::PaymentResult::default()
+        },
+        proto::PaymentResult {
+            payment_id: id(3),
+            state: PaymentState::Rejected as i32,
+            reason: Reason::AmountZero as i32,
+            status_code: tonic::Code::InvalidArgument as i32,
+            ..proto::PaymentResult::default()
+        },
+    ];
+    assert_eq!(results, expected);
+    assert!(first.finalized_at_unix_ns > first.accepted_at_unix_ns && first.accepted_at_unix_ns > 0);
+
+    // The same on a stream, answered by correlation id.
+    let (requests, receiver) = tokio::sync::mpsc::channel(4);
+    let mut stream = bank_a.payments.clone();
+    let mut answers = stream.pay_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)).await;
+    let item = |correlation_id, payment| proto::PayStreamRequest { correlation_id, payment: Some(payment) };
+    requests.send(item(40, pay(4, "ana@bank-a", "cy@bank-c", 100))).await.expect("send");
+    requests.send(item(50, pay(5, "ana@bank-a", "cy@bank-c", 100).with_note("\u{0}"))).await.expect("send");
+    let answers = answers.as_mut().expect("stream opened").get_mut();
+    let refused = next_answer(answers).await;
+    assert_eq!(refused.correlation_id, 50, "the refusal first: the other waits for its payee");
+    let result = refused.result.expect("a result");
+    assert_eq!((result.state, result.reason), (PaymentState::Rejected as i32, Reason::TextInvalid as i32));
+    payee.next_event().await;
+    crate::events::credit_decision(&mut payee, id(4), proto::Decision::Accept).await;
+    let answered = next_answer(answers).await;
+    let status = bank_a.status(4).await;
+    assert_eq!(answered.correlation_id, 40);
+    let result = answered.result.expect("a result");
+    assert_eq!(result.state, PaymentState::Completed as i32);
+    assert_eq!(
+        (result.accepted_at_unix_ns, result.finalized_at_unix_ns),
+        (status.accepted_at_unix_ns, status.finalized_at_unix_ns)
+    );
+    assert!(status.finalized_at_unix_ns > status.accepted_at_unix_ns);
+    drop(requests);
+
+    let mut operator = payments_as(&test, &test.ca.operator("admin")).await;
+    let (_requests, receiver) = tokio::sync::mpsc::channel::<proto::PayStreamRequest>(1);
+    let result = operator.pay_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)).await;
+    assert_refusal(result.map(|_| ()), Reason::NotAuthorized, None);
+    test.assert_money_conserved();
+}
+
+/// The next answer on a PayStream.
+async fn next_answer(answers: &mut tonic::Streaming<proto::PayStreamResponse>) -> proto::PayStreamResponse {
+    let message = tokio::time::timeout(WAIT, answers.message()).await.expect("in time");
+    message.expect("stream ok").expect("an answer")
+}
+
+/// A note set on a request (for the stream case above).
+trait WithNote {
+    fn with_note(self, note: &str) -> Self;
+}
+
+impl WithNote for proto::PayRequest {
+    fn with_note(self, note: &str) -> Self {
+        proto::PayRequest { note: note.into(), ..self }
+    }
+}
