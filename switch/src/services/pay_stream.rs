@@ -86,7 +86,12 @@ async fn pay_group(
         group.into_iter().map(|item| (item.correlation_id, item.payment.unwrap_or_default())).collect();
     let requests: Vec<(&proto::PayRequest, bool)> =
         payments.iter().zip(admitted).map(|((_, payment), admitted)| (payment, admitted)).collect();
-    let answers = pay_together(switch, payer, &requests).await;
+    // The payer as it is now, not as it was when the stream opened: a PSP suspended since then
+    // may not start payments (common.proto), and its items are refused in-band.
+    let answers = match switch.active_participant(&payer.psp_id) {
+        Ok(payer) => pay_together(switch, &payer, &requests).await,
+        Err(refusal) => requests.iter().map(|_| Answer::Now(Err(refusal.clone()))).collect(),
+    };
     let mut answered = Vec::with_capacity(payments.len());
     for ((correlation_id, payment), answer) in payments.iter().zip(answers) {
         match answer {

@@ -551,3 +551,39 @@ async fn a_stream_open_while_the_switch_stops_ends_shutting_down() {
     drop(stream);
     tokio::time::timeout(WAIT, stopping).await.expect("stops in time").expect("stopped");
 }
+
+/// Welcome's fields, and acknowledgements: a Hello counts as an Ack, the switch's record wins over
+/// a lower Hello, a lower Ack is ignored, and acknowledged events never come again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn welcome_and_acknowledgements_keep_their_promises() {
+    let test = TestSwitch::start().await;
+    let (bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
+    let fresh = listen(&test, "bank-b", 0).await;
+    let expected = proto::Welcome { psp_id: "bank-b".into(), acknowledged_sequence: 0, last_sequence: 0 };
+    assert_eq!(fresh.subscription.welcome, expected, "nothing recorded yet");
+    drop(fresh);
+    for payment in 1..=4u128 {
+        bank_a.payments.clone().pay(pay(payment, "ana@bank-a", "bo@bank-b", 10)).await.expect("paid");
+    }
+    let mut stream = listen(&test, "bank-b", 1).await;
+    let expected = proto::Welcome { psp_id: "bank-b".into(), acknowledged_sequence: 1, last_sequence: 4 };
+    assert_eq!(stream.subscription.welcome, expected, "the Hello counts as an Ack");
+    assert_eq!(stream.next_event().await.sequence, 2, "continues after the acknowledged event");
+    crate::common::ack(&stream.subscription, 3).await;
+    crate::common::ack(&stream.subscription, 2).await;
+    // Recorded shortly after: a new stream sees it once durable (the Hello of 0 is lower).
+    let recorded = async {
+        loop {
+            let stream = listen(&test, "bank-b", 0).await;
+            if stream.subscription.welcome.acknowledged_sequence == 3 {
+                return stream;
+            }
+            assert_eq!(stream.subscription.welcome.acknowledged_sequence, 1, "never anything else");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let mut resumed = tokio::time::timeout(WAIT, recorded).await.expect("the Ack is recorded");
+    assert_eq!(resumed.subscription.welcome.last_sequence, 4);
+    assert_eq!(resumed.next_event().await.sequence, 4, "acknowledged events never come again");
+    drop(stream);
+}

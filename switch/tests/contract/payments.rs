@@ -179,12 +179,41 @@ async fn suspended_participants_neither_pay_nor_get_paid() {
     let batch = proto::PayBatchRequest { payments: vec![pay(7, "ana@bank-a", "bo@bank-b", 100)] };
     let result = bank_a.payments.clone().pay_batch(batch).await;
     refused_unchanged(&test, &before, result, Reason::ParticipantSuspended, None);
+    let (_requests, receiver) = tokio::sync::mpsc::channel::<proto::PayStreamRequest>(1);
+    let result = bank_a.payments.clone().pay_stream(tokio_stream::wrappers::ReceiverStream::new(receiver)).await;
+    refused_unchanged(&test, &before, result.map(|_| ()), Reason::ParticipantSuspended, None);
     assert_eq!(bank_a.position().await.status, proto::ParticipantStatus::Suspended as i32, "it still reads");
 
-    operator
-        .reactivate_participant(proto::ReactivateParticipantRequest { psp_id: "bank-a".into(), note: String::new() })
+    let reactivate = proto::ReactivateParticipantRequest { psp_id: "bank-a".into(), note: String::new() };
+    operator.reactivate_participant(reactivate.clone()).await.expect("on");
+    // Suspended while its PayStream is open: later items are refused in-band (they were paid).
+    let (requests, receiver) = tokio::sync::mpsc::channel(4);
+    let mut answers = bank_a
+        .payments
+        .clone()
+        .pay_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .await
-        .expect("on");
+        .expect("stream opened")
+        .into_inner();
+    let item = |correlation_id: u64| proto::PayStreamRequest {
+        correlation_id,
+        payment: Some(pay(u128::from(correlation_id), "ana@bank-a", "bo@bank-b", 100)),
+    };
+    requests.send(item(20)).await.expect("send");
+    let paid = next_answer(&mut answers).await.result.expect("a result");
+    assert_eq!(paid.state, PaymentState::Completed as i32);
+    operator.suspend_participant(suspend("bank-a")).await.expect("suspend");
+    let before = Unchanged::take(&test);
+    requests.send(item(21)).await.expect("send");
+    let refused = next_answer(&mut answers).await;
+    let result = refused.result.expect("a result");
+    assert_eq!((refused.correlation_id, result.state), (21, PaymentState::Rejected as i32));
+    let refusal = (Reason::ParticipantSuspended as i32, tonic::Code::FailedPrecondition as i32);
+    assert_eq!((result.reason, result.status_code), refusal);
+    before.assert_still(&test, "an item of a suspended payer's stream");
+    drop(requests);
+
+    operator.reactivate_participant(reactivate).await.expect("on");
     operator.suspend_participant(suspend("bank-b")).await.expect("suspend");
     let before = Unchanged::take(&test);
     let result = bank_a.payments.clone().pay(pay(7, "ana@bank-a", "bo@bank-b", 100)).await;
