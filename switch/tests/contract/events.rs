@@ -141,6 +141,40 @@ async fn open(
     }
 }
 
+/// The PaymentOutcome events of one test's payments: `ana@bank-a` pays `payee_alias`; a decline
+/// carries the decliner's reason as `credit_decision` and `collect_decision` send it.
+struct Outcome {
+    kind: PaymentKind,
+    payee_alias: &'static str,
+    amount_minor: u64,
+}
+
+impl Outcome {
+    fn event(&self, sequence: u64, payment: u128, state: PaymentState, reason: Reason, finalized: u64) -> proto::Event {
+        let decline_reason = match (state, self.kind) {
+            (PaymentState::Declined, PaymentKind::Push) => proto::DeclineReason::AccountClosed,
+            (PaymentState::Declined, _) => proto::DeclineReason::CustomerDeclined,
+            _ => proto::DeclineReason::Unspecified,
+        };
+        proto::Event {
+            sequence,
+            recorded_at_unix_ns: finalized,
+            kind: Some(proto::event::Kind::PaymentOutcome(proto::PaymentOutcome {
+                payment_id: id(payment),
+                kind: self.kind as i32,
+                state: state as i32,
+                reason: reason as i32,
+                decline_reason: decline_reason as i32,
+                payer_alias: "ana@bank-a".into(),
+                payee_alias: self.payee_alias.into(),
+                amount_minor: self.amount_minor,
+                currency: "INR".into(),
+                finalized_at_unix_ns: finalized,
+            })),
+        }
+    }
+}
+
 fn hello(last_acknowledged_sequence: u64) -> Incoming {
     Incoming::Hello(proto::Hello { last_acknowledged_sequence })
 }
@@ -190,28 +224,12 @@ async fn a_confirming_payee_is_told_every_field_live_and_again_after_a_restart()
     assert_eq!(result.accepted_at_unix_ns, status.accepted_at_unix_ns, "recorded when reserved");
     assert_eq!(result.finalized_at_unix_ns, status.finalized_at_unix_ns);
     assert!(status.finalized_at_unix_ns > status.accepted_at_unix_ns);
-    let outcome = |sequence: u64, payment: u128, state: PaymentState, reason: Reason, finalized: u64| proto::Event {
-        sequence,
-        recorded_at_unix_ns: finalized,
-        kind: Some(proto::event::Kind::PaymentOutcome(proto::PaymentOutcome {
-            payment_id: id(payment),
-            kind: PaymentKind::Push as i32,
-            state: state as i32,
-            reason: reason as i32,
-            decline_reason: if state == PaymentState::Declined {
-                proto::DeclineReason::AccountClosed as i32
-            } else {
-                0
-            },
-            payer_alias: "ana@bank-a".into(),
-            payee_alias: "cy@bank-c".into(),
-            amount_minor: 300,
-            currency: "INR".into(),
-            finalized_at_unix_ns: finalized,
-        })),
-    };
+    let outcome = Outcome { kind: PaymentKind::Push, payee_alias: "cy@bank-c", amount_minor: 300 };
     let completed = payee.next_event().await;
-    assert_eq!(completed, outcome(2, 1, PaymentState::Completed, Reason::Unspecified, status.finalized_at_unix_ns));
+    assert_eq!(
+        completed,
+        outcome.event(2, 1, PaymentState::Completed, Reason::Unspecified, status.finalized_at_unix_ns)
+    );
 
     // Declined: the payee's reason, and the payer told when it was recorded.
     let declining = {
@@ -228,7 +246,10 @@ async fn a_confirming_payee_is_told_every_field_live_and_again_after_a_restart()
     assert_eq!(result.accepted_at_unix_ns, status.accepted_at_unix_ns, "recorded when reserved");
     assert!(result.accepted_at_unix_ns > 0);
     let declined = payee.next_event().await;
-    assert_eq!(declined, outcome(4, 2, PaymentState::Declined, Reason::PayeeDeclined, status.finalized_at_unix_ns));
+    assert_eq!(
+        declined,
+        outcome.event(4, 2, PaymentState::Declined, Reason::PayeeDeclined, status.finalized_at_unix_ns)
+    );
 
     // Silence to the deadline: EXPIRED.
     let soon = now_ms() + 300;
@@ -239,7 +260,7 @@ async fn a_confirming_payee_is_told_every_field_live_and_again_after_a_restart()
     assert_eq!(result.finalized_at_unix_ns, status.finalized_at_unix_ns);
     let asked_last = payee.next_event().await;
     let expired = payee.next_event().await;
-    assert_eq!(expired, outcome(6, 3, PaymentState::Expired, Reason::PayeeTimeout, status.finalized_at_unix_ns));
+    assert_eq!(expired, outcome.event(6, 3, PaymentState::Expired, Reason::PayeeTimeout, status.finalized_at_unix_ns));
     let live = vec![asked, completed, asked_again, declined, asked_last, expired];
 
     // Nothing acknowledged: a new stream gets them all again, from storage, identical.
@@ -327,26 +348,7 @@ async fn notices_collects_and_their_outcomes_carry_every_field_live_and_after_a_
     assert_eq!(collect_asked, expected);
     assert!(collect_asked.recorded_at_unix_ns > 0, "when the collect was recorded");
 
-    let outcome = |sequence: u64, collect: u128, state: PaymentState, reason: Reason, finalized: u64| proto::Event {
-        sequence,
-        recorded_at_unix_ns: finalized,
-        kind: Some(proto::event::Kind::PaymentOutcome(proto::PaymentOutcome {
-            payment_id: id(collect),
-            kind: PaymentKind::Collect as i32,
-            state: state as i32,
-            reason: reason as i32,
-            decline_reason: if state == PaymentState::Declined {
-                proto::DeclineReason::CustomerDeclined as i32
-            } else {
-                0
-            },
-            payer_alias: "ana@bank-a".into(),
-            payee_alias: "bo@bank-b".into(),
-            amount_minor: 200,
-            currency: "INR".into(),
-            finalized_at_unix_ns: finalized,
-        })),
-    };
+    let outcome = Outcome { kind: PaymentKind::Collect, payee_alias: "bo@bank-b", amount_minor: 200 };
     let receipt = collect_decision(&mut payer, 3, proto::Decision::Accept).await;
     assert_receipt(&receipt, Reason::Unspecified);
     let status = bank_b.status(3).await;
@@ -354,12 +356,12 @@ async fn notices_collects_and_their_outcomes_carry_every_field_live_and_after_a_
     let payer_completed = payer.next_event().await;
     assert_eq!(
         payer_completed,
-        outcome(3, 3, PaymentState::Completed, Reason::Unspecified, status.finalized_at_unix_ns)
+        outcome.event(3, 3, PaymentState::Completed, Reason::Unspecified, status.finalized_at_unix_ns)
     );
     let payee_completed = payee.next_event().await;
     assert_eq!(
         payee_completed,
-        outcome(2, 3, PaymentState::Completed, Reason::Unspecified, status.finalized_at_unix_ns)
+        outcome.event(2, 3, PaymentState::Completed, Reason::Unspecified, status.finalized_at_unix_ns)
     );
 
     bank_b.payments.clone().request_collect(collect_request(4, 200, expiry)).await.expect("asked");
@@ -371,12 +373,12 @@ async fn notices_collects_and_their_outcomes_carry_every_field_live_and_after_a_
     let payer_declined = payer.next_event().await;
     assert_eq!(
         payer_declined,
-        outcome(5, 4, PaymentState::Declined, Reason::PayerDeclined, status.finalized_at_unix_ns)
+        outcome.event(5, 4, PaymentState::Declined, Reason::PayerDeclined, status.finalized_at_unix_ns)
     );
     let payee_declined = payee.next_event().await;
     assert_eq!(
         payee_declined,
-        outcome(3, 4, PaymentState::Declined, Reason::PayerDeclined, status.finalized_at_unix_ns)
+        outcome.event(3, 4, PaymentState::Declined, Reason::PayerDeclined, status.finalized_at_unix_ns)
     );
 
     let payer_live = vec![noticed, collect_asked, payer_completed, second_asked, payer_declined];

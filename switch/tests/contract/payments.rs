@@ -49,6 +49,43 @@ pub fn refund_request(refund: u128, original: u128, amount: u64) -> proto::Refun
     }
 }
 
+/// The record of a payment between `ana@bank-a` and `bo@bank-b` (`ana_pays`: in that direction)
+/// with the INR currency; times and the rest as in `proto::Payment::default()`.
+fn payment_record(
+    payment: u128,
+    kind: PaymentKind,
+    (state, reason): (PaymentState, Reason),
+    amount_minor: u64,
+    note: &str,
+    ana_pays: bool,
+) -> proto::Payment {
+    let (ana, bo) = (("ana@bank-a", "bank-a"), ("bo@bank-b", "bank-b"));
+    let (payer, payee) = if ana_pays { (ana, bo) } else { (bo, ana) };
+    proto::Payment {
+        payment_id: id(payment),
+        kind: kind as i32,
+        state: state as i32,
+        reason: reason as i32,
+        payer_alias: payer.0.into(),
+        payer_psp_id: payer.1.into(),
+        payee_alias: payee.0.into(),
+        payee_psp_id: payee.1.into(),
+        amount_minor,
+        currency: "INR".into(),
+        note: note.into(),
+        ..proto::Payment::default()
+    }
+}
+
+/// A switch that also settles BRL, which no participant of these tests holds (CURRENCY_MISMATCH).
+async fn with_a_second_currency() -> TestSwitch {
+    TestSwitch::start_with(|config| {
+        let brl = switch::config::Currency { code: "BRL".into(), ledger: 986, amount_minor_max: 1_000_000 };
+        config.currencies.push(brl)
+    })
+    .await
+}
+
 /// `bank-a` paying `bo@bank-b`, each request spoiled one way; the reason and field it must get.
 fn invalid_pay_requests() -> Vec<(proto::PayRequest, Reason, Option<&'static str>)> {
     let good = || pay(7, "ana@bank-a", "bo@bank-b", 100);
@@ -117,14 +154,7 @@ async fn pay_refuses_invalid_requests_naming_the_field_and_changes_nothing() {
 /// FAILED_PRECONDITION refusals, and UNAUTHENTICATED for a certificate that names nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_refuses_callers_and_aliases_it_must_not_serve() {
-    let test = TestSwitch::start_with(|config| {
-        config.currencies.push(switch::config::Currency {
-            code: "BRL".into(),
-            ledger: 986,
-            amount_minor_max: 1_000_000,
-        })
-    })
-    .await;
+    let test = with_a_second_currency().await;
     let (mut bank_a, _bank_b) = test.payer_and_payee(0, 1_000).await;
     bank_a.alias("al@bank-a", "Al").await;
     let before = Unchanged::take(&test);
@@ -279,21 +309,10 @@ async fn insufficient_liquidity_is_recorded_against_the_id() {
     // The whole payment, as for any other state (its aliases, note and currency were empty).
     let status = bank_a.status(7).await;
     let expected = proto::Payment {
-        payment_id: id(7),
-        kind: PaymentKind::Push as i32,
-        state: PaymentState::Failed as i32,
-        reason: Reason::InsufficientLiquidity as i32,
-        payer_alias: "ana@bank-a".into(),
-        payer_psp_id: "bank-a".into(),
-        payee_alias: "bo@bank-b".into(),
-        payee_psp_id: "bank-b".into(),
-        amount_minor: 151,
-        currency: "INR".into(),
-        note: "test".into(),
         deadline_unix_ms: status.deadline_unix_ms,
         accepted_at_unix_ns: status.accepted_at_unix_ns,
         finalized_at_unix_ns: status.accepted_at_unix_ns,
-        ..proto::Payment::default()
+        ..payment_record(7, PaymentKind::Push, (PaymentState::Failed, Reason::InsufficientLiquidity), 151, "test", true)
     };
     assert_eq!(status, expected);
     assert!(status.accepted_at_unix_ns > 0 && status.deadline_unix_ms > now_ms(), "recorded: {status:?}");
@@ -395,14 +414,7 @@ async fn request_collect_refuses_as_pay_with_the_roles_swapped() {
 /// REFUNDS_PER_PAYMENT_MAX times, in its currency; a third PSP learns nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_are_refused_as_the_contract_lists() {
-    let test = TestSwitch::start_with(|config| {
-        config.currencies.push(switch::config::Currency {
-            code: "BRL".into(),
-            ledger: 986,
-            amount_minor_max: 1_000_000,
-        })
-    })
-    .await;
+    let test = with_a_second_currency().await;
     let (bank_a, bank_b) = test.payer_and_payee(0, 10_000).await;
     let mut bank_d = test.onboard("bank-d", 0, 0).await;
     bank_d.alias("di@bank-d", "Di").await;
@@ -483,16 +495,6 @@ async fn a_completed_push_and_its_refund_report_every_field() {
     for viewer in [&bank_a, &bank_b] {
         let payment = viewer.status(1).await;
         let expected = proto::Payment {
-            payment_id: id(1),
-            kind: PaymentKind::Push as i32,
-            state: PaymentState::Completed as i32,
-            payer_alias: "ana@bank-a".into(),
-            payer_psp_id: "bank-a".into(),
-            payee_alias: "bo@bank-b".into(),
-            payee_psp_id: "bank-b".into(),
-            amount_minor: 300,
-            currency: "INR".into(),
-            note: "test".into(),
             accepted_at_unix_ns: result.accepted_at_unix_ns,
             finalized_at_unix_ns: result.finalized_at_unix_ns,
             refunded_amount_minor: 100,
@@ -500,7 +502,7 @@ async fn a_completed_push_and_its_refund_report_every_field() {
             // The operator engineer's: the window the money moved in.
             settlement_window_id: payment.settlement_window_id,
             deadline_unix_ms: payment.deadline_unix_ms,
-            ..proto::Payment::default()
+            ..payment_record(1, PaymentKind::Push, (PaymentState::Completed, Reason::Unspecified), 300, "test", true)
         };
         assert_eq!(payment, expected);
         // Left at 0: now + PAYMENT_DEADLINE_MS_DEFAULT (30 s).
@@ -508,21 +510,11 @@ async fn a_completed_push_and_its_refund_report_every_field() {
     }
     let refunded = bank_a.status(2).await;
     let expected = proto::Payment {
-        payment_id: id(2),
-        kind: PaymentKind::Refund as i32,
-        state: PaymentState::Completed as i32,
-        payer_alias: "bo@bank-b".into(),
-        payer_psp_id: "bank-b".into(),
-        payee_alias: "ana@bank-a".into(),
-        payee_psp_id: "bank-a".into(),
-        amount_minor: 100,
-        currency: "INR".into(),
-        note: "refund".into(),
         accepted_at_unix_ns: refund.accepted_at_unix_ns,
         finalized_at_unix_ns: refund.finalized_at_unix_ns,
         original_payment_id: id(1),
         settlement_window_id: refunded.settlement_window_id,
-        ..proto::Payment::default()
+        ..payment_record(2, PaymentKind::Refund, (PaymentState::Completed, Reason::Unspecified), 100, "refund", false)
     };
     assert_eq!(refunded, expected, "a refund: payer and payee swapped, no deadline, the original named");
     test.assert_money_conserved();
@@ -543,19 +535,16 @@ async fn a_collect_reports_when_it_was_requested_and_how_it_ended() {
     assert!(asked.accepted_at_unix_ns > 0, "a collect is recorded when requested: {asked:?}");
     let awaiting = bank_a.status(1).await;
     let expected = proto::Payment {
-        payment_id: id(1),
-        kind: PaymentKind::Collect as i32,
-        state: PaymentState::AwaitingApproval as i32,
-        payer_alias: "ana@bank-a".into(),
-        payer_psp_id: "bank-a".into(),
-        payee_alias: "bo@bank-b".into(),
-        payee_psp_id: "bank-b".into(),
-        amount_minor: 400,
-        currency: "INR".into(),
-        note: "invoice".into(),
         deadline_unix_ms: expiry,
         accepted_at_unix_ns: asked.accepted_at_unix_ns,
-        ..proto::Payment::default()
+        ..payment_record(
+            1,
+            PaymentKind::Collect,
+            (PaymentState::AwaitingApproval, Reason::Unspecified),
+            400,
+            "invoice",
+            true,
+        )
     };
     assert_eq!(awaiting, expected);
 
@@ -626,21 +615,17 @@ async fn a_refund_beyond_the_refunders_liquidity_is_recorded() {
     }
     let status = bank_b.status(3).await;
     let expected = proto::Payment {
-        payment_id: id(3),
-        kind: PaymentKind::Refund as i32,
-        state: PaymentState::Failed as i32,
-        reason: Reason::InsufficientLiquidity as i32,
-        payer_alias: "bo@bank-b".into(),
-        payer_psp_id: "bank-b".into(),
-        payee_alias: "ana@bank-a".into(),
-        payee_psp_id: "bank-a".into(),
-        amount_minor: 100,
-        currency: "INR".into(),
-        note: "refund".into(),
         accepted_at_unix_ns: status.accepted_at_unix_ns,
         finalized_at_unix_ns: status.accepted_at_unix_ns,
         original_payment_id: id(1),
-        ..proto::Payment::default()
+        ..payment_record(
+            3,
+            PaymentKind::Refund,
+            (PaymentState::Failed, Reason::InsufficientLiquidity),
+            100,
+            "refund",
+            false,
+        )
     };
     assert_eq!(status, expected);
     assert_eq!((bank_a.position().await.balance_minor, bank_b.position().await.balance_minor), positions);
