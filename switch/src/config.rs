@@ -86,6 +86,17 @@ pub struct Limits {
     /// Payments per second per payer PSP (single, batch and stream together): a runaway PSP
     /// cannot take the whole switch.
     pub payments_per_second_per_psp: u32,
+    /// Collect expiry used when a request leaves it at 0, in milliseconds
+    /// (`COLLECT_EXPIRY_MS_DEFAULT`).
+    pub collect_expiry_ms_default: u64,
+    /// Furthest a collect expiry may be from now, in milliseconds (`COLLECT_EXPIRY_MS_MAX`).
+    pub collect_expiry_ms_max: u64,
+    /// Most collects of one requesting PSP awaiting approval (`COLLECTS_PENDING_MAX`); beyond it
+    /// REASON_COLLECTS_PENDING_LIMIT. Each holds a record and an expiry timer.
+    pub collects_pending_max: usize,
+    /// Most unacknowledged events per PSP (`EVENT_BACKLOG_MAX`); beyond it requests that would
+    /// add an event for that PSP are refused (REASON_EVENT_BACKLOG_FULL).
+    pub event_backlog_max: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -134,6 +145,10 @@ impl Default for Limits {
             directory_calls_per_second: 1_000,
             status_queries_per_second: 1_000,
             payments_per_second_per_psp: 200_000,
+            collect_expiry_ms_default: crate::services::collect::EXPIRY_MS_DEFAULT,
+            collect_expiry_ms_max: crate::services::collect::EXPIRY_MS_MAX,
+            collects_pending_max: crate::services::collect::COLLECTS_PENDING_MAX,
+            event_backlog_max: crate::events::EVENT_BACKLOG_MAX,
         }
     }
 }
@@ -187,6 +202,9 @@ impl Config {
         }
         if self.limits.payment_deadline_ms_default > self.limits.payment_deadline_ms_max {
             return invalid("payment_deadline_ms_default exceeds payment_deadline_ms_max".into());
+        }
+        if self.limits.collect_expiry_ms_default > self.limits.collect_expiry_ms_max {
+            return invalid("collect_expiry_ms_default exceeds collect_expiry_ms_max".into());
         }
         let tls = &self.tls;
         if tls.server_certificate.is_some() != tls.server_key.is_some() {

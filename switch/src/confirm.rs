@@ -224,6 +224,10 @@ pub async fn resolve_pending(
         Resolution::Decline => (PaymentState::Declined, Reason::PayeeDeclined),
         Resolution::Timeout => (PaymentState::Expired, Reason::PayeeTimeout),
     };
+    // Only a decline carries the payee's reason (a reason sent with an ACCEPT means nothing).
+    let decline_reason = if resolution == Resolution::Decline { decline_reason } else { DeclineReason::Unspecified };
+    // Stored without the aliases, currency and time: `events::read` fills them in from the
+    // payment's metadata record and the resolution, so a decision costs no extra read here.
     let event = proto::Event {
         kind: Some(proto::event::Kind::PaymentOutcome(proto::PaymentOutcome {
             payment_id: payment.to_be_bytes().to_vec(),
@@ -251,8 +255,6 @@ pub async fn resolve_pending(
         // This resolution took effect, so its outcome is known without reading it back: the
         // ledger stamps a resolution with its own event's time (the submission's first), and
         // the payee's reason is the one just stored.
-        let decline_reason =
-            if resolution == Resolution::Decline { decline_reason } else { DeclineReason::Unspecified };
         Some(Outcome { state, reason, finalized_at_unix_ns: results.timestamp, decline_reason })
     } else {
         // Another resolution won, or this one is a retry: the ledger holds the final state.

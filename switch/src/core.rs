@@ -93,7 +93,7 @@ pub struct Switch {
     pub refund_turns: crate::serial::KeyLocks,
     /// Turns per collect id: its request, decisions and expiry take turns, so it resolves once.
     pub collect_turns: crate::serial::KeyLocks,
-    /// Collects awaiting approval, per requesting PSP (bounded by `COLLECTS_PENDING_MAX`).
+    /// Collects awaiting approval, per requesting PSP (bounded by `limits.collects_pending_max`).
     pub collects_awaiting: crate::services::collect::AwaitingCounts,
     /// Set when the switch begins to shut down: long-lived event streams end (UNAVAILABLE,
     /// SHUTTING_DOWN) so that graceful shutdown does not wait on them forever.

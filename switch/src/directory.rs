@@ -36,16 +36,20 @@ pub struct AliasEntry {
 }
 
 /// Checks an alias's grammar and returns its owning PSP id (the part after the last `@`).
-pub fn alias_owner(alias: &str) -> Result<&str, Refusal> {
-    let malformed = |why: &str| Refusal::field(Reason::AliasMalformed, "alias", format!("alias {alias:?} {why}"));
+/// `field` is the request's field path that holds the alias (`payer_alias`, `payee_alias`,
+/// `alias`): a refusal names it in `switch-field` (errors.proto), so the caller can tell which of
+/// two aliases is at fault.
+pub fn alias_owner<'a>(alias: &'a str, field: &'static str) -> Result<&'a str, Refusal> {
+    let malformed = |why: &str| Refusal::field(Reason::AliasMalformed, field, format!("{field} {alias:?} {why}"));
     if alias.is_empty() {
-        return Err(Refusal::field(Reason::FieldRequired, "alias", "alias is required"));
+        return Err(Refusal::field(Reason::FieldRequired, field, format!("{field} is required")));
     }
     if alias.len() > ALIAS_BYTES_MAX {
+        // A bound, not the grammar: FIELD_TOO_LONG names ALIAS_BYTES_MAX (errors.proto).
         return Err(Refusal::field(
-            Reason::AliasMalformed,
-            "alias",
-            format!("alias longer than {ALIAS_BYTES_MAX} bytes"),
+            Reason::FieldTooLong,
+            field,
+            format!("{field} is longer than {ALIAS_BYTES_MAX} bytes"),
         ));
     }
     let Some((local, psp)) = alias.rsplit_once('@') else {
@@ -189,14 +193,14 @@ mod tests {
 
     #[test]
     fn alias_grammar() {
-        assert_eq!(alias_owner("ana.k-1@bank-a").expect("valid"), "bank-a");
-        assert_eq!(alias_owner("a@b@bank-a").map_err(|r| r.reason), Err(Reason::AliasMalformed));
+        assert_eq!(alias_owner("ana.k-1@bank-a", "alias").expect("valid"), "bank-a");
+        assert_eq!(alias_owner("a@b@bank-a", "alias").map_err(|r| r.reason), Err(Reason::AliasMalformed));
         for bad in ["ana", "@bank-a", "Ana@bank-a", "ana@B", "ana@x", "ana bank@bank-a"] {
-            assert_eq!(alias_owner(bad).map_err(|r| r.reason), Err(Reason::AliasMalformed), "{bad}");
+            assert_eq!(alias_owner(bad, "alias").map_err(|r| r.reason), Err(Reason::AliasMalformed), "{bad}");
         }
-        assert_eq!(alias_owner("").map_err(|r| r.reason), Err(Reason::FieldRequired));
+        assert_eq!(alias_owner("", "alias").map_err(|r| r.reason), Err(Reason::FieldRequired));
         let long = format!("{}@bank-a", "a".repeat(60));
-        assert_eq!(alias_owner(&long).map_err(|r| r.reason), Err(Reason::AliasMalformed));
+        assert_eq!(alias_owner(&long, "alias").map_err(|r| r.reason), Err(Reason::FieldTooLong));
     }
 
     #[test]

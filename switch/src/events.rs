@@ -24,7 +24,8 @@ use crate::records::{self, ReadError, Sequence};
 
 /// Most events sent beyond the last acknowledged one (`EVENT_WINDOW_MAX`).
 pub const EVENT_WINDOW_MAX: u64 = 8_192;
-/// Most unacknowledged events per PSP (`EVENT_BACKLOG_MAX`); beyond it new work for the PSP is
+/// Most unacknowledged events per PSP by default (`EVENT_BACKLOG_MAX`; `limits.event_backlog_max`
+/// configures it); beyond it new work for the PSP is
 /// refused rather than growing storage without bound.
 pub const EVENT_BACKLOG_MAX: u64 = 10_000_000;
 /// Most committed events an outbox holds in memory for delivery: two windows' worth, so a PSP
@@ -218,26 +219,66 @@ fn stored_credit(event: &proto::Event) -> Option<u128> {
     id.as_slice().try_into().ok().map(u128::from_be_bytes)
 }
 
-/// The id of the transfer whose commit time an event reports, if it reports one.
+/// The payment of a push payment's outcome stored without the payment's aliases and currency
+/// (`confirm::resolve_pending`, which decides from the pending transfer alone and so does not
+/// read the payment's metadata record on every decision): they are filled in from that record.
+/// A collect's outcome is stored whole.
+fn stored_outcome(event: &proto::Event) -> Option<u128> {
+    match &event.kind {
+        Some(proto::event::Kind::PaymentOutcome(outcome)) if outcome.payer_alias.is_empty() => {
+            outcome.payment_id.as_slice().try_into().ok().map(u128::from_be_bytes)
+        }
+        _ => None,
+    }
+}
+
+/// The payment whose metadata record completes a stored event, if it needs one.
+fn stored_payment(event: &proto::Event) -> Option<u128> {
+    stored_credit(event).or_else(|| stored_outcome(event))
+}
+
+/// The id of the transfer whose commit (or resolution) time an event reports, if it reports one.
 fn stamped_transfer(event: &proto::Event) -> Option<u128> {
     let id = match &event.kind {
         Some(proto::event::Kind::CreditNotification(notification)) => &notification.payment_id,
+        Some(proto::event::Kind::CreditRequest(request)) => &request.payment_id,
         Some(proto::event::Kind::RefundNotice(notice)) => &notice.refund_id,
+        Some(proto::event::Kind::PaymentOutcome(outcome)) => &outcome.payment_id,
         _ => return None,
     };
     id.as_slice().try_into().ok().map(u128::from_be_bytes)
 }
 
+/// Stamps an event recorded with its transfer (a credit, a refund notice) with the transfer's
+/// commit time: the time it was recorded, and for notices the time the money moved.
 fn stamp(event: &mut proto::Event, timestamp: u64) {
-    if stamped_transfer(event).is_none() {
-        return;
-    }
-    event.recorded_at_unix_ns = timestamp;
     match &mut event.kind {
         Some(proto::event::Kind::CreditNotification(notification)) => notification.completed_at_unix_ns = timestamp,
         Some(proto::event::Kind::RefundNotice(notice)) => notice.completed_at_unix_ns = timestamp,
-        _ => {}
+        Some(proto::event::Kind::CreditRequest(_)) => {}
+        _ => return,
     }
+    event.recorded_at_unix_ns = timestamp;
+}
+
+/// Stamps a payment's outcome with the ledger time of its final state, which is when the outcome
+/// was recorded: a push payment's resolution (post or void), or an executed collect's transfer.
+/// A collect that ended without a transfer (declined, expired, failed) keeps the time stored
+/// with it (`collect::finish`): a transfer under its id is then another payment's (a push may
+/// take a collect's id, payments.proto), never its own.
+fn stamp_outcome(event: &mut proto::Event, transfer: Option<&ledger::TransferRecord>) {
+    let Some(proto::event::Kind::PaymentOutcome(outcome)) = &mut event.kind else { return };
+    let executed =
+        outcome.kind != proto::PaymentKind::Collect as i32 || outcome.state == proto::PaymentState::Completed as i32;
+    let finalized = match transfer.filter(|_| executed) {
+        Some(record) if record.stored.transfer.flags.pending() => record.resolution.map(|resolved| resolved.timestamp),
+        Some(record) => Some(record.stored.transfer.timestamp),
+        None => None,
+    };
+    if let Some(finalized) = finalized {
+        outcome.finalized_at_unix_ns = finalized;
+    }
+    event.recorded_at_unix_ns = outcome.finalized_at_unix_ns;
 }
 
 /// The last sequence number appended to a PSP's outbox (0 if none).
@@ -288,41 +329,46 @@ pub fn read(ledger: &Ledger, psp: &str, after: u64, limit: usize) -> Result<Vec<
     Ok(events)
 }
 
-/// Completes events read from storage: builds stored credits (`append_credit`) back into the
-/// events the payment path delivered, and stamps the notices of payments and refunds with their
-/// transfer's commit time. Two batched ledger reads per chunk of events, whatever their kinds:
-/// the transfers (one lookup serves both needs of a credit notification) and the metadata of
-/// stored credits. A credit's record and transfer committed with it, so both are there; were
-/// either missing, the event would go out with those fields empty rather than be skipped.
+/// Completes events read from storage: builds stored credits (`append_credit`) and push
+/// outcomes (`stored_outcome`) back into the events the switch delivers, and stamps the events
+/// of payments and refunds with their transfer's commit or resolution time. Two batched ledger
+/// reads per chunk of events, whatever their kinds: the transfers (one lookup serves both needs
+/// of a credit notification) and the metadata of stored credits and outcomes. A credit's
+/// record and transfer committed with it, and an outcome's after them, so both are there; were
+/// either missing, the event would go out with those fields empty rather than be skipped; one
+/// that does not decode is an error (`crate::records`).
 fn complete(ledger: &Ledger, events: &mut [proto::Event]) -> Result<(), ReadError> {
-    let transfer_of = |event: &proto::Event| stamped_transfer(event).or_else(|| stored_credit(event));
-    let ids: Vec<u128> = events.iter().filter_map(transfer_of).collect();
+    let ids: Vec<u128> = events.iter().filter_map(stamped_transfer).collect();
     if ids.is_empty() {
         return Ok(());
     }
     let mut transfers = ledger.lookup_transfers(&ids)?.into_iter();
-    let keys: Vec<[u8; 16]> = events.iter().filter_map(stored_credit).map(u128::to_be_bytes).collect();
+    let keys: Vec<[u8; 16]> = events.iter().filter_map(stored_payment).map(u128::to_be_bytes).collect();
     let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
     let mut payments = records::get_many::<PaymentRecord>(ledger, tables::PAYMENTS, &keys)?.into_iter();
     for event in events.iter_mut() {
-        if transfer_of(event).is_none() {
+        if stamped_transfer(event).is_none() {
             continue;
         }
-        let transfer = transfers.next().flatten().map(|record| record.stored.transfer);
-        if stored_credit(event).is_some() {
+        let transfer = transfers.next().flatten();
+        if stored_payment(event).is_some() {
             let payment = payments.next().flatten().unwrap_or_default();
-            let amount_minor = transfer.as_ref().and_then(|transfer| u64::try_from(transfer.amount).ok()).unwrap_or(0);
-            fill_credit(event, payment, amount_minor);
+            let amount_minor = transfer.as_ref().and_then(|record| u64::try_from(record.stored.transfer.amount).ok());
+            fill_payment(event, payment, amount_minor.unwrap_or(0));
         }
-        stamp(event, transfer.map_or(0, |transfer| transfer.timestamp));
+        if matches!(event.kind, Some(proto::event::Kind::PaymentOutcome(_))) {
+            stamp_outcome(event, transfer.as_ref());
+        } else {
+            stamp(event, transfer.map_or(0, |record| record.stored.transfer.timestamp));
+        }
     }
     Ok(())
 }
 
-/// Fills a stored credit's fields from its payment's metadata and amount.
-fn fill_credit(event: &mut proto::Event, payment: PaymentRecord, amount_minor: u64) {
+/// Fills a stored credit's or push outcome's fields from its payment's metadata and amount.
+fn fill_payment(event: &mut proto::Event, payment: PaymentRecord, amount_minor: u64) {
     // The payer's PSP is the owner its alias names; the switch checked it was the caller.
-    let payer_psp_id = alias_owner(&payment.payer_alias).map(str::to_string).unwrap_or_default();
+    let payer_psp_id = alias_owner(&payment.payer_alias, "payer_alias").map(str::to_string).unwrap_or_default();
     // The two messages carry the payment's fields under the same names.
     macro_rules! fill {
         ($credit:expr) => {{
@@ -340,6 +386,12 @@ fn fill_credit(event: &mut proto::Event, payment: PaymentRecord, amount_minor: u
         Some(proto::event::Kind::CreditRequest(request)) => {
             request.deadline_unix_ms = payment.deadline_unix_ms;
             fill!(request);
+        }
+        Some(proto::event::Kind::PaymentOutcome(outcome)) => {
+            outcome.payer_alias = payment.payer_alias;
+            outcome.payee_alias = payment.payee_alias;
+            outcome.currency = payment.currency;
+            outcome.amount_minor = amount_minor;
         }
         _ => {}
     }

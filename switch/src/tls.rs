@@ -257,6 +257,21 @@ impl DevelopmentCa {
         Ok(pair)
     }
 
+    /// Issues a client certificate that chains to the CA but names no PSP and no operator (no
+    /// SAN URI): what a misissued certificate looks like. The switch accepts its handshake and
+    /// answers every call UNAUTHENTICATED / REASON_NOT_AUTHENTICATED (common.proto); tests use it
+    /// to check that promise.
+    pub fn issue_nameless(&self, stem: &str) -> Result<PemPair, TlsError> {
+        if !valid_name(stem) {
+            return Err(TlsError::BadName(stem.into()));
+        }
+        let mut params = leaf_params(stem, None, &[])?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let pair = self.pair(&format!("nameless-{stem}"));
+        self.issue(params, &pair)?;
+        Ok(pair)
+    }
+
     fn issue(&self, params: CertificateParams, pair: &PemPair) -> Result<(), TlsError> {
         let ca_key = KeyPair::from_pem(&read(&self.dir.join("ca.key"))?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(&self.ca_certificate())?, ca_key)?;

@@ -44,8 +44,10 @@ async fn credit_notifications_are_durable_ordered_and_resumable() {
     assert_eq!(notification(&mut stream).await, (2, 2, 200));
     assert_eq!(notification(&mut stream).await, (3, 3, 300));
     ack(&stream, 2).await;
-    // A decision for nothing pending gets a receipt saying so.
-    let decision = Incoming::CreditDecision(proto::CreditDecision { payment_id: id(1), ..Default::default() });
+    // A decision on a payment that awaits none gets a receipt saying so.
+    let decision =
+        proto::CreditDecision { payment_id: id(1), decision: proto::Decision::Accept as i32, ..Default::default() };
+    let decision = Incoming::CreditDecision(decision);
     stream.requests.send(proto::SubscribeRequest { message: Some(decision) }).await.expect("send");
     match next(&mut stream.responses).await {
         Some(Outgoing::DecisionReceipt(receipt)) => assert_eq!(receipt.reason, Reason::NoDecisionPending as i32),
@@ -276,7 +278,7 @@ async fn confirmed_payees_accept_decline_or_time_out() {
     let result = bank_a.payments.pay(late).await.expect("an answer, not an error").into_inner();
     assert_eq!((result.state, result.reason), (PaymentState::Expired as i32, Reason::PayeeTimeout as i32));
     let receipt = decide(&mut stream, 3, proto::Decision::Accept).await;
-    assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
+    assert_eq!(receipt.reason, Reason::PayeeTimeout as i32, "a decision after the deadline (events.proto)");
     let payment = bank_a.status(3).await;
     assert_eq!(payment.state, PaymentState::Expired as i32);
     assert_eq!(bank_a.position().await.reserved_minor, 0);
@@ -371,7 +373,7 @@ async fn decisions_sent_back_to_back_each_get_one_receipt() {
     let mut two = receipts.remove(&2).expect("payment 2's receipts");
     two.sort_unstable();
     assert_eq!(two, vec![ok, Reason::AlreadyDecided as i32], "exactly one of two contradicting decisions wins");
-    assert_eq!(receipts.remove(&(PAYMENTS + 1)), Some(vec![Reason::NoDecisionPending as i32]));
+    assert_eq!(receipts.remove(&(PAYMENTS + 1)), Some(vec![Reason::PaymentNotFound as i32]));
     assert_eq!(receipts.len(), PAYMENTS as usize - 1);
     assert!(receipts.values().all(|reasons| reasons == &vec![ok]), "one receipt each, all applied");
 
@@ -565,7 +567,7 @@ async fn collect_requests_are_approved_declined_or_expire() {
     };
     tokio::time::timeout(WAIT, expired).await.expect("the collect expires");
     let receipt = collect_decision(&mut payer_events, 4, proto::Decision::Accept).await;
-    assert_eq!(receipt.reason, Reason::AlreadyDecided as i32);
+    assert_eq!(receipt.reason, Reason::CollectExpired as i32, "a decision after the expiry (events.proto)");
 
     // Only the two PSPs see a collect; only the payer decides it.
     let mut bank_c = test.onboard("bank-c", 0, 0).await;
@@ -608,9 +610,9 @@ async fn a_collect_whose_id_a_later_payment_took_fails_with_a_conflict() {
     assert_eq!((outcome.payment_id, outcome.state), (id(7), PaymentState::Failed as i32));
     assert_eq!(outcome.reason, Reason::PaymentIdConflict as i32);
     assert_eq!(test.switch.collects_awaiting.of("bank-b"), 0, "the collect is final");
-    // A second approval finds it decided.
+    // A second approval is a repeat: the same receipt (decisions are idempotent).
     let again = collect_decision(&mut payer_events, 7, proto::Decision::Accept).await;
-    assert_eq!(again.reason, Reason::AlreadyDecided as i32);
+    assert_eq!(again.reason, Reason::PaymentIdConflict as i32);
 
     let check = |test: &TestSwitch| {
         test.assert_money_conserved();

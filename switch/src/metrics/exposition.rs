@@ -203,7 +203,7 @@ fn positions(page: &mut Page, reading: &Reading) {
     }
     let name = "switch_collects_awaiting_approval_max";
     page.family(name, "gauge", "Most collect requests of one PSP awaiting approval (then COLLECTS_PENDING_LIMIT).");
-    page.sample(name, &[], crate::services::collect::COLLECTS_PENDING_MAX);
+    page.sample(name, &[], reading.collects_pending_max);
     page.family("switch_participants", "gauge", "Registered participants.");
     page.sample("switch_participants", &[], reading.positions.len());
     page.family("switch_aliases", "gauge", "Aliases in the directory.");

@@ -32,7 +32,7 @@ pub struct Position {
     pub liquidity_used_ratio: f64,
     pub events_awaiting_ack: u64,
     pub stream_connected: bool,
-    /// The PSP's collect requests awaiting the payer's decision (at most `COLLECTS_PENDING_MAX`).
+    /// The PSP's collect requests awaiting the payer's decision (at most `limits.collects_pending_max`).
     pub collects_awaiting_approval: u64,
 }
 
@@ -83,6 +83,8 @@ pub struct Reading {
     pub sums: Vec<CurrencySum>,
     pub settlement_window: u64,
     pub settlement_opened_unix_ns: u64,
+    /// The configured bound on one PSP's collects awaiting approval (`limits.collects_pending_max`).
+    pub collects_pending_max: usize,
 }
 
 impl Reading {
@@ -105,6 +107,7 @@ impl Reading {
             sums: sums(switch, &accounts),
             settlement_window: window.as_ref().map_or(0, |window| window.window_id),
             settlement_opened_unix_ns: window.map_or(0, |window| window.opened_at_unix_ns),
+            collects_pending_max: switch.config.limits.collects_pending_max,
         }
     }
 

@@ -22,17 +22,17 @@ use crate::proto::{self, Decision, DeclineReason, PaymentKind, PaymentState, Rea
 use crate::reason::Refusal;
 
 const NOTE_BYTES_MAX: usize = 140;
-/// Expiry used when a request gives none (`COLLECT_EXPIRY_MS_DEFAULT`).
-const EXPIRY_MS_DEFAULT: u64 = 30 * 60 * 1_000;
-/// Furthest expiry (`COLLECT_EXPIRY_MS_MAX`).
-const EXPIRY_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
-/// Most collects awaiting approval per requesting PSP (`COLLECTS_PENDING_MAX`): each holds a
-/// record and an expiry timer.
+/// Expiry used when a request gives none (`COLLECT_EXPIRY_MS_DEFAULT`; `limits` configures it).
+pub const EXPIRY_MS_DEFAULT: u64 = 30 * 60 * 1_000;
+/// Furthest expiry (`COLLECT_EXPIRY_MS_MAX`; `limits` configures it).
+pub const EXPIRY_MS_MAX: u64 = 24 * 60 * 60 * 1_000;
+/// Most collects awaiting approval per requesting PSP by default (`COLLECTS_PENDING_MAX`;
+/// `limits.collects_pending_max` configures it): each holds a record and an expiry timer.
 pub const COLLECTS_PENDING_MAX: usize = 100_000;
 
 /// Collects awaiting approval, per requesting PSP. A request takes its place before it commits
 /// and gives it back if the commit fails, so requests in flight together never pass
-/// `COLLECTS_PENDING_MAX`; the place is freed when the collect is final. The mutex is held for one
+/// `limits.collects_pending_max`; the place is freed when the collect is final. The mutex is held for one
 /// map update, never across an await.
 #[derive(Default)]
 pub struct AwaitingCounts(Mutex<HashMap<String, usize>>);
@@ -43,15 +43,16 @@ impl AwaitingCounts {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a place for one more awaiting collect of `psp`; false at the bound.
-    fn reserve(&self, psp: &str) -> bool {
+    /// Takes a place for one more awaiting collect of `psp`; false at the bound `max`.
+    fn reserve(&self, psp: &str, max: usize) -> bool {
         let mut counts = self.counts();
         match counts.get_mut(psp) {
-            Some(count) if *count >= COLLECTS_PENDING_MAX => false,
+            Some(count) if *count >= max => false,
             Some(count) => {
                 *count += 1;
                 true
             }
+            None if max == 0 => false,
             None => {
                 counts.insert(psp.to_string(), 1);
                 true
@@ -116,6 +117,10 @@ pub struct CollectRecord {
     /// `DeclineReason` the payer PSP gave when it declined; 0 otherwise.
     #[prost(int32, tag = "12")]
     pub decline_reason: i32,
+    /// When the request was recorded (switch clock at its commit: a record carries no ledger
+    /// time of its own); 0 in records of earlier releases.
+    #[prost(uint64, tag = "13")]
+    pub requested_at_unix_ns: u64,
 }
 
 impl CollectRecord {
@@ -136,20 +141,26 @@ impl CollectRecord {
             payment_id: collect_id.to_vec(),
             state: self.state,
             reason: self.reason,
-            status_code: if self.reason == 0 {
-                0
-            } else {
+            // Only FAILED carries its reason's code; DECLINED and EXPIRED are answers (common.proto).
+            status_code: if self.state == PaymentState::Failed as i32 {
                 crate::reason::code_of(Reason::try_from(self.reason).unwrap_or(Reason::Internal)) as i32
+            } else {
+                0
             },
+            accepted_at_unix_ns: self.requested_at_unix_ns,
             finalized_at_unix_ns: self.finalized_at_unix_ns,
             decline_reason: self.decline_reason,
-            ..proto::PaymentResult::default()
         }
     }
 }
 
 pub fn collect_of(switch: &Switch, id: u128) -> Result<Option<CollectRecord>, Refusal> {
     switch.read(tables::COLLECTS, &id.to_be_bytes())
+}
+
+/// Whether `psp` is one of the two PSPs of the collect `id` (false if there is no such collect).
+pub fn is_party(switch: &Switch, id: u128, psp: &str) -> Result<bool, Refusal> {
+    Ok(collect_of(switch, id)?.is_some_and(|collect| collect.payer_psp_id == psp || collect.payee_psp_id == psp))
 }
 
 fn outcome_event(id: u128, collect: &CollectRecord) -> proto::Event {
@@ -179,10 +190,10 @@ pub async fn request(
     let id = parse_id(&request.collect_id, "collect_id")?;
     let currency = check_amount(switch, request.amount_minor, &request.currency)?;
     check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
-    if alias_owner(&request.payee_alias)? != &*payee.psp_id {
+    if alias_owner(&request.payee_alias, "payee_alias")? != &*payee.psp_id {
         return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "payee_alias", "the payee alias is not the caller's"));
     }
-    alias_owner(&request.payer_alias)?;
+    alias_owner(&request.payer_alias, "payer_alias")?;
     if switch.directory.resolve(&request.payee_alias).is_none() {
         return Err(Refusal::field(Reason::OwnAliasNotRegistered, "payee_alias", "the payee alias is not registered"));
     }
@@ -203,14 +214,21 @@ pub async fn request(
     if payer.currency != currency.code || payee.currency != currency.code {
         return Err(Refusal::field(Reason::CurrencyMismatch, "currency", "a participant holds another currency"));
     }
+    let limits = &switch.config.limits;
     let now_ms = now_unix_ns() / 1_000_000;
     if request.expiry_unix_ms != 0 && request.expiry_unix_ms <= now_ms {
         return Err(Refusal::field(Reason::DeadlinePassed, "expiry_unix_ms", "the expiry has passed"));
     }
-    if request.expiry_unix_ms > now_ms + EXPIRY_MS_MAX {
+    if request.expiry_unix_ms > now_ms + limits.collect_expiry_ms_max {
         return Err(Refusal::field(Reason::DeadlineTooFar, "expiry_unix_ms", "the expiry is too far ahead"));
     }
-    let expiry_unix_ms = if request.expiry_unix_ms == 0 { now_ms + EXPIRY_MS_DEFAULT } else { request.expiry_unix_ms };
+    let expiry_unix_ms =
+        if request.expiry_unix_ms == 0 { now_ms + limits.collect_expiry_ms_default } else { request.expiry_unix_ms };
+    // The CollectRequest is an event for the payer's PSP (errors.proto, EVENT_BACKLOG_FULL).
+    let outbox = switch.events.outbox(&switch.ledger, &payer.psp_id).map_err(ledger_refusal)?;
+    if outbox.backlog() >= limits.event_backlog_max {
+        return Err(Refusal::new(Reason::EventBacklogFull, "the payer PSP has too many unacknowledged events"));
+    }
 
     let _turn = switch.collect_turns.lock(id).await;
     if let Some(existing) = collect_of(switch, id)? {
@@ -223,7 +241,7 @@ pub async fn request(
     if switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?[0].is_some() {
         return Err(Refusal::field(Reason::PaymentIdConflict, "collect_id", "the id belongs to a payment"));
     }
-    if !switch.collects_awaiting.reserve(&payee.psp_id) {
+    if !switch.collects_awaiting.reserve(&payee.psp_id, limits.collects_pending_max) {
         return Err(Refusal::new(Reason::CollectsPendingLimit, "too many of this PSP's collects await approval"));
     }
     let collect = CollectRecord {
@@ -239,6 +257,7 @@ pub async fn request(
         reason: 0,
         finalized_at_unix_ns: 0,
         decline_reason: 0,
+        requested_at_unix_ns: now_unix_ns(),
     };
     let ask = proto::Event {
         kind: Some(proto::event::Kind::CollectRequest(proto::CollectRequest {
@@ -256,6 +275,8 @@ pub async fn request(
             note: request.note.clone(),
             expiry_unix_ms,
         })),
+        // Stored with the event: an outbox record has no ledger time of its own.
+        recorded_at_unix_ns: collect.requested_at_unix_ns,
         ..proto::Event::default()
     };
     let events = vec![
@@ -292,11 +313,23 @@ pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::Col
         _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
     };
     let _turn = switch.collect_turns.lock(id).await;
-    let Some(collect) = collect_of(switch, id)?.filter(|collect| collect.payer_psp_id == payer_psp) else {
-        return Err(Refusal::new(Reason::NoDecisionPending, "no collect request of yours has this id"));
+    let no_decision_pending = || Refusal::new(Reason::NoDecisionPending, "no collect request to you has this id");
+    let not_found = || Refusal::field(Reason::PaymentNotFound, "collect_id", "no such collect");
+    let Some(collect) = collect_of(switch, id)? else {
+        // Perhaps a payment of the caller's: a party, but not asked for this decision.
+        let transfer = switch.ledger.lookup_transfers(&[id]).map_err(ledger_refusal)?.into_iter().next().flatten();
+        let caller = switch.participants.get(payer_psp);
+        let party = transfer.zip(caller).is_some_and(|(record, caller)| {
+            let transfer = &record.stored.transfer;
+            transfer.debit_account_id == caller.account_id || transfer.credit_account_id == caller.account_id
+        });
+        return Err(if party { no_decision_pending() } else { not_found() });
     };
+    if collect.payer_psp_id != payer_psp {
+        return Err(if collect.payee_psp_id == payer_psp { no_decision_pending() } else { not_found() });
+    }
     if !collect.awaiting() {
-        return Err(Refusal::new(Reason::AlreadyDecided, "the collect is already final"));
+        return settled(&collect, accept);
     }
     let payee_psp = collect.payee_psp_id.clone();
     let outcome = if collect.expiry_unix_ms <= now_unix_ns() / 1_000_000 {
@@ -312,6 +345,22 @@ pub async fn decide(switch: &Arc<Switch>, payer_psp: &str, decision: &proto::Col
     };
     settle_count(switch, id, &payee_psp)?;
     outcome
+}
+
+/// The receipt of a decision on a collect that is final (events.proto, DecisionReceipt): the
+/// same decision again gets the first one's receipt (OK, or why the approved payment failed); a
+/// decision after the expiry gets COLLECT_EXPIRED; another decision ALREADY_DECIDED.
+fn settled(collect: &CollectRecord, accept: bool) -> Result<(), Refusal> {
+    let state = PaymentState::try_from(collect.state).unwrap_or(PaymentState::Unspecified);
+    match (state, accept) {
+        (PaymentState::Completed, true) | (PaymentState::Declined, false) => Ok(()),
+        (PaymentState::Failed, true) => {
+            let reason = Reason::try_from(collect.reason).unwrap_or(Reason::Internal);
+            Err(Refusal::new(reason, "the approved collect could not execute"))
+        }
+        (PaymentState::Expired, _) => Err(Refusal::new(Reason::CollectExpired, "the collect request expired")),
+        _ => Err(Refusal::new(Reason::AlreadyDecided, "the collect is already final")),
+    }
 }
 
 /// Executes an approved collect: the payment, the collect's final state, and both outcomes.
@@ -458,15 +507,17 @@ mod tests {
     #[test]
     fn awaiting_places_are_bounded_per_psp_and_given_back() {
         let counts = AwaitingCounts::default();
-        for _ in 0..COLLECTS_PENDING_MAX {
-            assert!(counts.reserve("bank-a"));
+        let max = 3;
+        for _ in 0..max {
+            assert!(counts.reserve("bank-a", max));
         }
-        assert!(!counts.reserve("bank-a"), "at the bound");
-        assert_eq!(counts.of("bank-a"), COLLECTS_PENDING_MAX);
-        assert!(counts.reserve("bank-b"), "another PSP has its own places");
+        assert!(!counts.reserve("bank-a", max), "at the bound");
+        assert_eq!(counts.of("bank-a"), max);
+        assert!(counts.reserve("bank-b", max), "another PSP has its own places");
         counts.release("bank-a");
-        assert!(counts.reserve("bank-a"), "a freed place can be taken again");
-        assert!(!counts.reserve("bank-a"));
+        assert!(counts.reserve("bank-a", max), "a freed place can be taken again");
+        assert!(!counts.reserve("bank-a", max));
+        assert!(!counts.reserve("bank-d", 0), "a bound of 0 admits none");
         // Restored after a restart: counted, and releases never go below zero.
         counts.restore("bank-c");
         counts.release("bank-c");

@@ -77,7 +77,7 @@ impl Directory {
         request: &proto::RegisterAliasRequest,
         pending: usize,
     ) -> Result<Option<Registration>, Refusal> {
-        let owner = alias_owner(&request.alias)?;
+        let owner = alias_owner(&request.alias, "alias")?;
         if owner != psp {
             return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "alias", "the alias belongs to another PSP"));
         }
@@ -217,7 +217,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<proto::RemoveAliasResponse>, Status> {
         let psp = self.caller(&request)?;
         let alias = request.into_inner().alias;
-        if alias_owner(&alias)? != psp {
+        if alias_owner(&alias, "alias")? != psp {
             return Err(
                 Refusal::field(Reason::AliasOwnedByOtherPsp, "alias", "the alias belongs to another PSP").into()
             );
@@ -241,7 +241,7 @@ impl DirectoryService for Directory {
     ) -> Result<Response<proto::Alias>, Status> {
         self.caller(&request)?;
         let alias = &request.get_ref().alias;
-        alias_owner(alias)?;
+        alias_owner(alias, "alias")?;
         let stored = self.stored(alias)?;
         Ok(Response::new(stored.ok_or_else(|| Refusal::field(Reason::UnknownAlias, "alias", "no such alias"))?))
     }

@@ -288,35 +288,90 @@ impl Stream {
     }
 }
 
-/// Applies a payee's decision on a payment it was asked to confirm.
+/// Applies a payee's decision on a payment it was asked to confirm. The receipt's reason follows
+/// events.proto (DecisionReceipt): PAYMENT_NOT_FOUND for an id the caller is no party to,
+/// NO_DECISION_PENDING when it is a party but nothing awaits its decision, PAYEE_TIMEOUT once
+/// the deadline has passed, ALREADY_DECIDED when another decision took effect; the same
+/// decision again gets the same (OK) receipt.
 async fn decide(switch: &Switch, psp: &str, decision: &proto::CreditDecision) -> Result<(), Refusal> {
     let payment = crate::services::parse_id(&decision.payment_id, "payment_id")?;
+    let (resolution, wanted) = match proto::Decision::try_from(decision.decision) {
+        Ok(proto::Decision::Accept) => (Resolution::Accept, proto::PaymentState::Completed),
+        Ok(proto::Decision::Decline) => (Resolution::Decline, proto::PaymentState::Declined),
+        _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
+    };
     let payee = switch
         .participants
         .get(psp)
         .ok_or_else(|| Refusal::new(Reason::CallerNotRegistered, "not a registered participant"))?;
-    let records = switch.ledger.lookup_transfers(&[payment]).map_err(crate::core::ledger_refusal)?;
-    // The pending transfer of a credit request to this payee, passed on so it is read once.
-    let addressed_here =
-        |transfer: &ledger::Transfer| transfer.flags.pending() && transfer.credit_account_id == payee.account_id;
-    let Some(pending) =
-        records.into_iter().next().flatten().map(|record| record.stored.transfer).filter(addressed_here)
-    else {
-        return Err(Refusal::new(Reason::NoDecisionPending, "no credit request of yours has this payment id"));
+    let Some(record) = lookup(switch, payment)? else {
+        // Not a payment: perhaps a collect of the caller's, which is decided by CollectDecision.
+        return Err(if crate::services::collect::is_party(switch, payment, psp)? {
+            no_decision_pending()
+        } else {
+            payment_not_found()
+        });
     };
-    let resolution = match proto::Decision::try_from(decision.decision) {
-        Ok(proto::Decision::Accept) => Resolution::Accept,
-        Ok(proto::Decision::Decline) => Resolution::Decline,
-        _ => return Err(Refusal::field(Reason::FieldRequired, "decision", "decision must be ACCEPT or DECLINE")),
-    };
-    let reason = super::collect::decline_reason(decision.decline_reason);
-    let outcome = crate::confirm::resolve_pending(switch, pending, resolution, reason).await?;
-    let wanted =
-        if resolution == Resolution::Accept { proto::PaymentState::Completed } else { proto::PaymentState::Declined };
-    if outcome.state != wanted {
-        return Err(Refusal::new(Reason::AlreadyDecided, "the payment is already final"));
+    let transfer = &record.stored.transfer;
+    if transfer.credit_account_id != payee.account_id && transfer.debit_account_id != payee.account_id {
+        return Err(payment_not_found());
     }
-    Ok(())
+    // A credit request is a pending transfer to this payee; anything else awaits no decision of it.
+    if !transfer.flags.pending() || transfer.credit_account_id != payee.account_id {
+        return Err(no_decision_pending());
+    }
+    let current = crate::confirm::state_of(payment, &record);
+    if current.state != proto::PaymentState::Pending {
+        return verdict(current.state, wanted);
+    }
+    // Too late: the decision had to reach the switch before the deadline, and the deadline's
+    // timer voids the reservation (it may not have fired yet: a payment never completes late).
+    let deadline_unix_ms = crate::services::payments::deadline_of(switch, payment)?.unwrap_or(0);
+    if crate::core::now_unix_ns() / 1_000_000 >= deadline_unix_ms {
+        return Err(payee_timeout());
+    }
+    let reason = super::collect::decline_reason(decision.decline_reason);
+    let pending = record.stored.transfer;
+    let state = match crate::confirm::resolve_pending(switch, pending, resolution, reason).await {
+        Ok(outcome) => outcome.state,
+        // Another resolution (the deadline's, or a contradicting decision) won: which one says why.
+        Err(refusal) if refusal.reason == Reason::AlreadyDecided => match lookup(switch, payment)? {
+            Some(record) => crate::confirm::state_of(payment, &record).state,
+            None => return Err(refusal),
+        },
+        Err(refusal) => return Err(refusal),
+    };
+    verdict(state, wanted)
+}
+
+/// A payment's transfer record, if there is one.
+fn lookup(switch: &Switch, payment: u128) -> Result<Option<ledger::TransferRecord>, Refusal> {
+    let records = switch.ledger.lookup_transfers(&[payment]).map_err(crate::core::ledger_refusal)?;
+    Ok(records.into_iter().next().flatten())
+}
+
+/// The receipt of a decision on a payment that is final: OK for the decision that took effect
+/// (a repeat), PAYEE_TIMEOUT when the deadline ended it, ALREADY_DECIDED otherwise.
+fn verdict(state: proto::PaymentState, wanted: proto::PaymentState) -> Result<(), Refusal> {
+    if state == wanted {
+        Ok(())
+    } else if state == proto::PaymentState::Expired {
+        Err(payee_timeout())
+    } else {
+        Err(Refusal::new(Reason::AlreadyDecided, "the payment is already final"))
+    }
+}
+
+fn payee_timeout() -> Refusal {
+    Refusal::new(Reason::PayeeTimeout, "the payment's deadline passed before the decision arrived")
+}
+
+fn no_decision_pending() -> Refusal {
+    Refusal::new(Reason::NoDecisionPending, "no credit request of yours awaits a decision under this id")
+}
+
+fn payment_not_found() -> Refusal {
+    Refusal::field(Reason::PaymentNotFound, "payment_id", "no such payment")
 }
 
 /// Tells the PSP how its decision ended (receipts may overtake each other: they carry the id).

@@ -106,7 +106,12 @@ async fn pay_group(
         group.into_iter().map(|item| (item.correlation_id, item.payment.unwrap_or_default())).collect();
     let requests: Vec<(&proto::PayRequest, bool)> =
         payments.iter().zip(admitted).map(|((_, payment), admitted)| (payment, admitted)).collect();
-    let answers = pay_together(switch, payer, &requests).await;
+    // The payer as it is now, not as it was when the stream opened: a PSP suspended since then
+    // may not start payments (common.proto), and its items are refused in-band.
+    let answers = match switch.active_participant(&payer.psp_id) {
+        Ok(payer) => pay_together(switch, &payer, &requests).await,
+        Err(refusal) => requests.iter().map(|_| Answer::Now(Err(refusal.clone()))).collect(),
+    };
     let mut answered = Vec::with_capacity(payments.len());
     for ((correlation_id, payment), answer) in payments.iter().zip(answers) {
         match answer {
@@ -115,11 +120,11 @@ async fn pay_group(
                 answered.push((*correlation_id, result));
             }
             // Its own task waits for the payee, so the rest of the group is answered now.
-            Answer::AwaitPayee { id, deadline, waiter } => {
+            Answer::AwaitPayee { id, deadline, accepted_at, waiter } => {
                 let (switch, sender, payment_id) = (Arc::clone(switch), sender.clone(), payment.payment_id.clone());
                 let (correlation_id, permit) = (*correlation_id, permits.split(1));
                 tokio::spawn(async move {
-                    let answer = final_answer(&switch, &payment_id, id, deadline, waiter).await;
+                    let answer = final_answer(&switch, &payment_id, id, deadline, accepted_at, waiter).await;
                     let result = answer.unwrap_or_else(|refusal| result_message(&payment_id, Err(refusal)));
                     switch.metrics.answered(result.state, result.reason, 1, started.elapsed());
                     let _ = sender.send(Ok(proto::PayStreamResponse { correlation_id, result: Some(result) })).await;

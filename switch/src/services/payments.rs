@@ -91,10 +91,10 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     let id = parse_id(&request.payment_id, "payment_id")?;
     let currency = check_amount(switch, request.amount_minor, &request.currency)?;
     check_text(&request.note, "note", NOTE_BYTES_MAX, false)?;
-    if alias_owner(&request.payer_alias)? != &*payer.psp_id {
+    if alias_owner(&request.payer_alias, "payer_alias")? != &*payer.psp_id {
         return Err(Refusal::field(Reason::AliasOwnedByOtherPsp, "payer_alias", "the payer alias is not the caller's"));
     }
-    alias_owner(&request.payee_alias)?;
+    alias_owner(&request.payee_alias, "payee_alias")?;
     let now_ms = now_unix_ns() / 1_000_000;
     let limits = &switch.config.limits;
     if request.deadline_unix_ms != 0 && request.deadline_unix_ms <= now_ms {
@@ -129,7 +129,7 @@ fn prepare(switch: &Switch, payer: &Participant, request: &proto::PayRequest) ->
     }
     let confirmed = payee.confirmation_mode == ConfirmationMode::Confirmed;
     let outbox = switch.events.outbox(&switch.ledger, &payee.psp_id).map_err(ledger_refusal)?;
-    if outbox.backlog() >= crate::events::EVENT_BACKLOG_MAX {
+    if outbox.backlog() >= switch.config.limits.event_backlog_max {
         return Err(Refusal::new(Reason::EventBacklogFull, "the payee PSP has too many unacknowledged events"));
     }
     let deadline_unix_ms = if request.deadline_unix_ms == 0 {
@@ -415,6 +415,7 @@ pub fn status_of(
             currency: collect.currency,
             note: collect.note,
             deadline_unix_ms: collect.expiry_unix_ms,
+            accepted_at_unix_ns: collect.requested_at_unix_ns,
             finalized_at_unix_ns: collect.finalized_at_unix_ns,
             decline_reason: collect.decline_reason,
             ..proto::Payment::default()
@@ -439,6 +440,14 @@ pub fn status_of(
         PaymentState::Completed => super::settlement::window_of(switch, state.finalized_at_unix_ns)?,
         _ => 0,
     };
+    // A collect was recorded when it was requested, not when its payment executed (common.proto,
+    // PaymentResult.accepted_at_unix_ns); only its record knows when.
+    let accepted_at_unix_ns = match kind {
+        PaymentKind::Collect => {
+            super::collect::collect_of(switch, id)?.map_or(transfer.timestamp, |collect| collect.requested_at_unix_ns)
+        }
+        _ => transfer.timestamp,
+    };
     Ok(proto::Payment {
         payment_id: id.to_be_bytes().to_vec(),
         kind: kind as i32,
@@ -453,7 +462,7 @@ pub fn status_of(
         currency: metadata.currency,
         note: metadata.note,
         deadline_unix_ms: metadata.deadline_unix_ms,
-        accepted_at_unix_ns: transfer.timestamp,
+        accepted_at_unix_ns,
         finalized_at_unix_ns: state.finalized_at_unix_ns,
         original_payment_id: metadata.original_payment_id,
         refunded_amount_minor: refunds.refunded_minor,
@@ -492,8 +501,9 @@ pub fn deadline_of(switch: &Switch, id: u128) -> Result<Option<u64>, Refusal> {
 pub(super) enum Answer {
     /// Final, or a refusal.
     Now(Result<proto::PaymentResult, Refusal>),
-    /// Reserved for a confirming payee that has yet to decide: `final_answer` waits for it.
-    AwaitPayee { id: u128, deadline: u64, waiter: crate::confirm::Waiter },
+    /// Reserved (at `accepted_at`, ledger time) for a confirming payee that has yet to decide:
+    /// `final_answer` waits for it.
+    AwaitPayee { id: u128, deadline: u64, accepted_at: u64, waiter: crate::confirm::Waiter },
 }
 
 /// Pays requests of one payer as `Pay` does, together: each checked and prepared, then all
@@ -505,6 +515,16 @@ pub(super) async fn pay_together(
     payer: &Participant,
     requests: &[(&proto::PayRequest, bool)],
 ) -> Vec<Answer> {
+    pay_group(switch, payer, requests).await.0
+}
+
+/// `pay_together`, also saying whether the ledger refused the group's first submission, in
+/// which case nothing was submitted (`PayBatch` then refuses the whole call, payments.proto).
+async fn pay_group(
+    switch: &Arc<Switch>,
+    payer: &Participant,
+    requests: &[(&proto::PayRequest, bool)],
+) -> (Vec<Answer>, Option<Refusal>) {
     let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
     let (mut prepared, mut positions, mut waiters) = (Vec::new(), Vec::new(), Vec::new());
     for (position, (request, admitted)) in requests.iter().enumerate() {
@@ -523,20 +543,29 @@ pub(super) async fn pay_together(
             Err(refusal) => answers[position] = Some(Answer::Now(Err(refusal))),
         }
     }
-    let committed = match commit_prepared(switch, payer, &mut prepared).await {
-        Ok(committed) => committed,
-        Err(refusal) => prepared.iter().map(|_| Err(refusal.clone())).collect(),
+    let (committed, refused_whole) = match commit_prepared(switch, payer, &mut prepared).await {
+        Ok(committed) => (committed, None),
+        Err(refusal) => (prepared.iter().map(|_| Err(refusal.clone())).collect(), Some(refusal)),
     };
+    let mut failed = Vec::new();
     for (((position, ready), waiter), committed) in positions.into_iter().zip(prepared).zip(waiters).zip(committed) {
         let payment_id = &requests[position].0.payment_id;
         let state = committed.and_then(|Committed { code, timestamp }| Ok((outcome(code)?, code, timestamp)));
+        if state.as_ref().is_err_and(|refusal| recorded_failure(refusal.reason)) {
+            failed.push((ready.id, requests[position].0, ready.deadline_unix_ms));
+        }
         answers[position] = Some(match (state, waiter) {
             (Ok((state, code, timestamp)), None) => {
                 let timestamp = committed_at(switch, ready.id, code, timestamp);
                 Answer::Now(Ok(result_message(payment_id, Ok((state, timestamp)))))
             }
             // Confirmed mode, a first attempt or a retry: the payee's decision makes the answer.
-            (Ok(_), Some(waiter)) => Answer::AwaitPayee { id: ready.id, deadline: ready.deadline_unix_ms, waiter },
+            (Ok((_, code, timestamp)), Some(waiter)) => Answer::AwaitPayee {
+                id: ready.id,
+                deadline: ready.deadline_unix_ms,
+                accepted_at: committed_at(switch, ready.id, code, timestamp),
+                waiter,
+            },
             (Err(refusal), waiter) => {
                 if waiter.is_some() {
                     switch.confirmations.finish(ready.id, None);
@@ -545,12 +574,59 @@ pub(super) async fn pay_together(
             }
         });
     }
-    answers
+    if !failed.is_empty() {
+        record_failures(switch, &failed).await;
+    }
+    let answers = answers
         .into_iter()
         .map(|answer| {
             answer.unwrap_or_else(|| Answer::Now(Err(Refusal::new(Reason::Internal, "payment lost its answer"))))
         })
-        .collect()
+        .collect();
+    (answers, refused_whole)
+}
+
+/// The refusals the ledger records against the payment id (errors.proto, "Recorded refusals").
+fn recorded_failure(reason: Reason) -> bool {
+    matches!(reason, Reason::InsufficientLiquidity | Reason::BalanceOverflow)
+}
+
+/// Stores the metadata records of payments that failed in the ledger (recorded refusals), so
+/// that their status shows the whole payment (common.proto, Payment): the record is linked to
+/// the transfer, so a refused transfer took it back with it. Written only where none is stored
+/// (a retry finds the first attempt's), after the answer's commit and before the answer: an
+/// extra commit on the failure path only. Best effort: the failure itself is durable already.
+async fn record_failures(switch: &Switch, failed: &[(u128, &proto::PayRequest, u64)]) {
+    let keys: Vec<[u8; 16]> = failed.iter().map(|(id, _, _)| id.to_be_bytes()).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
+    let stored = match switch.ledger.records_many(tables::PAYMENTS, &keys) {
+        Ok(stored) => stored,
+        Err(error) => return tracing::warn!(%error, "reading failed payments' records"),
+    };
+    let mut events = Vec::new();
+    for ((id, request, deadline_unix_ms), stored) in failed.iter().zip(stored) {
+        if stored.is_some() {
+            continue;
+        }
+        let display_name = switch.directory.with_entry(&request.payer_alias, |entry| entry.display_name.to_string());
+        let metadata = PaymentRecord {
+            payer_alias: request.payer_alias.clone(),
+            payee_alias: request.payee_alias.clone(),
+            note: request.note.clone(),
+            deadline_unix_ms: *deadline_unix_ms,
+            currency: request.currency.clone(),
+            kind: PaymentKind::Push as i32,
+            original_payment_id: Vec::new(),
+            payer_display_name: display_name.unwrap_or_default(),
+        };
+        events.push(record(tables::PAYMENTS, id.to_be_bytes(), metadata.encode_to_vec(), false));
+    }
+    if events.is_empty() {
+        return;
+    }
+    if let Err(refusal) = switch.submit(events).await {
+        tracing::warn!(reason = ?refusal.reason, "storing failed payments' records");
+    }
 }
 
 /// Executes one payment as `Pay` does: to an automatic payee at once, to a confirming payee once
@@ -562,20 +638,21 @@ async fn execute(
 ) -> Result<proto::PaymentResult, Refusal> {
     match pay_together(switch, payer, &[(request, true)]).await.pop() {
         Some(Answer::Now(answer)) => answer,
-        Some(Answer::AwaitPayee { id, deadline, waiter }) => {
-            final_answer(switch, &request.payment_id, id, deadline, waiter).await
+        Some(Answer::AwaitPayee { id, deadline, accepted_at, waiter }) => {
+            final_answer(switch, &request.payment_id, id, deadline, accepted_at, waiter).await
         }
         None => Err(Refusal::new(Reason::Internal, "payment lost its answer")),
     }
 }
 
 /// A confirmed-mode payment (a first attempt or a retry) once submitted: its final state, once
-/// the payee answers or the deadline passes.
+/// the payee answers or the deadline passes. `accepted_at` is when its reservation committed.
 pub(super) async fn final_answer(
     switch: &Switch,
     payment_id: &[u8],
     id: u128,
     deadline: u64,
+    accepted_at: u64,
     waiter: crate::confirm::Waiter,
 ) -> Result<proto::PaymentResult, Refusal> {
     let current = current_outcome(switch, id)?;
@@ -586,22 +663,24 @@ pub(super) async fn final_answer(
         }
         _ => crate::confirm::wait(waiter, deadline).await,
     };
-    match final_outcome {
-        Some(outcome) if outcome.state == PaymentState::Completed => {
-            Ok(result_message(payment_id, Ok((PaymentState::Completed, outcome.finalized_at_unix_ns))))
-        }
-        // Declined and expired are answers, not errors (payments.proto: OK with the state), so
-        // batch and stream items carry them as DECLINED / EXPIRED rather than REJECTED.
-        Some(outcome) => Ok(proto::PaymentResult {
-            payment_id: payment_id.to_vec(),
-            state: outcome.state as i32,
-            reason: outcome.reason as i32,
-            decline_reason: outcome.decline_reason as i32,
-            finalized_at_unix_ns: outcome.finalized_at_unix_ns,
-            ..proto::PaymentResult::default()
-        }),
-        None => Ok(result_message(payment_id, Ok((PaymentState::Pending, 0)))),
-    }
+    // Declined and expired are answers, not errors (payments.proto: OK with the state), so
+    // batch and stream items carry them as DECLINED / EXPIRED rather than REJECTED. Recorded when
+    // reserved, final when resolved (common.proto, PaymentResult).
+    let outcome = final_outcome.unwrap_or(crate::confirm::Outcome {
+        state: PaymentState::Pending,
+        reason: Reason::Unspecified,
+        finalized_at_unix_ns: 0,
+        decline_reason: proto::DeclineReason::Unspecified,
+    });
+    Ok(proto::PaymentResult {
+        payment_id: payment_id.to_vec(),
+        state: outcome.state as i32,
+        reason: outcome.reason as i32,
+        decline_reason: outcome.decline_reason as i32,
+        status_code: 0,
+        accepted_at_unix_ns: accepted_at,
+        finalized_at_unix_ns: outcome.finalized_at_unix_ns,
+    })
 }
 
 impl Payments {
@@ -628,39 +707,47 @@ impl Payments {
         if !self.payment_limiter.allow_many(&psp, payments.len() as u64) {
             return Err(rate_limited());
         }
-        let mut outcomes: Vec<Option<Result<(PaymentState, u64), Refusal>>> = vec![None; payments.len()];
-        let (mut prepared, mut positions) = (Vec::with_capacity(payments.len()), Vec::with_capacity(payments.len()));
-        for (position, payment) in payments.iter().enumerate() {
-            match prepare(&self.switch, &payer, payment) {
-                Ok(ready) => {
-                    prepared.push(ready);
-                    positions.push(position);
+        let requests: Vec<(&proto::PayRequest, bool)> = payments.iter().map(|payment| (payment, true)).collect();
+        let (answers, refused_whole) = pay_group(&self.switch, &payer, &requests).await;
+        if let Some(refusal) = refused_whole {
+            return Err(refusal);
+        }
+        // The call answers once every item is final (payments.proto): items to confirming payees
+        // wait for their payee's decision or deadline, each on a task of its own, all at once.
+        let mut waiting = Vec::new();
+        let mut results: Vec<Option<proto::PaymentResult>> = Vec::with_capacity(payments.len());
+        for (position, (answer, payment)) in answers.into_iter().zip(&payments).enumerate() {
+            match answer {
+                Answer::Now(answer) => results
+                    .push(Some(answer.unwrap_or_else(|refusal| result_message(&payment.payment_id, Err(refusal))))),
+                Answer::AwaitPayee { id, deadline, accepted_at, waiter } => {
+                    let (switch, payment_id) = (Arc::clone(&self.switch), payment.payment_id.clone());
+                    waiting.push((
+                        position,
+                        tokio::spawn(async move {
+                            let answer = final_answer(&switch, &payment_id, id, deadline, accepted_at, waiter).await;
+                            answer.unwrap_or_else(|refusal| result_message(&payment_id, Err(refusal)))
+                        }),
+                    ));
+                    results.push(None);
                 }
-                Err(refusal) => outcomes[position] = Some(Err(refusal)),
             }
         }
-        let committed = commit_prepared(&self.switch, &payer, &mut prepared).await?;
-        for ((position, ready), committed) in positions.into_iter().zip(&prepared).zip(committed) {
-            // A batch does not wait for confirming payees: their payments answer PENDING and
-            // finish on the payee's decision or deadline (GetPaymentStatus tells).
-            outcomes[position] = Some(committed.and_then(|Committed { code, timestamp }| {
-                let pending = ready.confirmed && matches!(code, ResultCode::Ok | ResultCode::Exists);
-                outcome(code).map(|state| {
-                    let state = if pending { PaymentState::Pending } else { state };
-                    (state, committed_at(&self.switch, ready.id, code, timestamp))
-                })
-            }));
+        for (position, task) in waiting {
+            let answer = task.await.unwrap_or_else(|_| {
+                result_message(&payments[position].payment_id, Err(Refusal::new(Reason::Internal, "answer lost")))
+            });
+            results[position] = Some(answer);
         }
-        let results = payments
-            .iter()
-            .zip(outcomes)
-            .map(|(payment, outcome)| {
-                let outcome =
-                    outcome.unwrap_or_else(|| Err(Refusal::new(Reason::Internal, "payment lost its outcome")));
-                result_message(&payment.payment_id, outcome)
+        Ok(results
+            .into_iter()
+            .zip(&payments)
+            .map(|(result, payment)| {
+                result.unwrap_or_else(|| {
+                    result_message(&payment.payment_id, Err(Refusal::new(Reason::Internal, "payment lost its outcome")))
+                })
             })
-            .collect();
-        Ok(results)
+            .collect())
     }
 }
 

@@ -140,7 +140,7 @@ pub async fn refund(
         return Err(Refusal::new(Reason::RefundCountExceeded, "this payment has its maximum of refunds"));
     }
     let outbox = switch.events.outbox(&switch.ledger, &payer.psp_id).map_err(ledger_refusal)?;
-    if outbox.backlog() >= crate::events::EVENT_BACKLOG_MAX {
+    if outbox.backlog() >= switch.config.limits.event_backlog_max {
         return Err(Refusal::new(Reason::EventBacklogFull, "the payer PSP has too many unacknowledged events"));
     }
 
@@ -198,6 +198,13 @@ pub async fn refund(
             Ok(completed(request, results.timestamp + 2))
         }
         ResultCode::ExceedsCredits => {
+            // Recorded against the refund id; its metadata went with the refused chain, so it is
+            // stored now for GetPaymentStatus to show a refund (common.proto, Payment). Best
+            // effort: the failure is durable already, and a missing record only blanks fields.
+            let metadata = record(tables::PAYMENTS, refund_id.to_be_bytes(), refund_metadata.encode_to_vec(), false);
+            if let Err(refusal) = switch.submit(vec![metadata]).await {
+                tracing::warn!(reason = ?refusal.reason, "storing a failed refund's record");
+            }
             Err(Refusal::new(Reason::InsufficientLiquidity, "the refunding PSP's net debit cap does not cover it"))
         }
         code => Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),

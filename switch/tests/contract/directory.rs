@@ -22,7 +22,7 @@ async fn a_registration_is_checked_field_by_field() {
         (alias("Ana@bank-a", "Ana"), Reason::AliasMalformed, "alias"),
         (alias("ana", "Ana"), Reason::AliasMalformed, "alias"),
         (alias("ana@Bank-A", "Ana"), Reason::AliasMalformed, "alias"),
-        (alias(&format!("{}@bank-a", "a".repeat(58)), "Ana"), Reason::AliasMalformed, "alias"),
+        (alias(&format!("{}@bank-a", "a".repeat(58)), "Ana"), Reason::FieldTooLong, "alias"),
         (alias("", "Ana"), Reason::FieldRequired, "alias"),
         (alias("ana@bank-a", ""), Reason::FieldRequired, "display_name"),
         (alias("ana@bank-a", &"d".repeat(101)), Reason::FieldTooLong, "display_name"),
