@@ -86,6 +86,14 @@ pub struct Limits {
     /// Payments per second per payer PSP (single, batch and stream together): a runaway PSP
     /// cannot take the whole switch.
     pub payments_per_second_per_psp: u32,
+    /// Admission: most payments in flight in the whole switch (admitted, not yet committed or
+    /// refused by the ledger); beyond it new payments are refused at once with SWITCH_BUSY. It
+    /// bounds the queue in front of the ledger, so the latency of what is admitted.
+    pub payments_in_flight_max: u64,
+    /// Admission: most payments in flight per payer PSP; beyond it RATE_LIMITED. Below the
+    /// global bound, so that one PSP's flood leaves room for the others. A PayBatch larger than
+    /// either bound is admitted when that budget is otherwise empty.
+    pub payments_in_flight_max_per_psp: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -134,6 +142,8 @@ impl Default for Limits {
             directory_calls_per_second: 1_000,
             status_queries_per_second: 1_000,
             payments_per_second_per_psp: 200_000,
+            payments_in_flight_max: 8_192,
+            payments_in_flight_max_per_psp: 1_024,
         }
     }
 }
@@ -187,6 +197,9 @@ impl Config {
         }
         if self.limits.payment_deadline_ms_default > self.limits.payment_deadline_ms_max {
             return invalid("payment_deadline_ms_default exceeds payment_deadline_ms_max".into());
+        }
+        if self.limits.payments_in_flight_max == 0 || self.limits.payments_in_flight_max_per_psp == 0 {
+            return invalid("payments_in_flight_max and payments_in_flight_max_per_psp must be positive".into());
         }
         let tls = &self.tls;
         if tls.server_certificate.is_some() != tls.server_key.is_some() {

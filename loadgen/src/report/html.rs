@@ -14,11 +14,11 @@ pub fn render(report: &Report) -> String {
     out
 }
 
-const BLUE: &str = "#2563eb";
-const SLATE: &str = "#475569";
-const RED: &str = "#dc2626";
-const AMBER: &str = "#d97706";
-const GREY: &str = "#a1a1aa";
+pub(super) const BLUE: &str = "#2563eb";
+pub(super) const SLATE: &str = "#475569";
+pub(super) const RED: &str = "#dc2626";
+pub(super) const AMBER: &str = "#d97706";
+pub(super) const GREY: &str = "#a1a1aa";
 
 fn write_report(o: &mut String, r: &Report) -> fmt::Result {
     let (status, class) = status(r);
@@ -42,6 +42,9 @@ fn write_report(o: &mut String, r: &Report) -> fmt::Result {
         fmt_duration(r.duration_s)
     )?;
     tiles(o, r)?;
+    if let Some(sweep) = &r.sweep {
+        super::sweep::html(o, sweep)?;
+    }
 
     // Sorted so that lines never zig-zag back in time, whatever order the collector produced.
     let mut tl: Vec<&Second> = r.timeline.iter().collect();
@@ -283,7 +286,7 @@ impl Scale {
 }
 
 /// Rounds a raw step up to 1, 2 or 5 times a power of ten, so ticks land on numbers people read.
-fn nice_step(raw: f64) -> f64 {
+pub(super) fn nice_step(raw: f64) -> f64 {
     if !(raw.is_finite() && raw > 0.0) {
         return 1.0;
     }
@@ -460,7 +463,7 @@ fn fmt_clock(t: f64, span_end: f64) -> String {
 }
 
 /// Escapes text for HTML content and quoted attributes alike.
-struct Esc<'a>(&'a str);
+pub(super) struct Esc<'a>(pub(super) &'a str);
 
 impl fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
