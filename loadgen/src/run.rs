@@ -263,9 +263,12 @@ pub struct Phase {
     pub measured: Duration,
     /// Why the phase stopped early, if it did.
     pub aborted: Option<String>,
-    /// CPU seconds so far of (loadgen, the switch) at the phase's start and at its end.
-    pub cpu: ((Option<f64>, Option<f64>), (Option<f64>, Option<f64>)),
+    /// CPU seconds so far of loadgen and the switch at the phase's start and at its end.
+    pub cpu: (CpuSoFar, CpuSoFar),
 }
+
+/// CPU seconds so far of (loadgen, the switch), where /proc tells.
+pub type CpuSoFar = (Option<f64>, Option<f64>);
 
 /// Drives `model` over `clients` for the run's duration with a live progress line and the
 /// abort rule (`abort_ratio`), and returns what it measured. `ids` must differ between phases.

@@ -46,11 +46,11 @@ const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Most concurrent calls on one connection (SETTINGS_MAX_CONCURRENT_STREAMS). tonic leaves it
-/// unbounded (it overrides hyper's default of 200 with none), and that is how open-loop unary
-/// load beyond capacity tore connections down: calls arrived faster than their tasks first ran,
-/// each call's unread request frame charged the small-frame budget above, and with no bound on
-/// streams the charges grew with the backlog until h2 closed the connection (14,404/s achieved
-/// at 25,000/s offered, 19.7% of payments without an answer). With this bound the unread request
+/// unbounded (it overrides hyper's default of 200 with none): under open-loop unary load beyond
+/// capacity, calls arrive faster than their tasks first run, each call's unread request frame
+/// charges the small-frame budget above, and with no bound on streams the charges grow with the
+/// backlog until h2 closes the connection (issue 21 measured that teardown at 25,000/s offered:
+/// 19.7% of payments without an answer; BENCHMARKS.md, "Overload"). With this bound the unread request
 /// frames of a connection cost at most 1,024 x 256 B = 256 KiB of the 8 MiB budget, whatever
 /// the load; a client with more calls queues them on its side. The switch sheds the load itself,
 /// with reasons, by admission (`admission`), which answers a call beyond budget in microseconds.
