@@ -364,15 +364,7 @@ fn chart(
     let py = |v: f64| MT + (1.0 - y.frac(v)) * (H - MT - MB);
     write!(o, "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{label}\">")?;
     for v in y.ticks() {
-        let yy = py(v);
-        write!(
-            o,
-            "<line class=\"grid\" x1=\"{ML}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
-             <text x=\"{}\" y=\"{yy:.1}\" dy=\".32em\" text-anchor=\"end\">{}</text>",
-            W - MR,
-            ML - 8.0,
-            ylab(v)
-        )?;
+        grid_line(o, py(v), ML, W - MR, &ylab(v))?;
     }
     let base = H - MB;
     write!(o, "<line class=\"axis\" x1=\"{ML}\" x2=\"{}\" y1=\"{base}\" y2=\"{base}\"/>", W - MR)?;
@@ -435,6 +427,16 @@ fn chart(
     }
     o.push_str("</svg>");
     Ok(())
+}
+
+/// One horizontal grid line across a chart at height `y`, labelled left of `left`.
+pub(super) fn grid_line(o: &mut String, y: f64, left: f64, right: f64, label: &str) -> fmt::Result {
+    write!(
+        o,
+        "<line class=\"grid\" x1=\"{left}\" x2=\"{right}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
+         <text x=\"{}\" y=\"{y:.1}\" dy=\".32em\" text-anchor=\"end\">{label}</text>",
+        left - 8.0
+    )
 }
 
 fn dash(s: &Series) -> &'static str {
@@ -584,7 +586,7 @@ fn fmt_axis(v: f64) -> String {
 }
 
 /// Axis labels for rates: "45k" keeps the y axis narrow at switch-scale throughput.
-fn fmt_compact(v: f64) -> String {
+pub(super) fn fmt_compact(v: f64) -> String {
     if v >= 1e6 {
         format!("{}M", trim_zeros(format!("{:.2}", v / 1e6)))
     } else if v >= 1e3 {

@@ -60,15 +60,7 @@ fn chart(o: &mut String, sweep: &Sweep) -> fmt::Result {
     write!(o, "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"overload sweep\">")?;
     for i in 0..=((top / step).round() as usize).min(20) {
         let v = i as f64 * step;
-        let y = py(v);
-        write!(
-            o,
-            "<line class=\"grid\" x1=\"{ML}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
-             <text x=\"{}\" y=\"{y:.1}\" dy=\".32em\" text-anchor=\"end\">{}</text>",
-            W - MR,
-            ML - 8.0,
-            compact(v)
-        )?;
+        super::html::grid_line(o, py(v), ML, W - MR, &super::html::fmt_compact(v))?;
     }
     write!(o, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">/s</text>", ML - 8.0, MT - 18.0)?;
     let base = H - MB;
@@ -209,15 +201,6 @@ pub fn text(out: &mut String, sweep: &Sweep) {
             line[10],
             line[11]
         );
-    }
-}
-
-/// "45k": keeps the y axis narrow at switch-scale rates.
-fn compact(v: f64) -> String {
-    if v >= 1e3 {
-        format!("{}k", (v / 1e3 * 10.0).round() / 10.0)
-    } else {
-        format!("{v:.0}")
     }
 }
 
