@@ -3,6 +3,8 @@
 # the given arguments (30 s, 1M users unless overridden), the report in
 # target/bench-switch/NAME/report/ and its headline printed.
 #   bash scripts/bench-switch.sh single-closed --submit single --concurrency 512
+#   bash scripts/bench-switch.sh sweep-single --submit single --overload-sweep 1,2,3 (capacity
+#   measured closed loop first; or --capacity N)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -17,4 +19,4 @@ cd "$dir"
 source "$root/scripts/start-switch.sh"
 start_switch "$bin"
 "$bin/loadgen" --duration 30 --quiet --report-dir report --switch-pid "$switch_pid" "$@" >report.txt || true
-grep -E "^== |achieved|latency  |CPU during|completed per|verification|switch / baseline|!!" report.txt
+grep -E "^== |achieved|latency  |CPU during|completed per|verification|switch / baseline|!!|overload sweep|^     (level|[0-9.]+ x )" report.txt

@@ -170,6 +170,18 @@ pub struct Args {
     /// each), so it can be checked against the ledger again later, e.g. after a restart.
     #[arg(long)]
     pub save_completed: Option<PathBuf>,
+    /// Overload sweep: open loop at each of these multiples of the switch's capacity, one
+    /// --duration each, e.g. `--overload-sweep 1,2,3`. The capacity is --capacity, or measured
+    /// first by a closed-loop run of the same submission mode (--concurrency, or the mode's
+    /// default). Per level the report gives offered vs completed vs refused by reason
+    /// (RATE_LIMITED, SWITCH_BUSY), the p99 of completed payments and of refusals, operations
+    /// without an answer, and with --switch-pid the switch's RSS and CPU per payment; report.html
+    /// draws the curves. Every payment of every level is verified against the ledger at the end.
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
+    pub overload_sweep: Vec<f64>,
+    /// The closed-loop capacity the sweep multiplies, payments per second (skips measuring it).
+    #[arg(long, requires = "overload_sweep")]
+    pub capacity: Option<f64>,
     /// The switch's process id, when it runs on this machine: the report then splits CPU time
     /// between the switch and loadgen.
     #[arg(long)]
@@ -186,6 +198,8 @@ pub struct Args {
 #[derive(Clone, Debug)]
 pub struct Checked {
     pub model: Model,
+    /// The overload sweep's multiples of capacity (empty: a plain run of `model`).
+    pub sweep: Vec<f64>,
     pub submission: Submission,
     pub skew: Skew,
     pub mode: ConfirmationMode,
@@ -222,6 +236,14 @@ impl Args {
             (None, Some(concurrency)) => Model::Closed { concurrency },
             (None, None) => Model::Closed { concurrency: default_concurrency(self.submit) },
         };
+        if self.overload_sweep.len() > 10
+            || self.overload_sweep.iter().any(|multiple| !(multiple.is_finite() && *multiple > 0.0))
+        {
+            return Err("--overload-sweep takes 1 to 10 positive multiples, e.g. 1,2,3".into());
+        }
+        if self.capacity.is_some_and(|capacity| !(capacity.is_finite() && capacity > 0.0)) {
+            return Err("--capacity must be positive".into());
+        }
         if !(1..=8_190).contains(&self.batch_size) {
             return Err("--batch-size must be 1 to 8,190 (the switch's BATCH_SIZE_MAX)".into());
         }
@@ -262,6 +284,7 @@ impl Args {
         };
         Ok(Checked {
             model,
+            sweep: self.overload_sweep.clone(),
             submission,
             skew,
             mode,
@@ -326,5 +349,18 @@ mod tests {
         assert!(refused(&["--concurrency", "0"]).contains("--concurrency"));
         assert!(refused(&["--psp-prefix", "Bad_Prefix"]).contains("--psp-prefix"));
         assert!(refused(&["--skew", "zipf", "--zipf-exponent", "0"]).contains("--zipf-exponent"));
+        assert!(refused(&["--overload-sweep", "1,0"]).contains("--overload-sweep"));
+        assert!(refused(&["--overload-sweep", "1", "--capacity", "0"]).contains("--capacity"));
+        assert!(parse(&["--overload-sweep", "1", "--rate", "5"]).is_err(), "a sweep sets its own rates");
+        assert!(parse(&["--capacity", "5"]).is_err(), "a capacity without a sweep");
+    }
+
+    #[test]
+    fn an_overload_sweep_lists_its_multiples() {
+        let args = parse(&["--overload-sweep", "1,2,3", "--capacity", "20000", "--submit", "single"]).expect("parse");
+        let checked = args.check().expect("valid");
+        assert_eq!(checked.sweep, vec![1.0, 2.0, 3.0]);
+        assert_eq!(args.capacity, Some(20_000.0));
+        assert_eq!(checked.model, Model::Closed { concurrency: 512 }, "the capacity run's model");
     }
 }

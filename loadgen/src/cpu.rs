@@ -1,5 +1,6 @@
 //! CPU time of loadgen and of the switch (when its pid is given) over the measured phase, from
-//! /proc (Linux): on a shared machine the split says who used the cores.
+//! /proc (Linux): on a shared machine the split says who used the cores. Also the switch's
+//! resident memory, which an overload sweep records per level (it must plateau).
 
 /// User + system CPU seconds of a process so far, if /proc has it.
 pub fn seconds(pid: u32) -> Option<f64> {
@@ -19,6 +20,18 @@ fn parse(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// Resident memory of a process now, bytes (`VmRSS` of /proc/<pid>/status), if /proc has it.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_rss(&status)
+}
+
+fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +42,12 @@ mod tests {
         assert_eq!(parse(stat), Some(3.0));
         assert_eq!(parse("garbage"), None);
         assert!(seconds(std::process::id()).is_some(), "this process has a /proc entry");
+    }
+
+    #[test]
+    fn reads_resident_memory() {
+        assert_eq!(parse_rss("Name:\tswitch\nVmRSS:\t  123456 kB\nThreads:\t9\n"), Some(123_456 * 1024));
+        assert_eq!(parse_rss("VmRSS: lots"), None);
+        assert!(rss_bytes(std::process::id()).is_some_and(|bytes| bytes > 0), "this process has memory");
     }
 }

@@ -34,7 +34,7 @@ pub struct Load {
     pub ids: IdSpace,
     pub currency: String,
     pub submission: Submission,
-    pub clients: Vec<PspClients>,
+    pub clients: Arc<Vec<PspClients>>,
     pub recorder: Recorder,
     pub call_timeout: Duration,
     /// Open loop: most operations in flight before new ones are counted as overruns.
@@ -74,7 +74,7 @@ impl Load {
         ids: IdSpace,
         currency: String,
         submission: Submission,
-        clients: Vec<PspClients>,
+        clients: Arc<Vec<PspClients>>,
         call_timeout: Duration,
         in_flight_max: usize,
         seed: u64,

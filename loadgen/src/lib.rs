@@ -10,7 +10,8 @@
 //! Modules: `cli` (flags), `workload` (population, skew, mix, ids), `connect` and `setup`
 //! (certificates, participants, aliases), `submit` (single/batch/stream), `payee` (simulated PSPs
 //! answering events), `drive` (load models), `stats` (histograms, outcomes, timeline), `verify`,
-//! `baseline` (PostgreSQL), `report` (text, JSON, HTML), `run` (one whole run).
+//! `baseline` (PostgreSQL), `report` (text, JSON, HTML), `run` (one whole run), `sweep` (open loop at
+//! multiples of capacity: the overload curves).
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -26,5 +27,6 @@ pub mod run;
 pub mod setup;
 pub mod stats;
 pub mod submit;
+pub mod sweep;
 pub mod verify;
 pub mod workload;

@@ -33,7 +33,7 @@ pub enum Ending {
     Aborted,
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
@@ -45,7 +45,8 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         }
     };
     let population = Population::new(&args.psp_prefix, args.psps, args.users);
-    let traffic = Traffic::new(population.clone(), checked.skew, args.amount_min, args.amount_max)
+    // Checked before any setup; each measured phase draws from a traffic of its own.
+    Traffic::new(population.clone(), checked.skew, args.amount_min, args.amount_max)
         .map_err(|message| anyhow::anyhow!(message))?;
     let connector = Connector::new(&args.server, &args.certs, &args.domain)?;
     let started_ms = unix_ms();
@@ -77,18 +78,8 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     for psp in &psps {
         clients.push(PspClients::new(psp, checked.submission).await?);
     }
+    let clients = Arc::new(clients);
 
-    let load = Arc::new(Load::new(
-        traffic,
-        args.mix,
-        ids,
-        args.currency.clone(),
-        checked.submission,
-        clients,
-        checked.call_timeout,
-        args.in_flight_max,
-        args.seed,
-    ));
     let title = format!(
         "{}, {}, {}, {}",
         match checked.model {
@@ -99,24 +90,26 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         checked.skew.name(),
         checked.mode.as_str_name().trim_start_matches("CONFIRMATION_MODE_").to_lowercase()
     );
-    note(format!("  load: {title} for {:.0} s", checked.duration.as_secs_f64()));
-    let watchdog = tokio::spawn(watch(load.clone(), args.abort_error_ratio, quiet));
-    let interrupt = {
-        let load = load.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                load.stop();
-            }
-        })
+    let (phase, sweep, all_sent) = if checked.sweep.is_empty() {
+        note(format!("  load: {title} for {:.0} s", checked.duration.as_secs_f64()));
+        let mut phase =
+            measure(&args, &checked, &population, &clients, ids, checked.model, args.abort_error_ratio).await?;
+        let sent = std::mem::take(&mut phase.totals.sent);
+        (phase, None, sent)
+    } else {
+        let (phase, sweep, sent) = crate::sweep::run(&args, &checked, &population, &clients, &note).await?;
+        (phase, Some(sweep), sent)
     };
-    let cpu_before = (crate::cpu::seconds(std::process::id()), args.switch_pid.and_then(crate::cpu::seconds));
-    let finished = drive::run(load.clone(), checked.model, checked.duration).await;
-    let cpu_after = (crate::cpu::seconds(std::process::id()), args.switch_pid.and_then(crate::cpu::seconds));
-    load.stop();
-    let aborted = watchdog.await.unwrap_or(None);
-    interrupt.abort();
-    let measured = finished.saturating_duration_since(load.recorder.start());
-    let totals = load.recorder.finish(measured);
+    let Phase { totals, measured, aborted, cpu: (cpu_before, cpu_after) } = phase;
+    let title = match &sweep {
+        Some(sweep) => format!(
+            "overload sweep at {} x {}/s, {}",
+            checked.sweep.iter().map(|multiple| format!("{multiple}")).collect::<Vec<_>>().join(", "),
+            fmt_count(sweep.capacity_per_s as u64),
+            checked.submission.name()
+        ),
+        None => title,
+    };
 
     // Collects end when the payer's simulator decides; give the outcome events a moment to arrive.
     let collects = totals.sent.iter().filter(|sent| sent.kind == Kind::Collect && !sent.outcome.is_error()).count();
@@ -143,7 +136,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         _ => None,
     };
     if let Some(path) = &args.save_completed {
-        save_completed(path, &totals.sent)?;
+        save_completed(path, &all_sent)?;
     }
     let answered = totals.answered();
     let seconds = measured.as_secs_f64().max(1e-9);
@@ -152,9 +145,10 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         started_at_unix_ms: started_ms,
         settings: settings(&args, &checked),
         duration_s: seconds,
-        offered_per_s: match checked.model {
-            Model::Open { rate } => Some(rate),
-            Model::Closed { .. } => None,
+        offered_per_s: match (sweep.as_ref().and_then(|sweep| sweep.levels.last()), checked.model) {
+            (Some(level), _) => Some(level.offered_per_s),
+            (None, Model::Open { rate }) => Some(rate),
+            (None, Model::Closed { .. }) => None,
         },
         achieved_per_s: answered as f64 / seconds,
         sent: totals.sent_count,
@@ -166,6 +160,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         verification: None,
         baseline: None,
         aborted: aborted.clone(),
+        sweep,
     };
     // What completed is what the switch's throughput means; the headline rate counts answers.
     let completed = totals
@@ -215,10 +210,10 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     payees.stop();
 
     if !args.no_verify {
-        note(format!("  verifying {} records against the switch's ledger...", fmt_count(totals.sent.len() as u64)));
+        note(format!("  verifying {} records against the switch's ledger...", fmt_count(all_sent.len() as u64)));
         let checked_at = Instant::now();
         report.verification =
-            Some(match verify::verify(&mut operator, &before, &totals.sent, &payees, &population).await {
+            Some(match verify::verify(&mut operator, &before, &all_sent, &payees, &population).await {
                 Ok(verification) => verification,
                 Err(error) => model::Verification {
                     passed: false,
@@ -261,10 +256,75 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     })
 }
 
+/// One measured phase: the load driven for the run's duration, then drained.
+pub struct Phase {
+    pub totals: crate::stats::Totals,
+    /// From the phase's start to its last answer (the drain included).
+    pub measured: Duration,
+    /// Why the phase stopped early, if it did.
+    pub aborted: Option<String>,
+    /// CPU seconds so far of loadgen and the switch at the phase's start and at its end.
+    pub cpu: (CpuSoFar, CpuSoFar),
+}
+
+/// CPU seconds so far of (loadgen, the switch), where /proc tells.
+pub type CpuSoFar = (Option<f64>, Option<f64>);
+
+/// Drives `model` over `clients` for the run's duration with a live progress line and the
+/// abort rule (`abort_ratio`), and returns what it measured. `ids` must differ between phases.
+pub async fn measure(
+    args: &Args,
+    checked: &Checked,
+    population: &Population,
+    clients: &Arc<Vec<PspClients>>,
+    ids: IdSpace,
+    model: Model,
+    abort_ratio: f64,
+) -> anyhow::Result<Phase> {
+    let traffic = Traffic::new(population.clone(), checked.skew, args.amount_min, args.amount_max)
+        .map_err(|message| anyhow::anyhow!(message))?;
+    let load = Arc::new(Load::new(
+        traffic,
+        args.mix,
+        ids,
+        args.currency.clone(),
+        checked.submission,
+        Arc::clone(clients),
+        checked.call_timeout,
+        args.in_flight_max,
+        args.seed,
+    ));
+    let watchdog = tokio::spawn(watch(load.clone(), abort_ratio, args.quiet));
+    let interrupt = {
+        let load = load.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                load.stop();
+            }
+        })
+    };
+    let cpu_before = (crate::cpu::seconds(std::process::id()), args.switch_pid.and_then(crate::cpu::seconds));
+    let finished = drive::run(load.clone(), model, checked.duration).await;
+    let cpu_after = (crate::cpu::seconds(std::process::id()), args.switch_pid.and_then(crate::cpu::seconds));
+    load.stop();
+    let aborted = watchdog.await.unwrap_or(None);
+    interrupt.abort();
+    let measured = finished.saturating_duration_since(load.recorder.start());
+    let totals = load.recorder.finish(measured);
+    Ok(Phase { totals, measured, aborted, cpu: (cpu_before, cpu_after) })
+}
+
 fn settings(args: &Args, checked: &Checked) -> Vec<(String, String)> {
-    let model = match checked.model {
-        Model::Open { rate } => format!("open loop at {}/s", fmt_count(rate as u64)),
-        Model::Closed { concurrency } => format!("closed loop, {concurrency} in flight"),
+    let model = match (checked.model, checked.sweep.is_empty()) {
+        (_, false) => format!(
+            "overload sweep: open loop at {} x capacity ({}), {} s each",
+            checked.sweep.iter().map(|multiple| format!("{multiple}")).collect::<Vec<_>>().join(", "),
+            args.capacity
+                .map_or_else(|| "measured closed loop first".into(), |rate| format!("{}/s", fmt_count(rate as u64))),
+            args.duration
+        ),
+        (Model::Open { rate }, true) => format!("open loop at {}/s", fmt_count(rate as u64)),
+        (Model::Closed { concurrency }, true) => format!("closed loop, {concurrency} in flight"),
     };
     vec![
         ("switch".into(), args.server.clone()),

@@ -56,6 +56,18 @@ impl Outcome {
         }
     }
 
+    /// The reason when the switch shed this operation at admission (RATE_LIMITED or
+    /// SWITCH_BUSY, on a unary call or in-band on a batch or stream item).
+    pub fn shed(self) -> Option<Reason> {
+        match self {
+            Outcome::Refused(_, reason @ (Reason::RateLimited | Reason::SwitchBusy))
+            | Outcome::State(PaymentState::Rejected, reason @ (Reason::RateLimited | Reason::SwitchBusy)) => {
+                Some(reason)
+            }
+            _ => None,
+        }
+    }
+
     pub fn label(self, kind: Kind) -> String {
         let reason = |reason: Reason| match reason {
             Reason::Unspecified => String::new(),
@@ -87,6 +99,9 @@ pub struct Sent {
 
 struct Shard {
     latency: Histogram<u64>,
+    /// Latency of completed payments alone, and of operations shed at admission alone.
+    completed: Histogram<u64>,
+    shed: Histogram<u64>,
     seconds: Vec<SecondShard>,
     outcomes: HashMap<(Kind, Outcome), u64>,
     sent: Vec<Sent>,
@@ -107,7 +122,14 @@ fn histogram() -> Histogram<u64> {
 
 impl Shard {
     fn new() -> Shard {
-        Shard { latency: histogram(), seconds: Vec::new(), outcomes: HashMap::new(), sent: Vec::new() }
+        Shard {
+            latency: histogram(),
+            completed: histogram(),
+            shed: histogram(),
+            seconds: Vec::new(),
+            outcomes: HashMap::new(),
+            sent: Vec::new(),
+        }
     }
 
     fn second(&mut self, index: usize) -> &mut SecondShard {
@@ -178,6 +200,11 @@ impl Recorder {
             errors += u64::from(error);
             // Clamped to the histogram's bounds above, so recording cannot fail.
             let _ = shard.latency.record(latency_us);
+            if matches!(outcome, Outcome::State(PaymentState::Completed, _)) {
+                let _ = shard.completed.record(latency_us);
+            } else if outcome.shed().is_some() {
+                let _ = shard.shed.record(latency_us);
+            }
             *shard.outcomes.entry((kind, outcome)).or_default() += 1;
             if let Some(sent) = sent {
                 shard.sent.push(sent);
@@ -219,13 +246,15 @@ impl Recorder {
 
     /// Everything, merged: the run's summary.
     pub fn finish(&self, measured: Duration) -> Totals {
-        let mut latency = histogram();
+        let (mut latency, mut completed, mut shed) = (histogram(), histogram(), histogram());
         let mut outcomes: HashMap<(Kind, Outcome), u64> = HashMap::new();
         let mut seconds: Vec<SecondShard> = Vec::new();
         let mut sent = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let _ = latency.add(&shard.latency);
+            let _ = completed.add(&shard.completed);
+            let _ = shed.add(&shard.shed);
             for (key, count) in &shard.outcomes {
                 *outcomes.entry(*key).or_default() += count;
             }
@@ -267,6 +296,8 @@ impl Recorder {
             measured,
             sent_count: self.sent.load(Ordering::Relaxed),
             latency,
+            completed_latency: completed,
+            shed_latency: shed,
             outcomes: outcome_counts,
             timeline,
             sent,
@@ -279,6 +310,9 @@ pub struct Totals {
     pub measured: Duration,
     pub sent_count: u64,
     pub latency: Histogram<u64>,
+    /// Latency of completed payments, and of operations shed at admission (`Outcome::shed`).
+    pub completed_latency: Histogram<u64>,
+    pub shed_latency: Histogram<u64>,
     pub outcomes: Vec<(Kind, Outcome, u64)>,
     pub timeline: Vec<Second>,
     pub sent: Vec<Sent>,
@@ -296,6 +330,17 @@ impl Totals {
     pub fn unanswered(&self) -> u64 {
         let unanswered = |outcome: &Outcome| matches!(outcome, Outcome::Unanswered(_) | Outcome::Overrun);
         self.outcomes.iter().filter(|(_, outcome, _)| unanswered(outcome)).map(|(_, _, count)| count).sum()
+    }
+
+    /// Payments completed.
+    pub fn completed(&self) -> u64 {
+        let completed = |outcome: &Outcome| matches!(outcome, Outcome::State(PaymentState::Completed, _));
+        self.outcomes.iter().filter(|(_, outcome, _)| completed(outcome)).map(|(_, _, count)| count).sum()
+    }
+
+    /// Operations shed at admission with `reason`.
+    pub fn shed(&self, reason: Reason) -> u64 {
+        self.outcomes.iter().filter(|(_, outcome, _)| outcome.shed() == Some(reason)).map(|(_, _, count)| count).sum()
     }
 
     pub fn outcome_counts(&self) -> Vec<OutcomeCount> {
@@ -415,6 +460,9 @@ mod tests {
         assert_eq!(outcome, Outcome::Refused(tonic::Code::ResourceExhausted, Reason::SwitchBusy));
         assert_eq!(outcome.label(Kind::Pay), "pay refused ResourceExhausted SWITCH_BUSY");
         assert!(outcome.is_error());
+        assert_eq!(outcome.shed(), Some(Reason::SwitchBusy));
+        assert_eq!(Outcome::State(PaymentState::Rejected, Reason::RateLimited).shed(), Some(Reason::RateLimited));
+        assert_eq!(Outcome::State(PaymentState::Rejected, Reason::AmountZero).shed(), None);
         assert!(!Outcome::State(PaymentState::Declined, Reason::PayeeDeclined).is_error());
         assert_eq!(
             Outcome::from_status(&tonic::Status::unavailable("down")),

@@ -97,6 +97,17 @@ pub struct Limits {
     /// Most unacknowledged events per PSP (`EVENT_BACKLOG_MAX`); beyond it requests that would
     /// add an event for that PSP are refused (REASON_EVENT_BACKLOG_FULL).
     pub event_backlog_max: u64,
+    /// Admission: most payments in flight in the whole switch (admitted, not yet committed or
+    /// refused by the ledger); beyond it new payments are refused at once with SWITCH_BUSY. It
+    /// bounds the queue in front of the ledger, so the latency of what is admitted.
+    pub payments_in_flight_max: u64,
+    /// Admission: most payments in flight per payer PSP; beyond it RATE_LIMITED. Below the
+    /// global bound, so that one PSP's flood leaves room for the others. A PayBatch larger than
+    /// either bound is admitted when that budget is otherwise empty. Defaults: 4,096 per PSP,
+    /// one full PayStream window (PAY_STREAM_IN_FLIGHT_MAX), so a PSP carrying most of a
+    /// country's traffic on one stream is never refused below its stream's own bound; 16,384 in
+    /// all, so one PSP's flood takes at most a quarter of the switch.
+    pub payments_in_flight_max_per_psp: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -149,6 +160,8 @@ impl Default for Limits {
             collect_expiry_ms_max: crate::services::collect::EXPIRY_MS_MAX,
             collects_pending_max: crate::services::collect::COLLECTS_PENDING_MAX,
             event_backlog_max: crate::events::EVENT_BACKLOG_MAX,
+            payments_in_flight_max: 16_384,
+            payments_in_flight_max_per_psp: 4_096,
         }
     }
 }
@@ -205,6 +218,9 @@ impl Config {
         }
         if self.limits.collect_expiry_ms_default > self.limits.collect_expiry_ms_max {
             return invalid("collect_expiry_ms_default exceeds collect_expiry_ms_max".into());
+        }
+        if self.limits.payments_in_flight_max == 0 || self.limits.payments_in_flight_max_per_psp == 0 {
+            return invalid("payments_in_flight_max and payments_in_flight_max_per_psp must be positive".into());
         }
         let tls = &self.tls;
         if tls.server_certificate.is_some() != tls.server_key.is_some() {

@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admission;
 pub mod auth;
 pub mod client;
 pub mod codec;

@@ -88,6 +88,26 @@ pub fn code_of(reason: Reason) -> Code {
     }
 }
 
+/// How long a client should wait before retrying a refusal, in milliseconds, for the codes
+/// errors.proto promises the `switch-retry-after-ms` trailer for (RESOURCE_EXHAUSTED and
+/// UNAVAILABLE); `None` for every other code. The figures are the time the condition usually
+/// takes to clear: in-flight budgets drain within a few ledger batches, backlogs and restarts
+/// within seconds, capacity limits only when an operator acts.
+pub fn retry_after_ms(reason: Reason) -> Option<u64> {
+    use Reason as R;
+    if !matches!(code_of(reason), Code::ResourceExhausted | Code::Unavailable) {
+        return None;
+    }
+    Some(match reason {
+        // An admission budget frees as admitted payments commit: a few group commits.
+        R::RateLimited | R::SwitchBusy => 20,
+        R::EventBacklogFull | R::CollectsPendingLimit => 1_000,
+        R::ShuttingDown | R::LedgerUnavailable => 1_000,
+        R::DirectoryFull | R::ParticipantsLimit => 60_000,
+        _ => 1_000,
+    })
+}
+
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Status {
         let mut status = Status::new(refusal.code(), refusal.message);
@@ -95,6 +115,9 @@ impl From<Refusal> for Status {
         metadata.insert("switch-reason", MetadataValue::from_static(refusal.reason.as_str_name()));
         if let Some(field) = refusal.field {
             metadata.insert("switch-field", MetadataValue::from_static(field));
+        }
+        if let Some(milliseconds) = retry_after_ms(refusal.reason) {
+            metadata.insert("switch-retry-after-ms", MetadataValue::from(milliseconds));
         }
         status
     }
@@ -116,6 +139,22 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(reason_of(&status), Some(Reason::AmountZero));
         assert_eq!(status.metadata().get("switch-field").and_then(|value| value.to_str().ok()), Some("amount_minor"));
+    }
+
+    /// errors.proto: `switch-retry-after-ms` for RESOURCE_EXHAUSTED and UNAVAILABLE, and only
+    /// for them (RATE_LIMITED lacked it).
+    #[test]
+    fn capacity_and_availability_refusals_say_when_to_retry() {
+        for number in 0..1_000 {
+            let Ok(reason) = Reason::try_from(number) else { continue };
+            let status = Status::from(Refusal::new(reason, "refused"));
+            let trailer = status.metadata().get("switch-retry-after-ms").and_then(|value| value.to_str().ok());
+            let promised = matches!(status.code(), Code::ResourceExhausted | Code::Unavailable);
+            assert_eq!(trailer.is_some(), promised, "{reason:?}: {status:?}");
+            if let Some(trailer) = trailer {
+                assert!(trailer.parse::<u64>().is_ok_and(|milliseconds| milliseconds > 0), "{reason:?}: {trailer}");
+            }
+        }
     }
 
     #[test]

@@ -31,16 +31,30 @@ const MESSAGE_BYTES_MAX: usize = 8 << 20;
 /// HTTP/2 receive window of each stream: what a client may send ahead of the switch reading it
 /// (hyper's default, set here because the connection window below is sized from it).
 const STREAM_WINDOW: u32 = 1 << 20;
-/// HTTP/2 receive window of each connection. h2 also derives from it a budget for unread small
-/// DATA frames (half of it; each frame under 256 bytes costs 256 minus its length) and closes the
-/// connection with ENHANCE_YOUR_CALM past it. Small messages are this API's normal traffic: a
-/// PayStream held at its in-flight bound, or an event stream whose sender waits for the PSP,
-/// stops reading one stream window of them (72-byte payments cost ~2.6 budget bytes per byte,
-/// 30-byte decisions ~7.5). 16 MiB gives an 8 MiB budget: such a stream is pushed back by flow
-/// control, as the API promises, instead of losing its connection and everything on it. Memory:
-/// the switch reads unary and batch calls at once, so what stays unread is held streams' data,
-/// one stream window each, up to this bound per connection.
+/// HTTP/2 receive window of each connection. h2 (0.4.16 on; `proto/streams/counts.rs`) also
+/// derives from it a budget for unread small DATA frames: half of it; each non-final DATA frame
+/// under 256 bytes costs 256 minus its length when it arrives and gives it back only when the
+/// application reads it (or the stream is dropped); past the budget h2 closes the connection
+/// with GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames", and every call on it is lost. Small
+/// messages are this API's normal traffic: a unary request's message is one such frame (its
+/// END_STREAM comes in an empty frame, not charged), and so is each pipelined PayStream item and
+/// event-stream decision (72-byte payments cost ~2.6 budget bytes per byte, 30-byte decisions
+/// ~7.5). What stays unread is bounded twice: by `STREAMS_PER_CONNECTION_MAX` for calls not yet
+/// read, and by the switch reading every stream while its client reads the answers (PayStream
+/// refuses in-band rather than stopping; see `services::pay_stream`), so a held stream is one
+/// whose client does not read, with one stream window unread. 16 MiB gives an 8 MiB budget.
 const CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Most concurrent calls on one connection (SETTINGS_MAX_CONCURRENT_STREAMS). tonic leaves it
+/// unbounded (it overrides hyper's default of 200 with none): under open-loop unary load beyond
+/// capacity, calls arrive faster than their tasks first run, each call's unread request frame
+/// charges the small-frame budget above, and with no bound on streams the charges grow with the
+/// backlog until h2 closes the connection (issue 21 measured that teardown at 25,000/s offered:
+/// 19.7% of payments without an answer; BENCHMARKS.md, "Overload"). With this bound the unread request
+/// frames of a connection cost at most 1,024 x 256 B = 256 KiB of the 8 MiB budget, whatever
+/// the load; a client with more calls queues them on its side. The switch sheds the load itself,
+/// with reasons, by admission (`admission`), which answers a call beyond budget in microseconds.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
 
 /// The PEM files the server uses: configured ones, or the development CA's.
 #[derive(Clone, Debug)]
@@ -124,7 +138,8 @@ pub fn psp_transport(tls: &TlsFiles) -> anyhow::Result<Server> {
     Ok(Server::builder()
         .tls_config(tls.server_tls()?)?
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW))
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX))
 }
 
 /// Serves the switch until `shutdown` resolves, then finishes in-flight requests and lets the

@@ -14,11 +14,11 @@ pub fn render(report: &Report) -> String {
     out
 }
 
-const BLUE: &str = "#2563eb";
-const SLATE: &str = "#475569";
-const RED: &str = "#dc2626";
-const AMBER: &str = "#d97706";
-const GREY: &str = "#a1a1aa";
+pub(super) const BLUE: &str = "#2563eb";
+pub(super) const SLATE: &str = "#475569";
+pub(super) const RED: &str = "#dc2626";
+pub(super) const AMBER: &str = "#d97706";
+pub(super) const GREY: &str = "#a1a1aa";
 
 fn write_report(o: &mut String, r: &Report) -> fmt::Result {
     let (status, class) = status(r);
@@ -42,6 +42,9 @@ fn write_report(o: &mut String, r: &Report) -> fmt::Result {
         fmt_duration(r.duration_s)
     )?;
     tiles(o, r)?;
+    if let Some(sweep) = &r.sweep {
+        super::sweep::html(o, sweep)?;
+    }
 
     // Sorted so that lines never zig-zag back in time, whatever order the collector produced.
     let mut tl: Vec<&Second> = r.timeline.iter().collect();
@@ -283,7 +286,7 @@ impl Scale {
 }
 
 /// Rounds a raw step up to 1, 2 or 5 times a power of ten, so ticks land on numbers people read.
-fn nice_step(raw: f64) -> f64 {
+pub(super) fn nice_step(raw: f64) -> f64 {
     if !(raw.is_finite() && raw > 0.0) {
         return 1.0;
     }
@@ -361,15 +364,7 @@ fn chart(
     let py = |v: f64| MT + (1.0 - y.frac(v)) * (H - MT - MB);
     write!(o, "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{label}\">")?;
     for v in y.ticks() {
-        let yy = py(v);
-        write!(
-            o,
-            "<line class=\"grid\" x1=\"{ML}\" x2=\"{}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\"/>\
-             <text x=\"{}\" y=\"{yy:.1}\" dy=\".32em\" text-anchor=\"end\">{}</text>",
-            W - MR,
-            ML - 8.0,
-            ylab(v)
-        )?;
+        grid_line(o, py(v), ML, W - MR, &ylab(v))?;
     }
     let base = H - MB;
     write!(o, "<line class=\"axis\" x1=\"{ML}\" x2=\"{}\" y1=\"{base}\" y2=\"{base}\"/>", W - MR)?;
@@ -434,6 +429,16 @@ fn chart(
     Ok(())
 }
 
+/// One horizontal grid line across a chart at height `y`, labelled left of `left`.
+pub(super) fn grid_line(o: &mut String, y: f64, left: f64, right: f64, label: &str) -> fmt::Result {
+    write!(
+        o,
+        "<line class=\"grid\" x1=\"{left}\" x2=\"{right}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
+         <text x=\"{}\" y=\"{y:.1}\" dy=\".32em\" text-anchor=\"end\">{label}</text>",
+        left - 8.0
+    )
+}
+
 fn dash(s: &Series) -> &'static str {
     if s.dashed {
         " stroke-dasharray=\"6 4\""
@@ -460,7 +465,7 @@ fn fmt_clock(t: f64, span_end: f64) -> String {
 }
 
 /// Escapes text for HTML content and quoted attributes alike.
-struct Esc<'a>(&'a str);
+pub(super) struct Esc<'a>(pub(super) &'a str);
 
 impl fmt::Display for Esc<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -581,7 +586,7 @@ fn fmt_axis(v: f64) -> String {
 }
 
 /// Axis labels for rates: "45k" keeps the y axis narrow at switch-scale throughput.
-fn fmt_compact(v: f64) -> String {
+pub(super) fn fmt_compact(v: f64) -> String {
     if v >= 1e6 {
         format!("{}M", trim_zeros(format!("{:.2}", v / 1e6)))
     } else if v >= 1e3 {

@@ -3,6 +3,7 @@
 
 pub mod html;
 pub mod model;
+pub mod sweep;
 
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub fn text(report: &Report) -> String {
     );
     let _ = writeln!(out, "   latency                {}", latency_line(&report.latency));
     let _ = writeln!(out, "   (from each operation's intended send time; {} samples)", fmt_count(report.latency.count));
+    if let Some(sweep) = &report.sweep {
+        sweep::text(&mut out, sweep);
+    }
     let _ = writeln!(out, "\n   outcomes");
     let total: u64 = report.outcomes.iter().map(|outcome| outcome.count).sum();
     for outcome in &report.outcomes {

@@ -35,6 +35,46 @@ pub struct Report {
     pub baseline: Option<Baseline>,
     /// Why the run ended early, when it did; the report is then partial.
     pub aborted: Option<String>,
+    /// The overload sweep (`--overload-sweep`), when the run was one: the figures above are then
+    /// those of its last level.
+    pub sweep: Option<Sweep>,
+}
+
+/// Open loop at multiples of the switch's capacity: what it completed and shed at each.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Sweep {
+    /// Completed payments per second the multiples apply to.
+    pub capacity_per_s: f64,
+    /// How the capacity was found: "given" (--capacity) or the closed-loop run that measured it.
+    pub capacity_from: String,
+    pub levels: Vec<SweepLevel>,
+}
+
+/// One level of the sweep.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SweepLevel {
+    /// The multiple of the capacity offered (1.0, 2.0, ...).
+    pub multiple: f64,
+    pub offered_per_s: f64,
+    /// Operations sent (due in the measured phase), and per second.
+    pub sent: u64,
+    pub completed_per_s: f64,
+    /// Shed at admission, per second: REASON_RATE_LIMITED and REASON_SWITCH_BUSY.
+    pub rate_limited_per_s: f64,
+    pub switch_busy_per_s: f64,
+    /// Other refusals and failures (any other reason), per second.
+    pub other_per_s: f64,
+    /// Operations without an answer (transport errors, connection teardowns, timeouts) or never
+    /// sent (loadgen's own in-flight bound): counts, not rates. Goal: 0.
+    pub unanswered: u64,
+    /// p99 latency of completed payments and of refusals at admission, microseconds, from each
+    /// operation's intended send time.
+    pub completed_p99_us: u64,
+    pub shed_p99_us: u64,
+    /// The switch's resident memory at the level's end, bytes (with --switch-pid).
+    pub switch_rss_bytes: Option<u64>,
+    /// The switch's CPU time per completed payment over the level, microseconds (with --switch-pid).
+    pub switch_cpu_us_per_payment: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

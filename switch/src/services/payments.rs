@@ -12,6 +12,7 @@
 //! batch): one ledger submission and one completion per group, and each payee is told once per
 //! submission.
 
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +22,7 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{check_amount, parse_id, participant_view, status_code, BATCH_SIZE_MAX};
+use crate::admission::{Admission, Permit};
 use crate::auth;
 use crate::core::{codes, ledger_refusal, now_unix_ns, record, tables, PaymentRecord, Switch};
 use crate::directory::{alias_owner, check_text};
@@ -35,20 +37,42 @@ const NOTE_BYTES_MAX: usize = 140;
 pub struct Payments {
     pub switch: Arc<Switch>,
     status_limiter: RateLimiter,
-    payment_limiter: Arc<RateLimiter>,
+    /// The edge's decision on every payment (per-second rate, then in-flight budgets).
+    gate: Arc<Gate>,
 }
 
 impl Payments {
     pub fn new(switch: Arc<Switch>) -> Self {
         let limits = &switch.config.limits;
         let status_limiter = RateLimiter::new(limits.status_queries_per_second);
-        let payment_limiter = Arc::new(RateLimiter::new(limits.payments_per_second_per_psp));
-        Payments { switch, status_limiter, payment_limiter }
+        let gate = Arc::new(Gate {
+            rate: RateLimiter::new(limits.payments_per_second_per_psp),
+            in_flight: Admission::new(limits.payments_in_flight_max, limits.payments_in_flight_max_per_psp),
+        });
+        Payments { switch, status_limiter, gate }
     }
 }
 
-fn rate_limited() -> Refusal {
-    Refusal::new(Reason::RateLimited, "this PSP's payments per second are at their limit; back off")
+/// Admission of payments at the edge, before any work on them: the in-flight budgets
+/// (`admission`), then the payer PSP's payments per second. Microseconds: a few atomic operations.
+pub struct Gate {
+    rate: RateLimiter,
+    in_flight: Admission,
+}
+
+impl Gate {
+    /// Admits `count` payments of `psp` together, all or none. A refusal by the in-flight budgets
+    /// takes nothing of the second's rate; one by the rate gives the in-flight room back.
+    pub fn admit(&self, psp: &str, count: u64) -> Result<Permit, Refusal> {
+        let permit = self.in_flight.admit(psp, count)?;
+        if !self.rate.allow_many(psp, count) {
+            return Err(Refusal::new(
+                Reason::RateLimited,
+                "this PSP's payments per second are at their limit; back off",
+            ));
+        }
+        Ok(permit)
+    }
 }
 
 /// Ledger events per payment: metadata record, transfer, the payee's credit notification.
@@ -210,35 +234,63 @@ struct Committed {
     timestamp: u64,
 }
 
+/// A ledger submission of `commit_prepared`: queued, or already awaited.
+enum Submitted {
+    Queued(<ledger::Completion as std::future::IntoFuture>::IntoFuture),
+    Done(Result<ledger::Results, Refusal>),
+}
+
+/// How long a later part of an admitted group waits before asking the ledger for room again.
+const LEDGER_ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Submits prepared payments in as few ledger submissions as fit, all queued before any is
 /// awaited so that they are group-committed back to back. Then tells each payee of what
 /// committed, arms the deadlines of reservations, and counts completed payments (the payer's
 /// side once). One answer per payment, in order. `Err` when the first submission is refused:
 /// then nothing was submitted.
+///
+/// A group is admitted whole or not at all (payments.proto, PayBatch): once its first part is
+/// in the ledger, a later part the ledger finds no room for (its in-flight bound, `Busy`)
+/// waits for room, first for the group's own earlier parts to commit, instead of being
+/// refused while the rest of the group goes through.
 async fn commit_prepared(
     switch: &Arc<Switch>,
     payer: &Participant,
     prepared: &mut [Prepared],
 ) -> Result<Vec<Result<Committed, Refusal>>, Refusal> {
     let per_submission = (switch.config.ledger.batch_size_max / EVENTS_PER_PAYMENT).max(1);
-    let mut submitted = Vec::with_capacity(prepared.len().div_ceil(per_submission));
+    let mut submitted: Vec<Submitted> = Vec::with_capacity(prepared.len().div_ceil(per_submission));
     for (index, chunk) in prepared.chunks_mut(per_submission).enumerate() {
         let mut events = Vec::with_capacity(chunk.len() * EVENTS_PER_PAYMENT);
         for ready in chunk.iter_mut() {
             events.append(&mut ready.events);
         }
-        match switch.writable().and_then(|()| switch.ledger.submit(events).map_err(ledger_refusal)) {
-            Ok(completion) => submitted.push(Ok(completion)),
-            Err(refusal) if index == 0 => return Err(refusal),
-            Err(refusal) => submitted.push(Err(refusal)),
+        // A failed switch takes nothing more (the record layer's verdict), first part or later.
+        if let Err(refusal) = switch.writable() {
+            if index == 0 {
+                return Err(refusal);
+            }
+            submitted.push(Submitted::Done(Err(refusal)));
+            continue;
+        }
+        // Only a later part may have to be submitted again: keep its events for that.
+        let again = (index > 0).then(|| events.clone());
+        match (switch.ledger.submit(events), again) {
+            (Ok(completion), _) => submitted.push(Submitted::Queued(completion.into_future())),
+            (Err(error), None) => return Err(ledger_refusal(error)),
+            (Err(ledger::LedgerError::Busy { .. }), Some(events)) => {
+                let later = submit_when_room(switch, &mut submitted, events).await;
+                submitted.push(later);
+            }
+            (Err(error), Some(_)) => submitted.push(Submitted::Done(Err(ledger_refusal(error)))),
         }
     }
     let mut answers = Vec::with_capacity(prepared.len());
     let (mut sent, mut sent_minor) = (0u64, 0u64);
     for (chunk, submission) in prepared.chunks_mut(per_submission).zip(submitted) {
         let results = match submission {
-            Ok(completion) => completion.await.map_err(ledger_refusal),
-            Err(refusal) => Err(refusal),
+            Submitted::Queued(completion) => completion.await.map_err(ledger_refusal),
+            Submitted::Done(results) => results,
         };
         let results = match results {
             Ok(results) => results,
@@ -287,6 +339,24 @@ async fn commit_prepared(
     }
     switch.metrics.completed_many(&payer.psp_id, sent, sent_minor);
     Ok(answers)
+}
+
+/// Submits a later part of an admitted group once the ledger has room: after the group's own
+/// earlier parts have committed (their events leave the ledger's in-flight count), and then as
+/// soon as other submitters' commits make room. Errors other than `Busy` are that part's answer.
+async fn submit_when_room(switch: &Switch, earlier: &mut [Submitted], events: Vec<ledger::Event>) -> Submitted {
+    for submission in earlier.iter_mut() {
+        if let Submitted::Queued(completion) = submission {
+            *submission = Submitted::Done(completion.await.map_err(ledger_refusal));
+        }
+    }
+    loop {
+        match switch.ledger.submit(events.clone()) {
+            Ok(completion) => return Submitted::Queued(completion.into_future()),
+            Err(ledger::LedgerError::Busy { .. }) => tokio::time::sleep(LEDGER_ROOM_POLL).await,
+            Err(error) => return Submitted::Done(Err(ledger_refusal(error))),
+        }
+    }
 }
 
 /// What one submission committed for one payee.
@@ -508,12 +578,12 @@ pub(super) enum Answer {
 
 /// Pays requests of one payer as `Pay` does, together: each checked and prepared, then all
 /// committed in as few ledger submissions as fit (`commit_prepared`). `Pay` is a group of one;
-/// `PayStream` groups what has arrived. Each request comes with whether it passed the rate
-/// limit. One answer per request, in order.
+/// `PayStream` groups what has arrived. Each request comes with its admission: `Err` is its
+/// refusal (answered as such, nothing done). One answer per request, in order.
 pub(super) async fn pay_together(
     switch: &Arc<Switch>,
     payer: &Participant,
-    requests: &[(&proto::PayRequest, bool)],
+    requests: &[(&proto::PayRequest, Result<(), Refusal>)],
 ) -> Vec<Answer> {
     pay_group(switch, payer, requests).await.0
 }
@@ -523,12 +593,12 @@ pub(super) async fn pay_together(
 async fn pay_group(
     switch: &Arc<Switch>,
     payer: &Participant,
-    requests: &[(&proto::PayRequest, bool)],
+    requests: &[(&proto::PayRequest, Result<(), Refusal>)],
 ) -> (Vec<Answer>, Option<Refusal>) {
     let mut answers: Vec<Option<Answer>> = requests.iter().map(|_| None).collect();
     let (mut prepared, mut positions, mut waiters) = (Vec::new(), Vec::new(), Vec::new());
     for (position, (request, admitted)) in requests.iter().enumerate() {
-        let ready = if *admitted { prepare(switch, payer, request) } else { Err(rate_limited()) };
+        let ready = admitted.clone().and_then(|()| prepare(switch, payer, request));
         // Listen before submitting: a fast payee must not decide before anyone waits.
         let ready = ready.and_then(|ready| {
             let waiter = if ready.confirmed { Some(switch.confirmations.register(ready.id)?) } else { None };
@@ -629,14 +699,14 @@ async fn record_failures(switch: &Switch, failed: &[(u128, &proto::PayRequest, u
     }
 }
 
-/// Executes one payment as `Pay` does: to an automatic payee at once, to a confirming payee once
-/// it answers (or its deadline passes). Refusals come back as `Err`.
+/// Executes one admitted payment as `Pay` does: to an automatic payee at once, to a confirming
+/// payee once it answers (or its deadline passes). Refusals come back as `Err`.
 async fn execute(
     switch: &Arc<Switch>,
     payer: &Participant,
     request: &proto::PayRequest,
 ) -> Result<proto::PaymentResult, Refusal> {
-    match pay_together(switch, payer, &[(request, true)]).await.pop() {
+    match pay_together(switch, payer, &[(request, Ok(()))]).await.pop() {
         Some(Answer::Now(answer)) => answer,
         Some(Answer::AwaitPayee { id, deadline, accepted_at, waiter }) => {
             final_answer(switch, &request.payment_id, id, deadline, accepted_at, waiter).await
@@ -687,10 +757,9 @@ impl Payments {
     /// `Pay` up to the answer: refusals as `Err`.
     async fn pay_one(&self, request: Request<proto::PayRequest>) -> Result<proto::PaymentResult, Refusal> {
         let psp = auth::psp(&request)?;
+        // Held until the answer, a confirming payee's decision included.
+        let _permit = self.gate.admit(&psp, 1)?;
         let payer = self.switch.active_participant(&psp)?;
-        if !self.payment_limiter.allow_many(&psp, 1) {
-            return Err(rate_limited());
-        }
         execute(&self.switch, &payer, request.get_ref()).await
     }
 
@@ -703,11 +772,11 @@ impl Payments {
             let message = format!("a batch holds 1 to {BATCH_SIZE_MAX} payments");
             return Err(Refusal::field(Reason::BatchSizeOutOfRange, "payments", message));
         }
-        // A whole batch is admitted or none of it.
-        if !self.payment_limiter.allow_many(&psp, payments.len() as u64) {
-            return Err(rate_limited());
-        }
-        let requests: Vec<(&proto::PayRequest, bool)> = payments.iter().map(|payment| (payment, true)).collect();
+        // A whole batch is admitted or none of it, before any work on it; `commit_prepared`
+        // then never refuses part of it for want of ledger room.
+        let _permit = self.gate.admit(&psp, payments.len() as u64)?;
+        let requests: Vec<(&proto::PayRequest, Result<(), Refusal>)> =
+            payments.iter().map(|payment| (payment, Ok(()))).collect();
         let (answers, refused_whole) = pay_group(&self.switch, &payer, &requests).await;
         if let Some(refusal) = refused_whole {
             return Err(refusal);
@@ -813,8 +882,8 @@ impl PaymentService for Payments {
         let payer = self.switch.active_participant(&psp)?;
         let incoming = request.into_inner();
         let (sender, receiver) = tokio::sync::mpsc::channel(super::pay_stream::IN_FLIGHT_MAX);
-        let (switch, limiter) = (Arc::clone(&self.switch), Arc::clone(&self.payment_limiter));
-        tokio::spawn(super::pay_stream::serve(switch, limiter, payer, incoming, sender));
+        let (switch, gate) = (Arc::clone(&self.switch), Arc::clone(&self.gate));
+        tokio::spawn(super::pay_stream::serve(switch, gate, payer, incoming, sender));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(receiver)))
     }
 

@@ -24,8 +24,8 @@ pub fn assert_refused(status: &Status, reason: Reason, field: Option<&str>) {
     assert_eq!(trailer(status, "switch-reason"), Some(reason.as_str_name()), "reason trailer of {status:?}");
     assert_eq!(status.code(), switch::reason::code_of(reason), "status code of {status:?}");
     assert_eq!(trailer(status, "switch-field"), field, "field trailer of {status:?}");
-    if status.code() == Code::ResourceExhausted {
-        assert!(retry_after_ms(status).is_some(), "RESOURCE_EXHAUSTED promises switch-retry-after-ms: {status:?}");
+    if matches!(status.code(), Code::ResourceExhausted | Code::Unavailable) {
+        assert!(retry_after_ms(status).is_some(), "errors.proto promises switch-retry-after-ms: {status:?}");
     }
 }
 

@@ -1,0 +1,116 @@
+//! The overload sweep (`--overload-sweep 1,2,3`): the switch's closed-loop capacity (measured, or
+//! given), then open loop at each multiple of it, one measured phase per level. What a level
+//! shows is whether the switch sheds load at the edge or collapses: completed payments per second
+//! (should stay near capacity), refusals at admission by reason and how fast they come back, what
+//! got no answer at all (connection teardowns, timeouts: should be none), and the switch's memory.
+
+use std::sync::Arc;
+
+use switch::proto::Reason;
+
+use crate::cli::{Args, Checked};
+use crate::drive::Model;
+use crate::report::fmt_count;
+use crate::report::model::{Sweep, SweepLevel};
+use crate::run::{measure, Phase};
+use crate::stats::{summarize, Sent};
+use crate::submit::PspClients;
+use crate::workload::{IdSpace, Population};
+
+/// Refusals are the point of the sweep, not a reason to stop it: a level stops early only when
+/// the switch stops answering (the watchdog's other rule).
+const NEVER_ABORT: f64 = 1.0;
+
+/// Measures the capacity unless given, then each level. Returns the last level's phase (the
+/// report's headline figures), the sweep, and every payment sent in every phase (verified
+/// together at the end).
+pub async fn run(
+    args: &Args,
+    checked: &Checked,
+    population: &Population,
+    clients: &Arc<Vec<PspClients>>,
+    note: &impl Fn(String),
+) -> anyhow::Result<(Phase, Sweep, Vec<Sent>)> {
+    let mut sent = Vec::new();
+    // Each phase numbers its payments from the same start: an id space per phase, its time
+    // prefix past the run's and every earlier phase's, keeps them apart.
+    let mut phases = 0u16;
+    let mut next_ids = || {
+        phases += 1;
+        IdSpace::new(crate::run::unix_ms() + u64::from(phases), phases)
+    };
+    let (capacity_per_s, capacity_from) = match args.capacity {
+        Some(capacity) => (capacity, "given (--capacity)".to_string()),
+        None => {
+            let Model::Closed { concurrency } = checked.model else {
+                anyhow::bail!("the capacity is measured closed loop; give --capacity or --concurrency, not --rate");
+            };
+            note(format!("  sweep: measuring capacity, closed loop, {concurrency} in flight..."));
+            let mut phase =
+                measure(args, checked, population, clients, next_ids(), checked.model, args.abort_error_ratio).await?;
+            let seconds = phase.measured.as_secs_f64().max(1e-9);
+            let capacity = phase.totals.completed() as f64 / seconds;
+            sent.append(&mut phase.totals.sent);
+            if let Some(why) = phase.aborted {
+                anyhow::bail!("the capacity run stopped early: {why}");
+            }
+            if capacity <= 0.0 {
+                anyhow::bail!("the capacity run completed no payment");
+            }
+            (capacity, format!("measured: closed loop, {concurrency} in flight, {:.0} s", seconds))
+        }
+    };
+    note(format!("  sweep: capacity {}/s ({capacity_from})", fmt_count(capacity_per_s as u64)));
+    let mut levels = Vec::with_capacity(checked.sweep.len());
+    let mut last = None;
+    for &multiple in &checked.sweep {
+        let rate = capacity_per_s * multiple;
+        note(format!("  sweep: {multiple} x capacity, open loop {}/s...", fmt_count(rate as u64)));
+        let mut phase =
+            measure(args, checked, population, clients, next_ids(), Model::Open { rate }, NEVER_ABORT).await?;
+        let level = level(multiple, rate, &phase, args.switch_pid);
+        note(format!(
+            "  sweep: {multiple} x: completed {}/s, refused {}/s RATE_LIMITED + {}/s SWITCH_BUSY, {} without an answer",
+            fmt_count(level.completed_per_s as u64),
+            fmt_count(level.rate_limited_per_s as u64),
+            fmt_count(level.switch_busy_per_s as u64),
+            fmt_count(level.unanswered)
+        ));
+        levels.push(level);
+        sent.append(&mut phase.totals.sent);
+        let stopped = phase.aborted.is_some();
+        last = Some(phase);
+        if stopped {
+            break;
+        }
+    }
+    let phase = last.ok_or_else(|| anyhow::anyhow!("the sweep has no level"))?;
+    Ok((phase, Sweep { capacity_per_s, capacity_from, levels }, sent))
+}
+
+/// One level's figures from its phase.
+fn level(multiple: f64, offered_per_s: f64, phase: &Phase, switch_pid: Option<u32>) -> SweepLevel {
+    let totals = &phase.totals;
+    let seconds = phase.measured.as_secs_f64().max(1e-9);
+    let completed = totals.completed();
+    let (rate_limited, switch_busy) = (totals.shed(Reason::RateLimited), totals.shed(Reason::SwitchBusy));
+    let other = totals.answered().saturating_sub(completed + rate_limited + switch_busy);
+    let switch_cpu = match phase.cpu {
+        ((_, Some(before)), (_, Some(after))) if completed > 0 => Some((after - before) * 1e6 / completed as f64),
+        _ => None,
+    };
+    SweepLevel {
+        multiple,
+        offered_per_s,
+        sent: totals.sent_count,
+        completed_per_s: completed as f64 / seconds,
+        rate_limited_per_s: rate_limited as f64 / seconds,
+        switch_busy_per_s: switch_busy as f64 / seconds,
+        other_per_s: other as f64 / seconds,
+        unanswered: totals.unanswered(),
+        completed_p99_us: summarize(&totals.completed_latency).p99_us,
+        shed_p99_us: summarize(&totals.shed_latency).p99_us,
+        switch_rss_bytes: switch_pid.and_then(crate::cpu::rss_bytes),
+        switch_cpu_us_per_payment: switch_cpu,
+    }
+}
