@@ -22,8 +22,15 @@ impl AccountFlags {
     pub const DEBITS_MUST_NOT_EXCEED_CREDITS: u16 = 1 << 0;
     /// Credits (pending + posted) may not exceed posted debits.
     pub const CREDITS_MUST_NOT_EXCEED_DEBITS: u16 = 1 << 1;
+    /// The account's net position stays within what a signed 64-bit integer holds: its credits
+    /// (posted + pending) beyond its posted debits, and its debits (posted + pending) beyond its
+    /// posted credits, each at most `i64::MAX`. A transfer past it fails with `OverflowsCredits`
+    /// or `OverflowsDebits`. For accounts whose balances an API reports as int64 (the switch's
+    /// participants): without it, a balance past 2^63 - 1 would be reported clamped, a lie.
+    pub const BALANCES_WITHIN_I64: u16 = 1 << 2;
     /// Every bit with a meaning; all others must be zero.
-    pub const KNOWN: u16 = Self::DEBITS_MUST_NOT_EXCEED_CREDITS | Self::CREDITS_MUST_NOT_EXCEED_DEBITS;
+    pub const KNOWN: u16 =
+        Self::DEBITS_MUST_NOT_EXCEED_CREDITS | Self::CREDITS_MUST_NOT_EXCEED_DEBITS | Self::BALANCES_WITHIN_I64;
 
     pub fn contains(self, bit: u16) -> bool {
         self.0 & bit == bit

@@ -591,3 +591,31 @@ fn every_commit_reports_its_wal_append_and_sync_time() {
     assert!(wal.sum >= commits, "a WAL append and sync takes time: {} ns over {commits} batches", wal.sum);
     ledger.reopen_and_verify();
 }
+
+#[test]
+fn accounts_kept_within_int64_refuse_a_transfer_past_it_and_others_do_not() {
+    use ledger::{Account, AccountFlags};
+    let mut ledger = TestLedger::new();
+    let bounded = |id| Account { flags: AccountFlags(AccountFlags::BALANCES_WITHIN_I64), ..account(id) };
+    let created = ledger.execute(vec![create(bounded(1)), create(bounded(2)), create(account(3)), create(account(4))]);
+    assert_eq!(created, vec![ResultCode::Ok; 4]);
+    let max = i64::MAX as u128;
+    // Up to the bound is fine on both sides.
+    assert_eq!(ledger.one(send(transfer(100, 1, 2, max))), ResultCode::Ok);
+    // One more unit would take account 2's credits, then account 1's debits, past it: recorded
+    // failures that move nothing, the credit side's checked for a transfer into it.
+    assert_eq!(ledger.one(send(transfer(101, 3, 2, 1))), ResultCode::OverflowsCredits);
+    assert_eq!(ledger.one(send(transfer(102, 1, 4, 1))), ResultCode::OverflowsDebits);
+    // A reservation counts too (pending credits and debits).
+    let reserve = Transfer { flags: TransferFlags(TransferFlags::PENDING), ..transfer(103, 3, 2, 1) };
+    assert_eq!(ledger.one(send(reserve)), ResultCode::OverflowsCredits);
+    // Money back the other way nets the position down, and then there is room again.
+    assert_eq!(ledger.one(send(transfer(104, 2, 3, 10))), ResultCode::Ok);
+    assert_eq!(ledger.one(send(transfer(105, 3, 2, 10))), ResultCode::Ok);
+    // Accounts without the flag go past i64 as the u128 ledger allows.
+    assert_eq!(ledger.one(send(transfer(106, 3, 4, max + 1))), ResultCode::Ok);
+    assert_eq!((ledger.account(1).debits_posted, ledger.account(2).credits_posted), (max, max + 10));
+    assert_eq!(ledger.account(4).credits_posted, max + 1);
+    ledger.reopen_and_verify();
+    assert_eq!(ledger.one(send(transfer(101, 3, 2, 1))), ResultCode::OverflowsCredits, "recorded, never flips");
+}

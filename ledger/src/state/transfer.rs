@@ -258,10 +258,23 @@ fn balances_after(debit: &Account, credit: &Account, transfer: &Transfer) -> Res
         debit.debits_posted = debit.debits_posted.checked_add(amount).ok_or(ResultCode::OverflowsDebitsPosted)?;
         credit.credits_posted = credit.credits_posted.checked_add(amount).ok_or(ResultCode::OverflowsCreditsPosted)?;
     }
-    debit.debits_pending.checked_add(debit.debits_posted).ok_or(ResultCode::OverflowsDebits)?;
-    credit.credits_pending.checked_add(credit.credits_posted).ok_or(ResultCode::OverflowsCredits)?;
+    let debits = debit.debits_pending.checked_add(debit.debits_posted).ok_or(ResultCode::OverflowsDebits)?;
+    let credits = credit.credits_pending.checked_add(credit.credits_posted).ok_or(ResultCode::OverflowsCredits)?;
+    // A transfer only adds to the debit side's debits and the credit side's credits, so each
+    // side's own direction is the one that can pass the int64 bound.
+    let within_i64 =
+        |flags: AccountFlags, net: u128| !flags.contains(AccountFlags::BALANCES_WITHIN_I64) || net <= I64_MAX;
+    if !within_i64(debit.flags, debits.saturating_sub(debit.credits_posted)) {
+        return Err(ResultCode::OverflowsDebits);
+    }
+    if !within_i64(credit.flags, credits.saturating_sub(credit.debits_posted)) {
+        return Err(ResultCode::OverflowsCredits);
+    }
     Ok((debit, credit))
 }
+
+/// `i64::MAX` as the ledger's amounts (`AccountFlags::BALANCES_WITHIN_I64`).
+const I64_MAX: u128 = i64::MAX as u128;
 
 /// When a pending transfer lapses: its timestamp plus its timeout, or 0 for never.
 fn expiry(transfer: &Transfer) -> Result<u64, ResultCode> {

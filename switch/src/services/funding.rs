@@ -176,9 +176,13 @@ fn check_result(transfer: ResultCode, first: Option<ResultCode>) -> Result<(), R
         (code, _) if code.is_id_conflict() => {
             Err(Refusal::field(Reason::PaymentIdConflict, "transfer_id", "transfer id used with other content"))
         }
-        (ResultCode::OverflowsCreditsPosted | ResultCode::OverflowsDebitsPosted, _) => {
-            Err(Refusal::new(Reason::BalanceOverflow, "the balance would overflow"))
-        }
+        (
+            ResultCode::OverflowsCreditsPosted
+            | ResultCode::OverflowsDebitsPosted
+            | ResultCode::OverflowsCredits
+            | ResultCode::OverflowsDebits,
+            _,
+        ) => Err(Refusal::new(Reason::BalanceOverflow, "the balance would overflow")),
         (code, _) => Err(Refusal::new(Reason::Internal, format!("ledger answered {code}"))),
     }
 }

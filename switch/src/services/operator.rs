@@ -161,7 +161,8 @@ impl Operator {
             id: participant.account_id,
             ledger: participant.ledger,
             code: codes::PARTICIPANT_ACCOUNT,
-            flags: AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS),
+            // Its position is reported as int64 (common.proto): the ledger keeps it within.
+            flags: AccountFlags(AccountFlags::DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags::BALANCES_WITHIN_I64),
             debit_limit: u128::from(participant.net_debit_cap_minor),
             ..Account::default()
         };

@@ -329,6 +329,34 @@ async fn insufficient_liquidity_is_recorded_against_the_id() {
     test.assert_money_conserved();
 }
 
+/// A position is reported as int64 (common.proto), so the ledger keeps it there: a payment that
+/// would take the payee's balance past 2^63 - 1 is BALANCE_OVERFLOW, recorded against the id
+/// (state FAILED, nothing moved), and so is funding that would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_past_int64_is_balance_overflow_and_recorded() {
+    let test = TestSwitch::start().await;
+    let (bank_a, bank_b) = test.payer_and_payee(0, 100).await;
+    let mut operator = test.operator().await;
+    let top_up = |transfer: u128, amount_minor: u64| proto::FundRequest {
+        psp_id: "bank-b".into(),
+        transfer_id: id(transfer),
+        amount_minor,
+        currency: "INR".into(),
+        note: String::new(),
+    };
+    operator.fund_in(top_up(1 << 90, i64::MAX as u64)).await.expect("funding up to int64's maximum");
+    for _ in 0..2 {
+        let result = bank_a.payments.clone().pay(pay(7, "ana@bank-a", "bo@bank-b", 1)).await;
+        assert_refusal(result, Reason::BalanceOverflow, None);
+    }
+    let status = bank_a.status(7).await;
+    assert_eq!((status.state, status.reason), (PaymentState::Failed as i32, Reason::BalanceOverflow as i32));
+    assert_refusal(operator.fund_in(top_up((1 << 90) + 1, 1)).await, Reason::BalanceOverflow, None);
+    let positions = (bank_a.position().await.balance_minor, bank_b.position().await.balance_minor);
+    assert_eq!(positions, (100, i64::MAX), "nothing moved");
+    test.assert_money_conserved();
+}
+
 /// A batch holds 1 to BATCH_SIZE_MAX (8,190) items; otherwise the whole call is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_outside_its_size_bounds_is_refused_whole() {
