@@ -757,9 +757,11 @@ impl Payments {
     /// `Pay` up to the answer: refusals as `Err`.
     async fn pay_one(&self, request: Request<proto::PayRequest>) -> Result<proto::PaymentResult, Refusal> {
         let psp = auth::psp(&request)?;
+        // A registered participant first (a lock-free read), so admission keeps counters for
+        // participants only (bounded by `participants_max`).
+        let payer = self.switch.active_participant(&psp)?;
         // Held until the answer, a confirming payee's decision included.
         let _permit = self.gate.admit(&psp, 1)?;
-        let payer = self.switch.active_participant(&psp)?;
         execute(&self.switch, &payer, request.get_ref()).await
     }
 
