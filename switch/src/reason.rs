@@ -12,15 +12,24 @@ pub struct Refusal {
     pub reason: Reason,
     pub field: Option<&'static str>,
     pub message: String,
+    /// When the refusing mechanism knows when its condition clears (a per-second window ends),
+    /// the `switch-retry-after-ms` it sends instead of the reason's usual figure
+    /// (`retry_after_ms`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Refusal {
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Refusal { reason, field: None, message: message.into() }
+        Refusal { reason, field: None, message: message.into(), retry_after_ms: None }
     }
 
     pub fn field(reason: Reason, field: &'static str, message: impl Into<String>) -> Self {
-        Refusal { reason, field: Some(field), message: message.into() }
+        Refusal { reason, field: Some(field), message: message.into(), retry_after_ms: None }
+    }
+
+    /// The same refusal, telling the client to retry after `milliseconds`.
+    pub fn retry_after(self, milliseconds: u64) -> Self {
+        Refusal { retry_after_ms: Some(milliseconds), ..self }
     }
 
     pub fn code(&self) -> Code {
@@ -116,7 +125,7 @@ impl From<Refusal> for Status {
         if let Some(field) = refusal.field {
             metadata.insert("switch-field", MetadataValue::from_static(field));
         }
-        if let Some(milliseconds) = retry_after_ms(refusal.reason) {
+        if let Some(milliseconds) = refusal.retry_after_ms.or_else(|| retry_after_ms(refusal.reason)) {
             metadata.insert("switch-retry-after-ms", MetadataValue::from(milliseconds));
         }
         status

@@ -50,7 +50,7 @@ impl Directory {
             return Err(Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant")));
         }
         if !self.limiter.allow(&psp) {
-            return Err(Refusal::new(Reason::RateLimited, "directory calls are rate limited; back off"));
+            return Err(RateLimiter::refusal("directory calls are rate limited; back off"));
         }
         Ok(psp)
     }

@@ -66,10 +66,7 @@ impl Gate {
     pub fn admit(&self, psp: &str, count: u64) -> Result<Permit, Refusal> {
         let permit = self.in_flight.admit(psp, count)?;
         if !self.rate.allow_many(psp, count) {
-            return Err(Refusal::new(
-                Reason::RateLimited,
-                "this PSP's payments per second are at their limit; back off",
-            ));
+            return Err(RateLimiter::refusal("this PSP's payments per second are at their limit; back off"));
         }
         Ok(permit)
     }
@@ -898,7 +895,7 @@ impl PaymentService for Payments {
             Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant"))
         })?;
         if !self.status_limiter.allow(&psp) {
-            return Err(Refusal::new(Reason::RateLimited, "status queries are rate limited; back off").into());
+            return Err(RateLimiter::refusal("status queries are rate limited; back off").into());
         }
         let id = parse_id(&request.get_ref().payment_id, "payment_id")?;
         Ok(Response::new(payment_status(&self.switch, id, Some(&viewer))?))
@@ -947,6 +944,15 @@ impl RateLimiter {
         self.allow_many(psp, 1)
     }
 
+    /// RATE_LIMITED by a per-second window: retry when the next window opens, not after the
+    /// in-flight budgets' few milliseconds. A client told 20 ms would ask ~50 more times into a
+    /// window that stays shut, each asking costing the switch a call (status-check storms are
+    /// how real switches melt down).
+    pub fn refusal(message: &'static str) -> Refusal {
+        let into_second_ms = (now_unix_ns() / 1_000_000) % 1_000;
+        Refusal::new(Reason::RateLimited, message).retry_after(1_000 - into_second_ms)
+    }
+
     /// Takes `count` units of this second's budget, all or none.
     pub fn allow_many(&self, psp: &str, count: u64) -> bool {
         let second = (now_unix_ns() / 1_000_000_000) & 0xffff_ffff;
@@ -974,6 +980,21 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_per_second_refusal_says_to_retry_when_the_next_second_opens() {
+        let before_ms = now_unix_ns() / 1_000_000;
+        let status = Status::from(RateLimiter::refusal("rate"));
+        let after_ms = now_unix_ns() / 1_000_000;
+        let trailer = status.metadata().get("switch-retry-after-ms").and_then(|value| value.to_str().ok());
+        let retry_ms: u64 = trailer.and_then(|value| value.parse().ok()).expect("a retry-after trailer");
+        // The next second's start, as seen at some moment between the two readings.
+        let earliest = (before_ms / 1_000 + 1) * 1_000 - after_ms;
+        let latest = (after_ms / 1_000 + 1) * 1_000 - before_ms;
+        assert!((1..=1_000).contains(&retry_ms) && (earliest..=latest).contains(&retry_ms), "{retry_ms} ms");
+        // Admission's budgets keep their own figure.
+        assert_eq!(crate::reason::retry_after_ms(Reason::RateLimited), Some(20));
+    }
 
     #[test]
     fn rate_limiter_counts_per_psp() {
