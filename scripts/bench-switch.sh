@@ -5,6 +5,7 @@
 #   bash scripts/bench-switch.sh single-closed --submit single --concurrency 512
 #   bash scripts/bench-switch.sh sweep-single --submit single --overload-sweep 1,2,3 (capacity
 #   measured closed loop first; or --capacity N)
+#   SWITCH_CPUS=0 LOADGEN_CPUS=1 bash scripts/bench-switch.sh ... (each program on a core of its own)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
@@ -18,5 +19,5 @@ mkdir -p "$dir"
 cd "$dir"
 source "$root/scripts/start-switch.sh"
 start_switch "$bin"
-"$bin/loadgen" --duration 30 --quiet --report-dir report --switch-pid "$switch_pid" "$@" >report.txt || true
+${LOADGEN_CPUS:+taskset -c "$LOADGEN_CPUS"} "$bin/loadgen" --duration 30 --quiet --report-dir report --switch-pid "$switch_pid" "$@" >report.txt || true
 grep -E "^== |achieved|latency  |CPU during|completed per|verification|switch / baseline|!!|overload sweep|^     (level|[0-9.]+ x )" report.txt

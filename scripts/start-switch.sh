@@ -8,7 +8,9 @@ start_switch() {
   # right after one, which was the whole p99 at 25,000/s (BENCHMARKS.md, seventh session).
   sync
   # SWITCH_ENV: extra environment for the switch (e.g. TOKIO_WORKER_THREADS=1), to compare settings.
-  env ${SWITCH_ENV:-} "$1/switch" serve >switch.log 2>&1 &
+  # SWITCH_CPUS: the cores the switch may run on (taskset list, e.g. 0), so that loadgen, pinned
+  # elsewhere with LOADGEN_CPUS, cannot take the switch's CPU when it offers more than it can bear.
+  ${SWITCH_CPUS:+taskset -c "$SWITCH_CPUS"} env ${SWITCH_ENV:-} "$1/switch" serve >switch.log 2>&1 &
   switch_pid=$!
   # Stop it and wait, so the next run finds the ports free.
   trap 'kill "$switch_pid" 2>/dev/null || true; wait "$switch_pid" 2>/dev/null || true' EXIT

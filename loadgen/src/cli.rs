@@ -180,8 +180,18 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
     pub overload_sweep: Vec<f64>,
     /// The closed-loop capacity the sweep multiplies, payments per second (skips measuring it).
-    #[arg(long, requires = "overload_sweep")]
+    #[arg(long)]
     pub capacity: Option<f64>,
+    /// Fairness run: after the capacity (and any --overload-sweep levels), the other PSPs pay
+    /// alone at --flood-others x capacity, open loop, for --duration; then again while the first
+    /// PSP offers this multiple of the capacity beside them, e.g. `--flood 3`. The report compares
+    /// the others' success rate and latency in the two phases. Loadgen bounds the flooding PSP's
+    /// in-flight payments apart from the others' (as two banks' clients would be).
+    #[arg(long, conflicts_with = "rate")]
+    pub flood: Option<f64>,
+    /// The other PSPs' offered load in the fairness run, as a share of the capacity (together).
+    #[arg(long, default_value_t = 0.1, requires = "flood")]
+    pub flood_others: f64,
     /// The switch's process id, when it runs on this machine: the report then splits CPU time
     /// between the switch and loadgen.
     #[arg(long)]
@@ -200,6 +210,8 @@ pub struct Checked {
     pub model: Model,
     /// The overload sweep's multiples of capacity (empty: a plain run of `model`).
     pub sweep: Vec<f64>,
+    /// The fairness run (`--flood`): the flooding PSP's multiple of capacity and the others' share.
+    pub flood: Option<(f64, f64)>,
     pub submission: Submission,
     pub skew: Skew,
     pub mode: ConfirmationMode,
@@ -244,6 +256,15 @@ impl Args {
         if self.capacity.is_some_and(|capacity| !(capacity.is_finite() && capacity > 0.0)) {
             return Err("--capacity must be positive".into());
         }
+        if self.capacity.is_some() && self.overload_sweep.is_empty() && self.flood.is_none() {
+            return Err("--capacity is for --overload-sweep or --flood".into());
+        }
+        if self.flood.is_some_and(|multiple| !(multiple.is_finite() && multiple > 0.0 && multiple <= 10.0)) {
+            return Err("--flood takes a multiple of the capacity, above 0 and at most 10".into());
+        }
+        if !(self.flood_others.is_finite() && self.flood_others > 0.0 && self.flood_others <= 1.0) {
+            return Err("--flood-others is a share of the capacity, above 0 and at most 1".into());
+        }
         if !(1..=8_190).contains(&self.batch_size) {
             return Err("--batch-size must be 1 to 8,190 (the switch's BATCH_SIZE_MAX)".into());
         }
@@ -285,6 +306,7 @@ impl Args {
         Ok(Checked {
             model,
             sweep: self.overload_sweep.clone(),
+            flood: self.flood.map(|multiple| (multiple, self.flood_others)),
             submission,
             skew,
             mode,
@@ -352,7 +374,10 @@ mod tests {
         assert!(refused(&["--overload-sweep", "1,0"]).contains("--overload-sweep"));
         assert!(refused(&["--overload-sweep", "1", "--capacity", "0"]).contains("--capacity"));
         assert!(parse(&["--overload-sweep", "1", "--rate", "5"]).is_err(), "a sweep sets its own rates");
-        assert!(parse(&["--capacity", "5"]).is_err(), "a capacity without a sweep");
+        assert!(refused(&["--capacity", "5"]).contains("--capacity"), "a capacity without a sweep");
+        assert!(refused(&["--flood", "0"]).contains("--flood"));
+        assert!(refused(&["--flood", "3", "--flood-others", "2"]).contains("--flood-others"));
+        assert!(parse(&["--flood", "3", "--rate", "5"]).is_err(), "a fairness run sets its own rates");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::stats::{Outcome, Recorder, Sent};
 use crate::submit::{PspClients, Submission};
-use crate::workload::{IdSpace, Kind, Mix, Parties, Traffic};
+use crate::workload::{IdSpace, Kind, Mix, Parties, Skew, Traffic};
 
 /// Completed payments kept for refunds and status checks (newest kept, oldest dropped).
 const RECENT_MAX: usize = 65_536;
@@ -46,7 +46,10 @@ pub struct Load {
     /// plain payments takes no shared lock per completed payment.
     keep_recent: bool,
     stopping: AtomicBool,
-    in_flight: Arc<Semaphore>,
+    /// The in-flight bound: one for the whole run, except in the fairness run (`Skew::Flood`),
+    /// where the flooding PSP and the others each have their own, as separate banks' clients do:
+    /// the flood must not use up the bystanders' bound inside loadgen and count against the switch.
+    in_flight: Vec<Arc<Semaphore>>,
 }
 
 /// A completed payment that can be refunded or asked about.
@@ -66,6 +69,19 @@ enum Op {
     Status(Recent),
 }
 
+impl Op {
+    /// The PSP that sends the operation to the switch.
+    fn sender_psp(&self) -> u32 {
+        match self {
+            Op::Pay(_, parties) => parties.payer_psp,
+            // A collect is requested by the payee's PSP, a refund sent by the original payee's.
+            Op::Collect(_, parties) => parties.payee_psp,
+            Op::Refund(_, original) => original.payee_psp,
+            Op::Status(recent) => recent.payer_psp,
+        }
+    }
+}
+
 impl Load {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -79,6 +95,7 @@ impl Load {
         in_flight_max: usize,
         seed: u64,
     ) -> Load {
+        let groups = if matches!(traffic.skew(), Skew::Flood { .. }) { 2 } else { 1 };
         Load {
             traffic,
             mix,
@@ -95,8 +112,14 @@ impl Load {
             keep_recent: mix.weight(Kind::Refund) > 0 || mix.weight(Kind::Status) > 0,
             recent: Mutex::new(VecDeque::new()),
             stopping: AtomicBool::new(false),
-            in_flight: Arc::new(Semaphore::new(in_flight_max)),
+            in_flight: (0..groups).map(|_| Arc::new(Semaphore::new(in_flight_max))).collect(),
         }
+    }
+
+    /// The in-flight bound an operation counts against: its sending PSP's group.
+    fn bound(&self, psp: u32) -> &Arc<Semaphore> {
+        let group = usize::from(psp != 0).min(self.in_flight.len() - 1);
+        &self.in_flight[group]
     }
 
     /// Asks the drivers to stop sending (the run's end, Ctrl-C, or the abort rule).
@@ -109,7 +132,7 @@ impl Load {
     }
 
     pub fn in_flight(&self) -> usize {
-        self.in_flight_max - self.in_flight.available_permits()
+        self.in_flight.iter().map(|bound| self.in_flight_max - bound.available_permits()).sum()
     }
 
     fn next_id(&self) -> u128 {
@@ -303,7 +326,12 @@ pub async fn run(load: Arc<Load>, model: Model, duration: Duration) -> Instant {
         Model::Closed { concurrency } => closed_loop(&load, concurrency, deadline).await,
     }
     // Drain: every permit back means every operation answered or timed out.
-    let drained = load.in_flight.clone().acquire_many_owned(load.in_flight_max as u32);
+    let permits = load.in_flight_max as u32;
+    let drained = async {
+        for bound in &load.in_flight {
+            let _ = bound.clone().acquire_many_owned(permits).await;
+        }
+    };
     let _ = tokio::time::timeout(load.call_timeout + Duration::from_secs(2), drained).await;
     Instant::now()
 }
@@ -390,7 +418,7 @@ fn send_due(load: &Arc<Load>, ops: Vec<(Instant, Op)>) {
 }
 
 fn spawn_one(load: &Arc<Load>, op: Op, intended: Instant) {
-    let Ok(permit) = load.in_flight.clone().try_acquire_owned() else {
+    let Ok(permit) = load.bound(op.sender_psp()).clone().try_acquire_owned() else {
         overrun(load, &op, intended);
         return;
     };
@@ -402,7 +430,7 @@ fn spawn_one(load: &Arc<Load>, op: Op, intended: Instant) {
 }
 
 fn spawn_batch(load: &Arc<Load>, psp: u32, items: Vec<(Instant, u128, Parties)>) {
-    let Ok(permit) = load.in_flight.clone().try_acquire_many_owned(items.len() as u32) else {
+    let Ok(permit) = load.bound(psp).clone().try_acquire_many_owned(items.len() as u32) else {
         for (intended, id, parties) in items {
             overrun(load, &Op::Pay(id, parties), intended);
         }
@@ -457,7 +485,7 @@ async fn closed_loop(load: &Arc<Load>, concurrency: usize, deadline: Instant) {
         workers.push(tokio::spawn(async move {
             let mut rng = SmallRng::seed_from_u64(load.seed.wrapping_add(worker as u64 + 1));
             while Instant::now() < deadline && !load.stopping() {
-                let Ok(permit) = load.in_flight.clone().acquire_owned().await else { return };
+                let Ok(permit) = load.in_flight[0].clone().acquire_owned().await else { return };
                 match load.submission {
                     Submission::Batch(size) => batch_round(&load, &mut rng, size).await,
                     _ => {

@@ -90,7 +90,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         checked.skew.name(),
         checked.mode.as_str_name().trim_start_matches("CONFIRMATION_MODE_").to_lowercase()
     );
-    let (phase, sweep, all_sent) = if checked.sweep.is_empty() {
+    let (phase, sweep, all_sent) = if checked.sweep.is_empty() && checked.flood.is_none() {
         note(format!("  load: {title} for {:.0} s", checked.duration.as_secs_f64()));
         let mut phase =
             measure(&args, &checked, &population, &clients, ids, checked.model, args.abort_error_ratio).await?;
@@ -102,6 +102,12 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     };
     let Phase { totals, measured, aborted, cpu: (cpu_before, cpu_after) } = phase;
     let title = match &sweep {
+        Some(sweep) if checked.sweep.is_empty() => format!(
+            "fairness: one PSP at {} x {}/s beside the others, {}",
+            checked.flood.map_or(0.0, |(multiple, _)| multiple),
+            fmt_count(sweep.capacity_per_s as u64),
+            checked.submission.name()
+        ),
         Some(sweep) => format!(
             "overload sweep at {} x {}/s, {}",
             checked.sweep.iter().map(|multiple| format!("{multiple}")).collect::<Vec<_>>().join(", "),
@@ -315,7 +321,15 @@ pub async fn measure(
 }
 
 fn settings(args: &Args, checked: &Checked) -> Vec<(String, String)> {
-    let model = match (checked.model, checked.sweep.is_empty()) {
+    let model = match (checked.model, checked.sweep.is_empty() && checked.flood.is_none()) {
+        (_, false) if checked.sweep.is_empty() => format!(
+            "fairness: the other PSPs at {} x capacity ({}), alone then beside the first PSP at {} x, {} s each",
+            checked.flood.map_or(0.0, |(_, others)| others),
+            args.capacity
+                .map_or_else(|| "measured closed loop first".into(), |rate| format!("{}/s", fmt_count(rate as u64))),
+            checked.flood.map_or(0.0, |(multiple, _)| multiple),
+            args.duration
+        ),
         (_, false) => format!(
             "overload sweep: open loop at {} x capacity ({}), {} s each",
             checked.sweep.iter().map(|multiple| format!("{multiple}")).collect::<Vec<_>>().join(", "),

@@ -102,9 +102,26 @@ struct Shard {
     /// Latency of completed payments alone, and of operations shed at admission alone.
     completed: Histogram<u64>,
     shed: Histogram<u64>,
+    /// The fairness run's bystanders: operations whose payer is not the first PSP (the flooder).
+    others: GroupShard,
     seconds: Vec<SecondShard>,
     outcomes: HashMap<(Kind, Outcome), u64>,
     sent: Vec<Sent>,
+}
+
+/// Counts and completed latency of one group of payers.
+#[derive(Clone)]
+pub struct GroupShard {
+    /// Operations answered or given up on (every recorded outcome).
+    pub recorded: u64,
+    pub completed: u64,
+    pub completed_latency: Histogram<u64>,
+}
+
+impl GroupShard {
+    fn new() -> GroupShard {
+        GroupShard { recorded: 0, completed: 0, completed_latency: histogram() }
+    }
 }
 
 #[derive(Default)]
@@ -126,6 +143,7 @@ impl Shard {
             latency: histogram(),
             completed: histogram(),
             shed: histogram(),
+            others: GroupShard::new(),
             seconds: Vec::new(),
             outcomes: HashMap::new(),
             sent: Vec::new(),
@@ -200,10 +218,18 @@ impl Recorder {
             errors += u64::from(error);
             // Clamped to the histogram's bounds above, so recording cannot fail.
             let _ = shard.latency.record(latency_us);
-            if matches!(outcome, Outcome::State(PaymentState::Completed, _)) {
+            let completed = matches!(outcome, Outcome::State(PaymentState::Completed, _));
+            if completed {
                 let _ = shard.completed.record(latency_us);
             } else if outcome.shed().is_some() {
                 let _ = shard.shed.record(latency_us);
+            }
+            if sent.is_some_and(|sent| sent.payer_psp != 0) {
+                shard.others.recorded += 1;
+                if completed {
+                    shard.others.completed += 1;
+                    let _ = shard.others.completed_latency.record(latency_us);
+                }
             }
             *shard.outcomes.entry((kind, outcome)).or_default() += 1;
             if let Some(sent) = sent {
@@ -247,6 +273,7 @@ impl Recorder {
     /// Everything, merged: the run's summary.
     pub fn finish(&self, measured: Duration) -> Totals {
         let (mut latency, mut completed, mut shed) = (histogram(), histogram(), histogram());
+        let mut others = GroupShard::new();
         let mut outcomes: HashMap<(Kind, Outcome), u64> = HashMap::new();
         let mut seconds: Vec<SecondShard> = Vec::new();
         let mut sent = Vec::new();
@@ -255,6 +282,9 @@ impl Recorder {
             let _ = latency.add(&shard.latency);
             let _ = completed.add(&shard.completed);
             let _ = shed.add(&shard.shed);
+            others.recorded += shard.others.recorded;
+            others.completed += shard.others.completed;
+            let _ = others.completed_latency.add(&shard.others.completed_latency);
             for (key, count) in &shard.outcomes {
                 *outcomes.entry(*key).or_default() += count;
             }
@@ -298,6 +328,7 @@ impl Recorder {
             latency,
             completed_latency: completed,
             shed_latency: shed,
+            others,
             outcomes: outcome_counts,
             timeline,
             sent,
@@ -313,6 +344,8 @@ pub struct Totals {
     /// Latency of completed payments, and of operations shed at admission (`Outcome::shed`).
     pub completed_latency: Histogram<u64>,
     pub shed_latency: Histogram<u64>,
+    /// Operations whose payer is not the first PSP: the bystanders of the fairness run.
+    pub others: GroupShard,
     pub outcomes: Vec<(Kind, Outcome, u64)>,
     pub timeline: Vec<Second>,
     pub sent: Vec<Sent>,

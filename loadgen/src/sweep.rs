@@ -11,11 +11,11 @@ use switch::proto::Reason;
 use crate::cli::{Args, Checked};
 use crate::drive::Model;
 use crate::report::fmt_count;
-use crate::report::model::{Sweep, SweepLevel};
+use crate::report::model::{Fairness, FairnessPhase, Sweep, SweepLevel};
 use crate::run::{measure, Phase};
 use crate::stats::{summarize, Sent};
 use crate::submit::PspClients;
-use crate::workload::{IdSpace, Population};
+use crate::workload::{IdSpace, Population, Skew};
 
 /// Refusals are the point of the sweep, not a reason to stop it: a level stops early only when
 /// the switch stops answering (the watchdog's other rule).
@@ -84,8 +84,96 @@ pub async fn run(
             break;
         }
     }
+    let fairness = match checked.flood {
+        Some((multiple, others)) => {
+            let (fairness, phase) = fairness(
+                args,
+                checked,
+                population,
+                clients,
+                &mut next_ids,
+                capacity_per_s,
+                multiple,
+                others,
+                &mut sent,
+                note,
+            )
+            .await?;
+            last = Some(phase);
+            Some(fairness)
+        }
+        None => None,
+    };
     let phase = last.ok_or_else(|| anyhow::anyhow!("the sweep has no level"))?;
-    Ok((phase, Sweep { capacity_per_s, capacity_from, levels }, sent))
+    Ok((phase, Sweep { capacity_per_s, capacity_from, levels, fairness }, sent))
+}
+
+/// The fairness run: the other PSPs alone at `others` x capacity, then the same beside the first
+/// PSP at `multiple` x capacity. Returns the figures and the flooded phase.
+#[allow(clippy::too_many_arguments)]
+async fn fairness(
+    args: &Args,
+    checked: &Checked,
+    population: &Population,
+    clients: &Arc<Vec<PspClients>>,
+    next_ids: &mut impl FnMut() -> IdSpace,
+    capacity_per_s: f64,
+    multiple: f64,
+    others: f64,
+    sent: &mut Vec<Sent>,
+    note: &impl Fn(String),
+) -> anyhow::Result<(Fairness, Phase)> {
+    let (others_rate, flooder_rate) = (capacity_per_s * others, capacity_per_s * multiple);
+    let run = |share: f64, rate: f64, ids: IdSpace| {
+        let checked = Checked { skew: Skew::Flood { share }, ..checked.clone() };
+        async move { measure(args, &checked, population, clients, ids, Model::Open { rate }, NEVER_ABORT).await }
+    };
+    note(format!("  fairness: the other PSPs alone, open loop {}/s...", fmt_count(others_rate as u64)));
+    let mut alone = run(0.0, others_rate, next_ids()).await?;
+    let unloaded = fairness_phase(&alone);
+    sent.append(&mut alone.totals.sent);
+    note(format!(
+        "  fairness: the first PSP at {}/s beside the others at {}/s...",
+        fmt_count(flooder_rate as u64),
+        fmt_count(others_rate as u64)
+    ));
+    let total = others_rate + flooder_rate;
+    let mut flooded_phase = run(flooder_rate / total, total, next_ids()).await?;
+    let flooded = fairness_phase(&flooded_phase);
+    sent.append(&mut flooded_phase.totals.sent);
+    note(format!(
+        "  fairness: others {:.3}% completed alone, {:.3}% beside the flood; p99 {} µs then {} µs",
+        unloaded.others_success * 100.0,
+        flooded.others_success * 100.0,
+        unloaded.others_p99_us,
+        flooded.others_p99_us
+    ));
+    let fairness = Fairness {
+        flood_multiple: multiple,
+        others_offered_per_s: others_rate,
+        flooder_offered_per_s: flooder_rate,
+        unloaded,
+        flooded,
+    };
+    Ok((fairness, flooded_phase))
+}
+
+/// A fairness phase's figures: the others' from their own group, the flooder's as the rest.
+fn fairness_phase(phase: &Phase) -> FairnessPhase {
+    let totals = &phase.totals;
+    let seconds = phase.measured.as_secs_f64().max(1e-9);
+    let others = &totals.others;
+    let latency = summarize(&others.completed_latency);
+    FairnessPhase {
+        others_success: if others.recorded == 0 { 0.0 } else { others.completed as f64 / others.recorded as f64 },
+        others_completed_per_s: others.completed as f64 / seconds,
+        others_p50_us: latency.p50_us,
+        others_p99_us: latency.p99_us,
+        flooder_completed_per_s: totals.completed().saturating_sub(others.completed) as f64 / seconds,
+        rate_limited_per_s: totals.shed(Reason::RateLimited) as f64 / seconds,
+        switch_busy_per_s: totals.shed(Reason::SwitchBusy) as f64 / seconds,
+        unanswered: totals.unanswered(),
+    }
 }
 
 /// One level's figures from its phase.

@@ -17,6 +17,9 @@ pub enum Skew {
     Zipf(f64),
     /// `share` of payments come from the first `fraction` of users (e.g. 80% from the top 1%).
     Hot { share: f64, fraction: f64 },
+    /// The fairness run (`--flood`): `share` of payments from the first PSP's users (the flooding
+    /// PSP), the rest from the other PSPs' users, uniformly within each group.
+    Flood { share: f64 },
 }
 
 impl Skew {
@@ -27,6 +30,7 @@ impl Skew {
         match self {
             Skew::Uniform => "uniform".into(),
             Skew::Zipf(exponent) => format!("zipf (s = {exponent})"),
+            Skew::Flood { share } => format!("flood ({:.1}% from the first PSP)", share * 100.0),
             Skew::Hot { share, fraction } => {
                 format!("hot ({:.0}% from the top {}% of payers)", share * 100.0, fraction * 100.0)
             }
@@ -191,9 +195,16 @@ impl Traffic {
             Skew::Hot { share, fraction } if !(0.0..=1.0).contains(&share) || !(0.0..=1.0).contains(&fraction) => {
                 return Err("hot skew: share and fraction are between 0 and 1".into())
             }
+            Skew::Flood { share } if !(0.0..=1.0).contains(&share) => {
+                return Err("flood skew: the share is between 0 and 1".into())
+            }
             _ => None,
         };
         Ok(Traffic { population, skew, zipf, amount_min, amount_max })
+    }
+
+    pub fn skew(&self) -> Skew {
+        self.skew
     }
 
     pub fn payer(&self, rng: &mut SmallRng) -> u64 {
@@ -211,6 +222,14 @@ impl Traffic {
                     rng.random_range(0..hot)
                 } else {
                     rng.random_range(0..users)
+                }
+            }
+            Skew::Flood { share } => {
+                let flooder = self.population.users_of(0);
+                if rng.random_bool(share) {
+                    rng.random_range(flooder)
+                } else {
+                    rng.random_range(flooder.end..users)
                 }
             }
         }
@@ -299,6 +318,24 @@ mod tests {
         let uniform = self::traffic(Skew::Uniform);
         let cold = (0..draws).filter(|_| uniform.payer(&mut rng) < 1_000).count() as f64 / draws as f64;
         assert!(cold < 0.02, "uniform share of the first 1%: {cold}");
+    }
+
+    #[test]
+    fn flood_skew_sends_the_asked_share_from_the_first_psp_and_the_rest_from_the_others() {
+        let traffic = traffic(Skew::Flood { share: 0.9 });
+        let mut rng = SmallRng::seed_from_u64(5);
+        let draws = 100_000;
+        let payers: Vec<u32> = (0..draws).map(|_| traffic.draw(&mut rng).payer_psp).collect();
+        let flooder = payers.iter().filter(|psp| **psp == 0).count() as f64 / draws as f64;
+        assert!((flooder - 0.9).abs() < 0.01, "flooder's share {flooder}");
+        // The others are spread over PSPs 1..20, each about 10% / 19 of the draws.
+        for psp in 1..20 {
+            let share = payers.iter().filter(|payer| **payer == psp).count() as f64 / draws as f64;
+            assert!((share - 0.1 / 19.0).abs() < 0.003, "PSP {psp}'s share {share}");
+        }
+        let none = self::traffic(Skew::Flood { share: 0.0 });
+        assert!((0..10_000).all(|_| none.draw(&mut rng).payer_psp != 0), "share 0: nothing from the flooder");
+        assert!(Traffic::new(Population::new("lg", 20, 100_000), Skew::Flood { share: 1.5 }, 100, 200).is_err());
     }
 
     #[test]

@@ -43,7 +43,12 @@ fn write_report(o: &mut String, r: &Report) -> fmt::Result {
     )?;
     tiles(o, r)?;
     if let Some(sweep) = &r.sweep {
-        super::sweep::html(o, sweep)?;
+        if !sweep.levels.is_empty() {
+            super::sweep::html(o, sweep)?;
+        }
+        if let Some(fairness) = &sweep.fairness {
+            super::fairness::html(o, fairness)?;
+        }
     }
 
     // Sorted so that lines never zig-zag back in time, whatever order the collector produced.

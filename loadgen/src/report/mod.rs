@@ -1,6 +1,7 @@
 //! The run's report: the terminal summary, `--json`, and the files (`report.html`, `report.json`)
 //! written to the report directory.
 
+pub mod fairness;
 pub mod html;
 pub mod model;
 pub mod sweep;
@@ -54,7 +55,12 @@ pub fn text(report: &Report) -> String {
     let _ = writeln!(out, "   latency                {}", latency_line(&report.latency));
     let _ = writeln!(out, "   (from each operation's intended send time; {} samples)", fmt_count(report.latency.count));
     if let Some(sweep) = &report.sweep {
-        sweep::text(&mut out, sweep);
+        if !sweep.levels.is_empty() {
+            sweep::text(&mut out, sweep);
+        }
+        if let Some(fairness) = &sweep.fairness {
+            fairness::text(&mut out, fairness);
+        }
     }
     let _ = writeln!(out, "\n   outcomes");
     let total: u64 = report.outcomes.iter().map(|outcome| outcome.count).sum();

@@ -48,6 +48,39 @@ pub struct Sweep {
     /// How the capacity was found: "given" (--capacity) or the closed-loop run that measured it.
     pub capacity_from: String,
     pub levels: Vec<SweepLevel>,
+    /// The fairness run (`--flood`), when asked for.
+    pub fairness: Option<Fairness>,
+}
+
+/// One PSP floods the switch while the others pay at a modest rate: do the others still get
+/// through, and how much slower? Measured against the same others' load with no flood.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fairness {
+    /// The flooding PSP's offered rate as a multiple of the capacity.
+    pub flood_multiple: f64,
+    /// Offered per second: the other PSPs' together, and the flooding PSP's.
+    pub others_offered_per_s: f64,
+    pub flooder_offered_per_s: f64,
+    /// The others alone, then the others beside the flood.
+    pub unloaded: FairnessPhase,
+    pub flooded: FairnessPhase,
+}
+
+/// One phase of the fairness run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FairnessPhase {
+    /// The other PSPs' payments: the share completed of every one drawn (refused, failed, never
+    /// answered and never sent count against it), completed per second, and their latency.
+    pub others_success: f64,
+    pub others_completed_per_s: f64,
+    pub others_p50_us: u64,
+    pub others_p99_us: u64,
+    /// The flooding PSP's payments completed per second, and everyone's refusals at admission.
+    pub flooder_completed_per_s: f64,
+    pub rate_limited_per_s: f64,
+    pub switch_busy_per_s: f64,
+    /// Operations never answered or never sent (loadgen's own bound), all PSPs.
+    pub unanswered: u64,
 }
 
 /// One level of the sweep.

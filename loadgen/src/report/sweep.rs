@@ -226,6 +226,7 @@ mod tests {
             capacity_per_s: 10_000.0,
             capacity_from: "given".into(),
             levels: vec![level(1.0, 9_800.0, 0.0), level(2.0, 9_500.0, 10_400.0), level(3.0, 9_300.0, 20_600.0)],
+            fairness: None,
         }
     }
 
