@@ -26,7 +26,7 @@ const TAG_CREATE_TRANSFER: u8 = 2;
 const TAG_SET_DEBIT_LIMIT: u8 = 3;
 const TAG_RECORD: u8 = 4;
 /// The smallest encoded event (a record with an empty key and value), for bounds checks.
-const EVENT_SIZE_MIN: usize = 1 + 1 + 1 + 2 + 4;
+pub const EVENT_SIZE_MIN: usize = 1 + 1 + 1 + 2 + 4;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -257,7 +257,8 @@ pub fn decode_resolution(bytes: &[u8]) -> Result<PendingResolution, CodecError> 
     Ok(PendingResolution { status, timestamp, resolved_by })
 }
 
-fn put_event(writer: &mut Writer<'_>, event: &Event) {
+/// One event, as the log and the replicated log carry it.
+pub fn put_event(writer: &mut Writer<'_>, event: &Event) {
     match event {
         Event::CreateAccount(account) => {
             writer.u8(TAG_CREATE_ACCOUNT);
@@ -295,7 +296,8 @@ fn get_bool(reader: &mut Reader<'_>) -> Result<bool, CodecError> {
     }
 }
 
-fn get_event(reader: &mut Reader<'_>) -> Result<Event, CodecError> {
+/// One event written by `put_event`; unknown tags and flags are errors, never defaults.
+pub fn get_event(reader: &mut Reader<'_>) -> Result<Event, CodecError> {
     match reader.u8()? {
         TAG_CREATE_ACCOUNT => Ok(Event::CreateAccount(get_account(reader)?)),
         TAG_CREATE_TRANSFER => Ok(Event::CreateTransfer(get_transfer(reader)?)),

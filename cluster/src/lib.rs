@@ -1,0 +1,17 @@
+//! The replicated log under the ledger (issue 22): the ledger's batches become entries of a Raft
+//! log run by openraft, so that every node applies the same batches in the same order and an
+//! acknowledged payment is on a quorum of disks.
+//!
+//! This crate holds what the nodes agree on and how it is kept:
+//! - `types`: openraft's type configuration (what an entry carries, what a node is);
+//! - `codec`: the bytes of entries, votes and log ids on disk and (next) on the wire;
+//! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged.
+//!
+//! Why openraft 0.10 (an exact alpha) and not 0.9: ARCHITECTURE.md, "The replicated log".
+
+pub mod codec;
+pub mod log_store;
+pub mod types;
+
+pub use log_store::RaftLog;
+pub use types::{Entry, LogId, Membership, Proposal, SwitchNode, TypeConfig, Vote};
