@@ -93,21 +93,7 @@ pub fn encode_entry(entry: &Entry, out: &mut Vec<u8>) {
         }
         EntryPayload::Membership(membership) => {
             writer.u8(KIND_MEMBERSHIP);
-            let configs = membership.get_joint_config();
-            writer.u32(configs.len() as u32);
-            for config in configs {
-                writer.u32(config.len() as u32);
-                for node_id in config {
-                    writer.u64(*node_id);
-                }
-            }
-            let nodes: Vec<(&u64, &SwitchNode)> = membership.nodes().collect();
-            writer.u32(nodes.len() as u32);
-            for (node_id, node) in nodes {
-                writer.u64(*node_id);
-                put_string(&mut writer, &node.peer_address);
-                put_string(&mut writer, &node.psp_address);
-            }
+            put_membership(&mut writer, membership);
         }
     }
 }
@@ -153,6 +139,49 @@ pub fn decode_entry_log_id(bytes: &[u8]) -> Result<LogId, CodecError> {
         return Err(CodecError::Unknown { what: "raft entry version", value: version.into() });
     }
     get_log_id(&mut reader)
+}
+
+/// A membership: its (joint) voter sets, then every node's addresses.
+pub fn put_membership(writer: &mut Writer<'_>, membership: &Membership) {
+    let configs = membership.get_joint_config();
+    writer.u32(configs.len() as u32);
+    for config in configs {
+        writer.u32(config.len() as u32);
+        for node_id in config {
+            writer.u64(*node_id);
+        }
+    }
+    let nodes: Vec<(&u64, &SwitchNode)> = membership.nodes().collect();
+    writer.u32(nodes.len() as u32);
+    for (node_id, node) in nodes {
+        writer.u64(*node_id);
+        put_string(writer, &node.peer_address);
+        put_string(writer, &node.psp_address);
+    }
+}
+
+/// The membership last applied and the entry it came from, as the state machine keeps it.
+pub fn encode_stored_membership(log_id: Option<&LogId>, membership: &Membership) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut writer = Writer(&mut out);
+    writer.u8(u8::from(log_id.is_some()));
+    if let Some(log_id) = log_id {
+        put_log_id(&mut writer, log_id);
+    }
+    put_membership(&mut writer, membership);
+    out
+}
+
+pub fn decode_stored_membership(bytes: &[u8]) -> Result<(Option<LogId>, Membership), CodecError> {
+    let mut reader = Reader::new(bytes);
+    let log_id = match reader.u8()? {
+        0 => None,
+        1 => Some(get_log_id(&mut reader)?),
+        other => return Err(CodecError::Unknown { what: "membership log id flag", value: other.into() }),
+    };
+    let membership = get_membership(&mut reader, bytes.len())?;
+    reader.finish()?;
+    Ok((log_id, membership))
 }
 
 fn get_membership(reader: &mut Reader<'_>, total: usize) -> Result<Membership, CodecError> {
@@ -246,6 +275,15 @@ mod tests {
             encode_entry(&entry, &mut out);
             assert_eq!(decode_entry(&out).expect("decodes"), entry);
             assert_eq!(decode_entry_log_id(&out).expect("decodes"), entry.log_id);
+        }
+        let membership = match &entries()[2].payload {
+            EntryPayload::Membership(membership) => membership.clone(),
+            _ => unreachable!("the third entry is a membership"),
+        };
+        for log_id in [None, Some(log_id(4, 2, 9))] {
+            let bytes = encode_stored_membership(log_id.as_ref(), &membership);
+            assert_eq!(decode_stored_membership(&bytes).expect("decodes"), (log_id, membership.clone()));
+            assert!(decode_stored_membership(&bytes[..bytes.len() - 1]).is_err(), "a truncated membership decoded");
         }
         for vote in [Vote { leader_id: LeaderId { term: 5, node_id: 2 }, committed: true }, Vote::new(0, 0)] {
             assert_eq!(decode_vote(&encode_vote(&vote)).expect("decodes"), vote);

@@ -5,13 +5,16 @@
 //! This crate holds what the nodes agree on and how it is kept:
 //! - `types`: openraft's type configuration (what an entry carries, what a node is);
 //! - `codec`: the bytes of entries, votes and log ids on disk and (next) on the wire;
-//! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged.
+//! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged;
+//! - `state_machine`: committed entries applied to the ledger, and snapshots as checkpoints.
 //!
 //! Why openraft 0.10 (an exact alpha) and not 0.9: ARCHITECTURE.md, "The replicated log".
 
 pub mod codec;
 pub mod log_store;
+pub mod state_machine;
 pub mod types;
 
 pub use log_store::RaftLog;
+pub use state_machine::LedgerMachine;
 pub use types::{Entry, LogId, Membership, Proposal, SwitchNode, TypeConfig, Vote};

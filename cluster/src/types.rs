@@ -23,14 +23,11 @@ impl fmt::Display for Proposal {
     }
 }
 
-/// What applying an entry gave: the ledger's sequence number and timestamp for the batch and one
-/// result per event, in order. The leader releases each submission's results from it.
+/// What applying an entry gave: the ledger's batch (its sequence number, timestamp, one result
+/// per event, hash) for an entry of events; nothing for a blank or membership entry. The leader
+/// releases each submission's results from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Applied {
-    pub sequence: u64,
-    pub timestamp: u64,
-    pub results: Vec<ledger::ResultCode>,
-}
+pub struct Applied(pub Option<ledger::AppliedBatch>);
 
 /// A member of the cluster: where its peers reach it, and where PSPs do.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -69,7 +69,7 @@ impl RaftStateMachine<TypeConfig> for MembershipMachine {
                 state.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
             }
             if let Some(responder) = responder {
-                responder.send(Applied { sequence: entry.log_id.index, timestamp: 0, results: Vec::new() });
+                responder.send(Applied(None));
             }
         }
         Ok(())

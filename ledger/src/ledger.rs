@@ -52,7 +52,7 @@ impl LedgerConfig {
         }
     }
 
-    fn check(&self) -> Result<(), LedgerError> {
+    pub(crate) fn check(&self) -> Result<(), LedgerError> {
         let problem = if self.batch_size_max == 0 || self.batch_size_max > 1 << 20 {
             "batch_size_max must be 1 to 1048576"
         } else if self.queue_depth_max == 0 {
@@ -121,25 +121,7 @@ impl Ledger {
     pub fn open(config: LedgerConfig, clock: impl Clock) -> Result<Ledger, LedgerError> {
         config.check()?;
         let store = Store::open(&config.path, &config.store)?;
-        let head = check_tail(&store, config.tail_check_batches)?;
-        let accounts = store.all_accounts()?;
-        let pending = store.open_pending()?;
-        let record_sequences = store.record_sequences()?;
-        tracing::info!(
-            path = %config.path.display(),
-            sequence = head.sequence,
-            accounts = accounts.len(),
-            open_pending = pending.len(),
-            "ledger opened"
-        );
-        let state = StateMachine::restore(
-            config.recent_transfers_max,
-            accounts,
-            pending,
-            record_sequences,
-            head.sequence,
-            head.next_timestamp,
-        );
+        let (state, head) = restore(&store, &config)?;
         let shared = Arc::new(Shared {
             store,
             events_in_flight: AtomicUsize::new(0),
@@ -320,6 +302,31 @@ impl Drop for Ledger {
 
 /// Checks that the log ends where the head says and that its newest `batches` entries are intact
 /// and chained. Returns the head.
+/// The in-memory state of a ledger from its store, after checking the log's tail: shared by the
+/// single node's ledger and the replicated log's applier.
+pub(crate) fn restore(store: &Store, config: &LedgerConfig) -> Result<(StateMachine, Head), LedgerError> {
+    let head = check_tail(store, config.tail_check_batches)?;
+    let accounts = store.all_accounts()?;
+    let pending = store.open_pending()?;
+    let record_sequences = store.record_sequences()?;
+    tracing::info!(
+        path = %config.path.display(),
+        sequence = head.sequence,
+        accounts = accounts.len(),
+        open_pending = pending.len(),
+        "ledger opened"
+    );
+    let state = StateMachine::restore(
+        config.recent_transfers_max,
+        accounts,
+        pending,
+        record_sequences,
+        head.sequence,
+        head.next_timestamp,
+    );
+    Ok((state, head))
+}
+
 fn check_tail(store: &Store, batches: u64) -> Result<Head, LedgerError> {
     let head = store.head()?;
     let last = store.last_log_sequence()?;

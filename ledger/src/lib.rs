@@ -61,6 +61,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod applier;
 pub mod clock;
 pub mod codec;
 mod error;
@@ -75,6 +76,7 @@ pub mod types;
 pub mod verify;
 pub mod workload;
 
+pub use applier::{AppliedBatch, Applier};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{PendingResolution, StoredTransfer};
 pub use error::LedgerError;
@@ -83,6 +85,6 @@ pub use histogram::{Histogram, HistogramSnapshot};
 pub use ledger::{default_path, Completion, Ledger, LedgerConfig, TransferRecord, BATCH_SIZE_MAX_DEFAULT};
 pub use result::ResultCode;
 pub use sequencer::{Results, Stats};
-pub use store::{Head, Store, StoreError, StoreOptions, TransferPage};
+pub use store::{Durability, Head, Store, StoreError, StoreOptions, TransferPage};
 pub use types::{id_is_reserved, Account, AccountFlags, PendingStatus, Transfer, TransferFlags, WideSum};
 pub use verify::{verify, VerifyReport};

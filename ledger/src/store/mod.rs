@@ -116,6 +116,24 @@ impl Default for WriteScratch {
     }
 }
 
+/// How a batch's write reaches the disk.
+#[derive(Clone, Copy, Debug)]
+pub enum Durability<'a> {
+    /// Synced before `write_batch` returns: the single node's only durable write.
+    Synced,
+    /// Unsynced: a replicated log holds the batch durably already. `meta` (the log's position
+    /// and anything else it must find after a crash) is written in the same atomic write, so
+    /// the state and the position it reflects never disagree.
+    Replicated { meta: &'a [(&'a [u8], &'a [u8])] },
+}
+
+/// The replicated log's keys live in `meta` under their own prefix, apart from the ledger's.
+fn replicated_meta_key(key: &[u8]) -> Vec<u8> {
+    let mut prefixed = b"replicated/".to_vec();
+    prefixed.extend_from_slice(key);
+    prefixed
+}
+
 /// What writing a batch produced.
 #[derive(Clone, Copy, Debug)]
 pub struct Written {
@@ -206,6 +224,19 @@ impl Store {
         previous_hash: &[u8; HASH_SIZE],
         scratch: &mut WriteScratch,
     ) -> Result<Written, StoreError> {
+        self.write_batch_with(batch, effects, previous_hash, scratch, Durability::Synced)
+    }
+
+    /// Writes one applied batch atomically, synced or (when a replicated log made the batch
+    /// durable before it was applied) unsynced with the log's position beside it.
+    pub fn write_batch_with(
+        &self,
+        batch: &Batch,
+        effects: &Effects,
+        previous_hash: &[u8; HASH_SIZE],
+        scratch: &mut WriteScratch,
+        durability: Durability<'_>,
+    ) -> Result<Written, StoreError> {
         // Sized up front: growing a multi-megabyte buffer by doubling costs page faults per batch.
         let estimate = 256 * batch.events.len() + 160 * effects.accounts.len() + 4096;
         let mut write = WriteBatch::with_capacity_bytes(estimate);
@@ -293,12 +324,52 @@ impl Store {
         }
         let head = Head { sequence: batch.sequence, hash, next_timestamp: batch.next_timestamp() };
         write.put_cf(self.cf(CF_META), HEAD_KEY, encode_head(&head));
+        let sync = match durability {
+            Durability::Synced => true,
+            Durability::Replicated { meta } => {
+                for (key, value) in meta {
+                    write.put_cf(self.cf(CF_META), replicated_meta_key(key), value);
+                }
+                false
+            }
+        };
 
         let mut options = WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         scratch.timers.reset();
         self.db.write_opt(write, &options)?;
         Ok(Written { hash, wal_nanoseconds: scratch.timers.metric(PerfMetric::WriteWalTime) })
+    }
+
+    /// Writes the replicated log's bookkeeping alone (for log entries that carry no batch),
+    /// unsynced: the replicated log holds it durably and replays it after a crash.
+    pub fn put_replicated_meta(&self, meta: &[(&[u8], &[u8])]) -> Result<(), StoreError> {
+        let mut write = WriteBatch::default();
+        for (key, value) in meta {
+            write.put_cf(self.cf(CF_META), replicated_meta_key(key), value);
+        }
+        let mut options = WriteOptions::default();
+        options.set_sync(false);
+        self.db.write_opt(write, &options)?;
+        Ok(())
+    }
+
+    /// A value written by the replicated log beside the batches (`Durability::Replicated`).
+    pub fn replicated_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_META), replicated_meta_key(key))?)
+    }
+
+    /// Makes every write so far durable (before the replicated log drops entries it covers).
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// A consistent copy of the whole store in `directory` (which must not exist), hard-linked
+    /// where it can be: a snapshot of the ledger for a node that is behind.
+    pub fn checkpoint(&self, directory: &Path) -> Result<(), StoreError> {
+        rocksdb::checkpoint::Checkpoint::new(&self.db)?.create_checkpoint(directory)?;
+        Ok(())
     }
 
     pub fn head(&self) -> Result<Head, StoreError> {
