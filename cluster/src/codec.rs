@@ -47,31 +47,60 @@ pub fn decode_log_id(bytes: &[u8]) -> Result<LogId, CodecError> {
     Ok(log_id)
 }
 
-pub fn encode_vote(vote: &Vote) -> Vec<u8> {
-    let mut out = Vec::with_capacity(18);
-    let mut writer = Writer(&mut out);
+pub fn put_vote(writer: &mut Writer<'_>, vote: &Vote) {
     writer.u8(VOTE_VERSION);
     writer.u64(vote.leader_id.term);
     writer.u64(vote.leader_id.node_id);
     writer.u8(u8::from(vote.committed));
-    out
 }
 
-pub fn decode_vote(bytes: &[u8]) -> Result<Vote, CodecError> {
-    let mut reader = Reader::new(bytes);
+pub fn get_vote(reader: &mut Reader<'_>) -> Result<Vote, CodecError> {
     let version = reader.u8()?;
     if version != VOTE_VERSION {
         return Err(CodecError::Unknown { what: "vote version", value: version.into() });
     }
     let term = reader.u64()?;
     let node_id = reader.u64()?;
-    let committed = match reader.u8()? {
-        0 => false,
-        1 => true,
-        other => return Err(CodecError::Unknown { what: "vote committed flag", value: other.into() }),
-    };
-    reader.finish()?;
+    let committed = get_flag(reader, "vote committed flag")?;
     Ok(Vote { leader_id: LeaderId { term, node_id }, committed })
+}
+
+/// A byte that must be 0 or 1.
+pub fn get_flag(reader: &mut Reader<'_>, what: &'static str) -> Result<bool, CodecError> {
+    match reader.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(CodecError::Unknown { what, value: other.into() }),
+    }
+}
+
+/// An optional log id: a presence flag, then the id.
+pub fn put_optional_log_id(writer: &mut Writer<'_>, log_id: Option<&LogId>) {
+    writer.u8(u8::from(log_id.is_some()));
+    if let Some(log_id) = log_id {
+        put_log_id(writer, log_id);
+    }
+}
+
+pub fn get_optional_log_id(reader: &mut Reader<'_>) -> Result<Option<LogId>, CodecError> {
+    if get_flag(reader, "log id presence flag")? {
+        Ok(Some(get_log_id(reader)?))
+    } else {
+        Ok(None)
+    }
+}
+
+pub fn encode_vote(vote: &Vote) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18);
+    put_vote(&mut Writer(&mut out), vote);
+    out
+}
+
+pub fn decode_vote(bytes: &[u8]) -> Result<Vote, CodecError> {
+    let mut reader = Reader::new(bytes);
+    let vote = get_vote(&mut reader)?;
+    reader.finish()?;
+    Ok(vote)
 }
 
 /// Encodes an entry into `out` (cleared first).
@@ -164,21 +193,14 @@ pub fn put_membership(writer: &mut Writer<'_>, membership: &Membership) {
 pub fn encode_stored_membership(log_id: Option<&LogId>, membership: &Membership) -> Vec<u8> {
     let mut out = Vec::new();
     let mut writer = Writer(&mut out);
-    writer.u8(u8::from(log_id.is_some()));
-    if let Some(log_id) = log_id {
-        put_log_id(&mut writer, log_id);
-    }
+    put_optional_log_id(&mut writer, log_id);
     put_membership(&mut writer, membership);
     out
 }
 
 pub fn decode_stored_membership(bytes: &[u8]) -> Result<(Option<LogId>, Membership), CodecError> {
     let mut reader = Reader::new(bytes);
-    let log_id = match reader.u8()? {
-        0 => None,
-        1 => Some(get_log_id(&mut reader)?),
-        other => return Err(CodecError::Unknown { what: "membership log id flag", value: other.into() }),
-    };
+    let log_id = get_optional_log_id(&mut reader)?;
     let membership = get_membership(&mut reader, bytes.len())?;
     reader.finish()?;
     Ok((log_id, membership))

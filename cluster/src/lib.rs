@@ -4,7 +4,9 @@
 //!
 //! This crate holds what the nodes agree on and how it is kept:
 //! - `types`: openraft's type configuration (what an entry carries, what a node is);
-//! - `codec`: the bytes of entries, votes and log ids on disk and (next) on the wire;
+//! - `codec`: the bytes of entries, votes and log ids on disk and on the wire;
+//! - `wire`: openraft's requests and replies as frames; `network` (client) and `service`
+//!   (server) carry them between nodes over gRPC;
 //! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged;
 //! - `state_machine`: committed entries applied to the ledger, and snapshots as checkpoints.
 //!
@@ -12,8 +14,17 @@
 
 pub mod codec;
 pub mod log_store;
+pub mod network;
+pub mod service;
 pub mod state_machine;
 pub mod types;
+pub mod wire;
+
+/// The generated node-to-node protocol (`proto/paymentswitch/cluster/v1/raft.proto`).
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("paymentswitch.cluster.v1");
+}
 
 pub use log_store::RaftLog;
 pub use state_machine::LedgerMachine;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::StreamExt;
+use ledger::codec::{Reader, Writer};
 use ledger::{Applier, LedgerConfig};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, SnapshotMeta, StoredMembership};
@@ -182,15 +183,11 @@ fn newest_snapshot(directory: &Path) -> io::Result<Option<(Meta, PathBuf)>> {
     Ok(newest)
 }
 
-fn encode_meta(meta: &Meta) -> Vec<u8> {
+/// A snapshot's metadata: its last log id, then the membership it holds.
+pub fn encode_meta(meta: &Meta) -> Vec<u8> {
     let mut out = Vec::new();
-    match &meta.last_log_id {
-        None => out.push(0),
-        Some(log_id) => {
-            out.push(1);
-            out.extend(codec::encode_log_id(log_id));
-        }
-    }
+    let mut writer = Writer(&mut out);
+    codec::put_optional_log_id(&mut writer, meta.last_log_id.as_ref());
     out.extend(codec::encode_stored_membership(
         meta.last_membership.log_id().as_ref(),
         meta.last_membership.membership(),
@@ -198,15 +195,10 @@ fn encode_meta(meta: &Meta) -> Vec<u8> {
     out
 }
 
-fn decode_meta(bytes: &[u8]) -> io::Result<Meta> {
-    let (last_log_id, rest) = match bytes.split_first() {
-        Some((0, rest)) => (None, rest),
-        Some((1, rest)) if rest.len() >= codec::LOG_ID_BYTES => {
-            let (log_id, rest) = rest.split_at(codec::LOG_ID_BYTES);
-            (Some(codec::decode_log_id(log_id).map_err(|error| corrupt("a snapshot's log id", error))?), rest)
-        }
-        _ => return Err(corrupt("a snapshot's metadata", "bad header")),
-    };
+pub fn decode_meta(bytes: &[u8]) -> io::Result<Meta> {
+    let mut reader = Reader::new(bytes);
+    let last_log_id = codec::get_optional_log_id(&mut reader).map_err(|error| corrupt("a snapshot's log id", error))?;
+    let rest = bytes.get(reader.offset()..).unwrap_or_default();
     let (log_id, membership) =
         codec::decode_stored_membership(rest).map_err(|error| corrupt("a snapshot's membership", error))?;
     Ok(Meta { last_log_id, last_membership: StoredMembership::new(log_id, membership) })

@@ -1,0 +1,372 @@
+//! Three nodes of the replicated ledger in one process, each with its own Raft log and ledger on
+//! disk and real gRPC between them on loopback: payments acknowledged by the leader are on every
+//! node; the leader stopped, another takes over and nothing acknowledged is lost; the old leader
+//! restarted from its disk catches up; a new node catches up from a snapshot once the log it
+//! would need is purged; with two of three nodes down nothing is acknowledged. Every node ends
+//! with the same ledger (head hash, balances), and the balances sum to zero.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::network::PeerNetwork;
+use cluster::service::{PeerService, SwitchRaft};
+use cluster::types::Applied;
+use cluster::{LedgerMachine, Proposal, RaftLog, SwitchNode};
+use ledger::{Account, Event, LedgerConfig, ResultCode, Transfer, WideSum};
+use openraft::async_runtime::watch::WatchReceiver;
+use openraft::{Config, Raft, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Generous bounds for a shared 2-core machine; the tests wait for conditions, never for time.
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Node {
+    id: u64,
+    directory: PathBuf,
+    address: String,
+    raft: SwitchRaft,
+    machine: LedgerMachine,
+    server: tokio::task::JoinHandle<()>,
+    stop_server: tokio::sync::oneshot::Sender<()>,
+}
+
+fn raft_config(snapshot_every: u64) -> Arc<Config> {
+    let config = Config {
+        cluster_name: "test".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 800,
+        election_timeout_max: 1_600,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        // Purging is the cluster's own decision (never past a follower that needs the log).
+        max_in_snapshot_log_to_keep: u64::MAX,
+        enable_pre_vote: Some(true),
+        ..Config::default()
+    };
+    Arc::new(config.validate().expect("valid raft config"))
+}
+
+fn ledger_config(directory: &Path) -> LedgerConfig {
+    let mut config = LedgerConfig::new(directory.join("ledger"));
+    config.batch_size_max = 1_024;
+    config.events_in_flight_max = 4_096;
+    config.recent_transfers_max = 8_192;
+    config
+}
+
+fn node_info(address: &str) -> SwitchNode {
+    SwitchNode { peer_address: address.to_string(), psp_address: String::new() }
+}
+
+async fn start(id: u64, directory: &Path, listener: TcpListener, snapshot_every: u64) -> Node {
+    let address = listener.local_addr().expect("address").to_string();
+    let log = RaftLog::open(&directory.join("raft")).expect("open the raft log");
+    let machine = LedgerMachine::open(ledger_config(directory), &directory.join("snapshots")).expect("open the ledger");
+    let raft = Raft::new(id, raft_config(snapshot_every), PeerNetwork::new(None), log, machine.clone())
+        .await
+        .expect("start raft");
+    let service = PeerService::new(raft.clone(), directory.join("incoming")).into_server();
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Node { id, directory: directory.to_path_buf(), address, raft, machine, server, stop_server }
+}
+
+impl Node {
+    /// Stops the node as a crash would for its peers: no more answers; its disk stays.
+    async fn stop(self) -> (u64, PathBuf, String) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.stop_server.send(());
+        let _ = self.server.await;
+        (self.id, self.directory, self.address)
+    }
+}
+
+async fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+}
+
+/// Binds the address a stopped node had (the kernel may take a moment to release it).
+async fn rebind(address: &str) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = TcpListener::bind(address).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot bind {address} again");
+}
+
+async fn leader_of(nodes: &[&Node]) -> u64 {
+    let metrics = nodes[0]
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |metrics| metrics.current_leader.is_some_and(|leader| nodes.iter().any(|node| node.id == leader)),
+            "a leader among the live nodes",
+        )
+        .await
+        .expect("a leader is elected");
+    let leader = metrics.current_leader.expect("checked above");
+    // A new leader takes writes once a quorum has acknowledged it (its lease); until then it
+    // answers that it is not (yet) the leader.
+    let node = nodes.iter().find(|node| node.id == leader).expect("the leader is live");
+    node.raft
+        .wait(Some(WAIT))
+        .leader_with_quorum_acked(None, "the leader's lease")
+        .await
+        .expect("a quorum acks the leader");
+    leader
+}
+
+fn account(id: u128) -> Account {
+    Account { id, ledger: 1, code: 10, ..Account::default() }
+}
+
+const ACCOUNTS: u128 = 8;
+
+/// Writes `count` proposals of payments through `leader`, each a small batch; returns the ids of
+/// the payments acknowledged as completed.
+async fn pay(leader: &Node, first_id: u128, count: usize) -> Vec<u128> {
+    let mut acknowledged = Vec::new();
+    for round in 0..count {
+        let events: Vec<Event> = (0..4u128)
+            .map(|offset| {
+                let id = first_id + round as u128 * 4 + offset;
+                Event::CreateTransfer(Transfer {
+                    id,
+                    debit_account_id: 1 + id % ACCOUNTS,
+                    credit_account_id: 1 + (id + 3) % ACCOUNTS,
+                    amount: 10 + id % 7,
+                    ledger: 1,
+                    code: 1,
+                    ..Transfer::default()
+                })
+            })
+            .collect();
+        let ids: Vec<u128> = events
+            .iter()
+            .filter_map(|event| match event {
+                Event::CreateTransfer(transfer) => Some(transfer.id),
+                _ => None,
+            })
+            .collect();
+        let response = write(leader, Proposal { timestamp: now(), events }).await;
+        let Applied(Some(batch)) = response.data else { panic!("a proposal of events applies as a batch") };
+        assert!(batch.results.iter().all(|result| *result == ResultCode::Ok), "{:?}", batch.results);
+        acknowledged.extend(ids);
+    }
+    acknowledged
+}
+
+/// Writes through `leader`, retrying while it answers that it has no lease yet: such a refusal
+/// comes before the entry is appended, so the retry cannot apply it twice.
+async fn write(leader: &Node, proposal: Proposal) -> openraft::raft::ClientWriteResponse<cluster::TypeConfig> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match leader.raft.client_write(proposal.clone()).await {
+            Ok(response) => return response,
+            Err(openraft::error::RaftError::APIError(openraft::error::ClientWriteError::ForwardToLeader(forward)))
+                if forward.leader_id.is_none_or(|id| id == leader.id) && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("write through node {}: {error}", leader.id),
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |elapsed| elapsed.as_nanos() as u64)
+}
+
+async fn wait_applied(node: &Node, index: Option<u64>) {
+    node.raft.wait(Some(WAIT)).applied_index_at_least(index, "caught up").await.expect("the node catches up");
+}
+
+fn balances(node: &Node) -> Vec<(u128, u128, u128)> {
+    node.machine
+        .read(|applier| {
+            let mut accounts: Vec<_> =
+                applier.accounts().map(|account| (account.id, account.debits_posted, account.credits_posted)).collect();
+            accounts.sort_unstable();
+            accounts
+        })
+        .expect("read balances")
+}
+
+/// Every node holds the same ledger, money is conserved, and every acknowledged payment is there.
+fn assert_same_ledger(nodes: &[&Node], acknowledged: &[u128]) {
+    let head = nodes[0].machine.head().expect("head");
+    let expected = balances(nodes[0]);
+    let (mut debits, mut credits) = (WideSum::default(), WideSum::default());
+    for (_, debited, credited) in &expected {
+        debits.add(*debited);
+        credits.add(*credited);
+    }
+    assert_eq!(debits, credits, "balances sum to zero");
+    for node in nodes {
+        assert_eq!(node.machine.head().expect("head"), head, "node {} has another ledger head", node.id);
+        assert_eq!(balances(node), expected, "node {} has other balances", node.id);
+        let ids = acknowledged.to_vec();
+        let stored = node.machine.read(move |applier| applier.store().transfers(&ids).expect("read")).expect("read");
+        let missing: Vec<u128> =
+            acknowledged.iter().zip(&stored).filter(|(_, stored)| stored.is_none()).map(|(id, _)| *id).collect();
+        assert!(missing.is_empty(), "node {} lacks acknowledged payments {missing:?}", node.id);
+    }
+}
+
+/// Waits until every node has applied what the leader has, checks they hold the same ledger with
+/// every acknowledged payment, and stops them.
+async fn converge_and_check(nodes: Vec<Node>, leader: u64, acknowledged: &[u128]) {
+    let last =
+        nodes.iter().find(|node| node.id == leader).expect("leader").raft.metrics().borrow_watched().last_applied;
+    for node in &nodes {
+        wait_applied(node, last.map(|log_id| log_id.index)).await;
+    }
+    assert_same_ledger(&nodes.iter().collect::<Vec<_>>(), acknowledged);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+async fn three_nodes(root: &Path, snapshot_every: u64) -> Vec<Node> {
+    let listeners = [listener().await, listener().await, listener().await];
+    let addresses: Vec<String> =
+        listeners.iter().map(|listener| listener.local_addr().expect("address").to_string()).collect();
+    let mut nodes = Vec::new();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let id = index as u64 + 1;
+        nodes.push(start(id, &root.join(format!("node-{id}")), listener, snapshot_every).await);
+    }
+    let members: BTreeMap<u64, SwitchNode> =
+        addresses.iter().enumerate().map(|(index, address)| (index as u64 + 1, node_info(address))).collect();
+    nodes[0].raft.initialize(members).await.expect("initialize the cluster");
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let leader = nodes.iter().find(|node| node.id == leader).expect("the leader is one of them");
+    let accounts = (1..=ACCOUNTS).map(|id| Event::CreateAccount(account(id))).collect();
+    write(leader, Proposal { timestamp: now(), events: accounts }).await;
+    nodes
+}
+
+fn take(nodes: &mut Vec<Node>, id: u64) -> Node {
+    let position = nodes.iter().position(|node| node.id == id).expect("that node is running");
+    nodes.remove(position)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_survive_the_leader_stopping_and_the_old_leader_catches_up() {
+    let root = tempfile::tempdir().expect("directory");
+    let mut nodes = three_nodes(root.path(), 10_000).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let mut acknowledged = pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 1_000, 20).await;
+
+    // The leader stops; the two others elect one of themselves and go on.
+    let (old_id, old_directory, old_address) = take(&mut nodes, leader).stop().await;
+    let new_leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    assert_ne!(new_leader, old_id);
+    let leader_node = nodes.iter().find(|node| node.id == new_leader).expect("new leader");
+    acknowledged.extend(pay(leader_node, 5_000, 10).await);
+
+    // The old leader comes back from its disk and catches up from the new leader's log.
+    let restarted = start(old_id, &old_directory, rebind(&old_address).await, 10_000).await;
+    nodes.push(restarted);
+    converge_and_check(nodes, new_leader, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_catches_up_from_a_snapshot_when_the_log_is_purged() {
+    let root = tempfile::tempdir().expect("directory");
+    let mut nodes = three_nodes(root.path(), 10).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let leader_node = nodes.iter().find(|node| node.id == leader).expect("leader");
+    let acknowledged = pay(leader_node, 1_000, 30).await;
+    // A snapshot, then the log below it purged on the leader: a new node cannot be sent it.
+    leader_node.raft.trigger().snapshot().await.expect("snapshot");
+    let snapshot = leader_node
+        .raft
+        .wait(Some(WAIT))
+        .metrics(|metrics| metrics.snapshot.is_some_and(|log_id| log_id.index >= 30), "a snapshot past the payments")
+        .await
+        .expect("snapshot taken")
+        .snapshot
+        .expect("checked above");
+    leader_node.raft.trigger().purge_log(snapshot.index).await.expect("purge");
+    leader_node
+        .raft
+        .wait(Some(WAIT))
+        .metrics(|metrics| metrics.purged.is_some_and(|log_id| log_id.index >= snapshot.index), "log purged")
+        .await
+        .expect("purged");
+
+    // Node 4 (ids are never reused) joins as a learner, then a voter: it must get the snapshot.
+    let listener = listener().await;
+    let address = listener.local_addr().expect("address").to_string();
+    // Node 4 never snapshots on its own: a snapshot it holds is one it was sent.
+    let fourth = start(4, &root.path().join("node-4"), listener, 1 << 40).await;
+    leader_node.raft.add_learner(4, node_info(&address), true).await.expect("add the learner");
+    leader_node
+        .raft
+        .change_membership(openraft::ChangeMembers::AddVoterIds(BTreeSet::from([4])), false)
+        .await
+        .expect("make it a voter");
+    nodes.push(fourth);
+    let fourth = nodes.last().expect("just pushed");
+    // It cannot have been sent the purged entries: it must install the leader's snapshot.
+    fourth
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |metrics| metrics.snapshot.is_some_and(|log_id| log_id.index >= snapshot.index),
+            "node 4 installed the snapshot",
+        )
+        .await
+        .expect("node 4 installed the leader's snapshot");
+    converge_and_check(nodes, leader, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_of_three_nodes_down_nothing_is_acknowledged_until_one_returns() {
+    let root = tempfile::tempdir().expect("directory");
+    let mut nodes = three_nodes(root.path(), 10_000).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let mut acknowledged = pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 1_000, 5).await;
+    let followers: Vec<u64> = nodes.iter().map(|node| node.id).filter(|id| *id != leader).collect();
+    let mut stopped = Vec::new();
+    for id in &followers {
+        stopped.push(take(&mut nodes, *id).stop().await);
+    }
+    // The lone node cannot reach a quorum: the write is not acknowledged (it may still be
+    // pending, or refused once the node notices it lost its quorum).
+    let lone = &nodes[0];
+    let event = Event::CreateTransfer(Transfer {
+        id: 9_999,
+        debit_account_id: 1,
+        credit_account_id: 2,
+        amount: 5,
+        ledger: 1,
+        code: 1,
+        ..Transfer::default()
+    });
+    let write = tokio::time::timeout(
+        Duration::from_secs(3),
+        lone.raft.client_write(Proposal { timestamp: now(), events: vec![event] }),
+    )
+    .await;
+    assert!(!matches!(write, Ok(Ok(_))), "a write was acknowledged without a quorum: {write:?}");
+
+    // One follower returns: a quorum again, and writes are acknowledged.
+    let (id, directory, address) = stopped.remove(0);
+    nodes.push(start(id, &directory, rebind(&address).await, 10_000).await);
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    acknowledged.extend(pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 7_000, 3).await);
+    converge_and_check(nodes, leader, &acknowledged).await;
+}
