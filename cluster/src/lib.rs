@@ -7,12 +7,14 @@
 //! - `codec`: the bytes of entries, votes and log ids on disk and on the wire;
 //! - `wire`: openraft's requests and replies as frames; `network` (client) and `service`
 //!   (server) carry them between nodes over gRPC;
+//! - `identity`: a node's identity in its certificate (the peer service serves nodes only);
 //! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged;
 //! - `state_machine`: committed entries applied to the ledger, and snapshots as checkpoints.
 //!
 //! Why openraft 0.10 (an exact alpha) and not 0.9: ARCHITECTURE.md, "The replicated log".
 
 pub mod codec;
+pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod service;

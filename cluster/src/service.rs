@@ -26,11 +26,32 @@ pub struct PeerService {
     /// Where snapshots being received are written.
     incoming: PathBuf,
     next_incoming: Arc<AtomicU64>,
+    /// Whether every call must come from a node's certificate (always, outside loopback tests).
+    nodes_only: bool,
 }
 
 impl PeerService {
+    /// A service that answers any caller: for plain-TCP tests on loopback only.
     pub fn new(raft: SwitchRaft, incoming: PathBuf) -> PeerService {
-        PeerService { raft, incoming, next_incoming: Arc::new(AtomicU64::new(0)) }
+        PeerService { raft, incoming, next_incoming: Arc::new(AtomicU64::new(0)), nodes_only: false }
+    }
+
+    /// Answers only callers whose verified client certificate names a node
+    /// (`identity::NODE_URI_PREFIX`): serve it behind mutual TLS with the cluster's CA.
+    pub fn nodes_only(self) -> PeerService {
+        PeerService { nodes_only: true, ..self }
+    }
+
+    fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if !self.nodes_only {
+            return Ok(());
+        }
+        let certificates = request.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let leaf = certificates.first().ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        match crate::identity::node_of_certificate(leaf.as_ref()) {
+            Some(_) => Ok(()),
+            None => Err(Status::permission_denied("the certificate names no node of the cluster")),
+        }
     }
 
     /// The tonic service, with frames up to `network::FRAME_BYTES_MAX`.
@@ -53,6 +74,7 @@ fn raft_failed(error: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl RaftService for PeerService {
     async fn append(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.check_caller(&request)?;
         let request = wire::decode_append_request(&request.into_inner().body)
             .map_err(|error| malformed("append request", error))?;
         let reply = self.raft.append_entries(request).await.map_err(raft_failed)?;
@@ -60,6 +82,7 @@ impl RaftService for PeerService {
     }
 
     async fn vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.check_caller(&request)?;
         let request =
             wire::decode_vote_request(&request.into_inner().body).map_err(|error| malformed("vote request", error))?;
         let reply = self.raft.vote(request).await.map_err(raft_failed)?;
@@ -67,6 +90,7 @@ impl RaftService for PeerService {
     }
 
     async fn pre_vote(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
+        self.check_caller(&request)?;
         let request = wire::decode_vote_request(&request.into_inner().body)
             .map_err(|error| malformed("pre-vote request", error))?;
         let reply = self.raft.pre_vote(request).await.map_err(raft_failed)?;
@@ -74,6 +98,7 @@ impl RaftService for PeerService {
     }
 
     async fn snapshot(&self, request: Request<Streaming<Frame>>) -> Result<Response<Frame>, Status> {
+        self.check_caller(&request)?;
         let number = self.next_incoming.fetch_add(1, Ordering::Relaxed);
         let directory = self.incoming.join(format!("incoming-{}-{number}", std::process::id()));
         let received = receive_snapshot(request.into_inner(), &directory).await;

@@ -2,7 +2,8 @@
 //!
 //! - `switch serve [--config FILE] [--data DIR] [--listen ADDR]`: with no arguments, runs on the
 //!   embedded defaults (data under `./data`, a development CA created on first start).
-//! - `switch certs issue --psp ID` / `--operator NAME`: client certificates from the development CA.
+//! - `switch certs issue --psp ID` / `--operator NAME` / `--node N`: certificates from the
+//!   development CA (a node's is for the node-to-node port of a replicated switch).
 //! - `switch client --as NAME ...`: register, fund, alias, pay, status by hand (see `--help`).
 
 use std::net::SocketAddr;
@@ -94,15 +95,22 @@ enum CertsCommand {
         #[arg(long, default_value = "data")]
         data: PathBuf,
     },
-    /// Issue a client certificate for a PSP or an operator (again: a new certificate for the key
-    /// it already has, so a client reading the pair at that moment still gets a matching one).
+    /// Issue a client certificate for a PSP or an operator, or a node's certificate for the
+    /// node-to-node port of a replicated switch (again: a new certificate for the key it already
+    /// has, so a client reading the pair at that moment still gets a matching one).
     Issue {
         #[arg(long, default_value = "data")]
         data: PathBuf,
-        #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
+        #[arg(long, group = "holder", required_unless_present_any = ["operator", "node"])]
         psp: Option<String>,
-        #[arg(long)]
+        #[arg(long, group = "holder")]
         operator: Option<String>,
+        /// A node id (a positive integer, never reused for another machine).
+        #[arg(long, group = "holder")]
+        node: Option<u64>,
+        /// Host names and addresses the node is reached at by its peers (with --node).
+        #[arg(long = "host", requires = "node", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
     },
 }
 
@@ -168,13 +176,18 @@ fn main() -> anyhow::Result<()> {
             println!("{} development CA in {}", if created { "created" } else { "kept the" }, ca.dir.display());
             Ok(())
         }
-        Command::Certs { command: CertsCommand::Issue { data, psp, operator } } => {
+        Command::Certs { command: CertsCommand::Issue { data, psp, operator, node, hosts } } => {
             let ca = DevelopmentCa::new(data.join("certs"));
             ca.ensure()?;
-            let pair = match (psp, operator) {
-                (Some(psp), _) => ca.issue_psp(&psp)?,
-                (None, Some(operator)) => ca.issue_operator(&operator)?,
-                (None, None) => anyhow::bail!("name a --psp or an --operator"),
+            let pair = match (psp, operator, node) {
+                (Some(psp), _, _) => ca.issue_psp(&psp)?,
+                (None, Some(operator), _) => ca.issue_operator(&operator)?,
+                (None, None, Some(0)) => anyhow::bail!("node ids start at 1"),
+                (None, None, Some(node)) => {
+                    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                    ca.issue_node(node, &hosts)?
+                }
+                (None, None, None) => anyhow::bail!("name a --psp, an --operator or a --node"),
             };
             println!("certificate {}\nkey         {}", pair.certificate.display(), pair.key.display());
             Ok(())

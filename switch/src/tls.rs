@@ -204,6 +204,10 @@ impl DevelopmentCa {
         self.pair(&format!("operator-{name}"))
     }
 
+    pub fn node(&self, id: u64) -> PemPair {
+        self.pair(&format!("node-{id}"))
+    }
+
     fn pair(&self, stem: &str) -> PemPair {
         PemPair { certificate: self.dir.join(format!("{stem}.pem")), key: self.dir.join(format!("{stem}.key")) }
     }
@@ -253,6 +257,17 @@ impl DevelopmentCa {
         let mut params = leaf_params(name, Some(format!("{URI_PREFIX_OPERATOR}{name}")), &[])?;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let pair = self.operator(name);
+        self.issue(params, &pair)?;
+        Ok(pair)
+    }
+
+    /// Issues (or re-issues, for the key it already has) node `id`'s certificate: its identity to
+    /// the other nodes (SAN URI `spiffe://switch/node/<id>`, as a client) and its name to them
+    /// (`hosts`, as a server), for the node-to-node port of a replicated switch.
+    pub fn issue_node(&self, id: u64, hosts: &[&str]) -> Result<PemPair, TlsError> {
+        let mut params = leaf_params(&format!("node-{id}"), Some(cluster::identity::node_uri(id)), hosts)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let pair = self.node(id);
         self.issue(params, &pair)?;
         Ok(pair)
     }
@@ -314,6 +329,12 @@ mod tests {
         let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem").1.contents;
         assert_eq!(caller_from_certificate(&der), None, "the server certificate names no caller");
         assert!(matches!(ca.issue_psp("Bad Name"), Err(TlsError::BadName(_))));
+        // A node's certificate names the node to the cluster, and no caller to the PSP API.
+        let pair = ca.issue_node(3, &["localhost", "127.0.0.1"]).expect("issue a node certificate");
+        let pem = std::fs::read_to_string(&pair.certificate).expect("read");
+        let der = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem").1.contents;
+        assert_eq!(cluster::identity::node_of_certificate(&der), Some(3));
+        assert_eq!(caller_from_certificate(&der), None, "a node is no PSP and no operator");
     }
 
     /// The public key a PEM certificate was issued for, and the one in a PEM private key.

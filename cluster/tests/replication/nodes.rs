@@ -60,17 +60,70 @@ fn node_info(address: &str) -> SwitchNode {
     SwitchNode { peer_address: address.to_string(), psp_address: String::new() }
 }
 
+/// A CA, and certificates it issued for nodes 1 to 4 and for a PSP.
+struct Pki {
+    ca: String,
+    nodes: BTreeMap<u64, (String, String)>,
+    psp: (String, String),
+}
+
+impl Pki {
+    fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.clone().self_signed(&ca_key).expect("CA").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |uri: String| {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+            params.subject_alt_names.push(SanType::URI(uri.try_into().expect("uri")));
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            (params.signed_by(&key, &issuer).expect("sign").pem(), key.serialize_pem())
+        };
+        let nodes = (1..=4).map(|id| (id, leaf(cluster::identity::node_uri(id)))).collect();
+        let psp = leaf("spiffe://switch/psp/bank-a".to_string());
+        Pki { ca: ca_pem, nodes, psp }
+    }
+
+    fn client(&self, (certificate, key): &(String, String)) -> tonic::transport::ClientTlsConfig {
+        tonic::transport::ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca))
+            .identity(tonic::transport::Identity::from_pem(certificate, key))
+    }
+
+    fn server(&self, id: u64) -> tonic::transport::ServerTlsConfig {
+        let (certificate, key) = &self.nodes[&id];
+        tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(certificate, key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca))
+    }
+}
+
 async fn start(id: u64, directory: &Path, listener: TcpListener, snapshot_every: u64) -> Node {
+    start_with(id, directory, listener, snapshot_every, None).await
+}
+
+/// Starts a node; with `pki`, its peer port and its calls to peers use mutual TLS and it serves
+/// nodes only.
+async fn start_with(id: u64, directory: &Path, listener: TcpListener, snapshot_every: u64, pki: Option<&Pki>) -> Node {
     let address = listener.local_addr().expect("address").to_string();
     let log = RaftLog::open(&directory.join("raft")).expect("open the raft log");
     let machine = LedgerMachine::open(ledger_config(directory), &directory.join("snapshots")).expect("open the ledger");
-    let raft = Raft::new(id, raft_config(snapshot_every), PeerNetwork::new(None), log, machine.clone())
-        .await
-        .expect("start raft");
-    let service = PeerService::new(raft.clone(), directory.join("incoming")).into_server();
+    let network = PeerNetwork::new(pki.map(|pki| pki.client(&pki.nodes[&id])));
+    let raft = Raft::new(id, raft_config(snapshot_every), network, log, machine.clone()).await.expect("start raft");
+    let mut service = PeerService::new(raft.clone(), directory.join("incoming"));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(pki) = pki {
+        service = service.nodes_only();
+        builder = builder.tls_config(pki.server(id)).expect("server TLS");
+    }
+    let service = service.into_server();
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
+        let _ = builder
             .add_service(service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = stopped.await;
@@ -239,13 +292,17 @@ async fn converge_and_check(nodes: Vec<Node>, leader: u64, acknowledged: &[u128]
 }
 
 async fn three_nodes(root: &Path, snapshot_every: u64) -> Vec<Node> {
+    three_nodes_with(root, snapshot_every, None).await
+}
+
+async fn three_nodes_with(root: &Path, snapshot_every: u64, pki: Option<&Pki>) -> Vec<Node> {
     let listeners = [listener().await, listener().await, listener().await];
     let addresses: Vec<String> =
         listeners.iter().map(|listener| listener.local_addr().expect("address").to_string()).collect();
     let mut nodes = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let id = index as u64 + 1;
-        nodes.push(start(id, &root.join(format!("node-{id}")), listener, snapshot_every).await);
+        nodes.push(start_with(id, &root.join(format!("node-{id}")), listener, snapshot_every, pki).await);
     }
     let members: BTreeMap<u64, SwitchNode> =
         addresses.iter().enumerate().map(|(index, address)| (index as u64 + 1, node_info(address))).collect();
@@ -368,5 +425,42 @@ async fn with_two_of_three_nodes_down_nothing_is_acknowledged_until_one_returns(
     nodes.push(start(id, &directory, rebind(&address).await, 10_000).await);
     let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
     acknowledged.extend(pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 7_000, 3).await);
+    converge_and_check(nodes, leader, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_over_mutual_tls_and_refuse_a_certificate_that_names_no_node() {
+    let root = tempfile::tempdir().expect("directory");
+    let pki = Pki::new();
+    let nodes = three_nodes_with(root.path(), 10_000, Some(&pki)).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let acknowledged = pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 1_000, 5).await;
+
+    // A PSP's certificate from the same CA gets through the handshake, and no further: it may
+    // not vote (a vote for a huge term would otherwise depose the leader).
+    let target = nodes.iter().find(|node| node.id == leader).expect("leader");
+    let term = target.raft.metrics().borrow_watched().current_term;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", target.address))
+        .expect("endpoint")
+        .tls_config(pki.client(&pki.psp))
+        .expect("client TLS")
+        .connect()
+        .await
+        .expect("the handshake succeeds: the certificate is the CA's");
+    let request = openraft::raft::VoteRequest {
+        vote: cluster::Vote {
+            leader_id: cluster::types::LeaderId { term: term + 1_000, node_id: 9 },
+            committed: false,
+        },
+        last_log_id: None,
+        leadership_transfer: false,
+    };
+    let refused = cluster::proto::raft_client::RaftClient::new(channel)
+        .vote(cluster::proto::Frame { body: cluster::wire::encode_vote_request(&request) })
+        .await
+        .expect_err("a PSP may not vote");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert_eq!(target.raft.metrics().borrow_watched().current_term, term, "the refused vote changed nothing");
+    assert_eq!(target.raft.metrics().borrow_watched().current_leader, Some(leader));
     converge_and_check(nodes, leader, &acknowledged).await;
 }
