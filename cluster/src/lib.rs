@@ -9,6 +9,7 @@
 //!   (server) carry them between nodes over gRPC;
 //! - `identity`: a node's identity in its certificate (the peer service serves nodes only);
 //! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged;
+//! - `node`: one node running (its log, its ledger, openraft and the peer service);
 //! - `state_machine`: committed entries applied to the ledger, and snapshots as checkpoints.
 //!
 //! Why openraft 0.10 (an exact alpha) and not 0.9: ARCHITECTURE.md, "The replicated log".
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod identity;
 pub mod log_store;
 pub mod network;
+pub mod node;
 pub mod service;
 pub mod state_machine;
 pub mod types;

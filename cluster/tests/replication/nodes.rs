@@ -6,46 +6,23 @@
 //! with the same ledger (head hash, balances), and the balances sum to zero.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::network::PeerNetwork;
-use cluster::service::{PeerService, SwitchRaft};
+use cluster::node::{self, Node, NodeOptions};
 use cluster::types::Applied;
-use cluster::{LedgerMachine, Proposal, RaftLog, SwitchNode};
+use cluster::{Proposal, SwitchNode};
 use ledger::{Account, Event, LedgerConfig, ResultCode, Transfer, WideSum};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::Config;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 /// Generous bounds for a shared 2-core machine; the tests wait for conditions, never for time.
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Node {
-    id: u64,
-    directory: PathBuf,
-    address: String,
-    raft: SwitchRaft,
-    machine: LedgerMachine,
-    server: tokio::task::JoinHandle<()>,
-    stop_server: tokio::sync::oneshot::Sender<()>,
-}
-
 fn raft_config(snapshot_every: u64) -> Arc<Config> {
-    let config = Config {
-        cluster_name: "test".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 800,
-        election_timeout_max: 1_600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
-        // Purging is the cluster's own decision (never past a follower that needs the log).
-        max_in_snapshot_log_to_keep: u64::MAX,
-        enable_pre_vote: Some(true),
-        ..Config::default()
-    };
-    Arc::new(config.validate().expect("valid raft config"))
+    node::raft_config(snapshot_every).expect("valid raft config")
 }
 
 fn ledger_config(directory: &Path) -> LedgerConfig {
@@ -109,38 +86,10 @@ async fn start(id: u64, directory: &Path, listener: TcpListener, snapshot_every:
 /// Starts a node; with `pki`, its peer port and its calls to peers use mutual TLS and it serves
 /// nodes only.
 async fn start_with(id: u64, directory: &Path, listener: TcpListener, snapshot_every: u64, pki: Option<&Pki>) -> Node {
-    let address = listener.local_addr().expect("address").to_string();
-    let log = RaftLog::open(&directory.join("raft")).expect("open the raft log");
-    let machine = LedgerMachine::open(ledger_config(directory), &directory.join("snapshots")).expect("open the ledger");
-    let network = PeerNetwork::new(pki.map(|pki| pki.client(&pki.nodes[&id])));
-    let raft = Raft::new(id, raft_config(snapshot_every), network, log, machine.clone()).await.expect("start raft");
-    let mut service = PeerService::new(raft.clone(), directory.join("incoming"));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(pki) = pki {
-        service = service.nodes_only();
-        builder = builder.tls_config(pki.server(id)).expect("server TLS");
-    }
-    let service = service.into_server();
-    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = builder
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Node { id, directory: directory.to_path_buf(), address, raft, machine, server, stop_server }
-}
-
-impl Node {
-    /// Stops the node as a crash would for its peers: no more answers; its disk stays.
-    async fn stop(self) -> (u64, PathBuf, String) {
-        let _ = self.raft.shutdown().await;
-        let _ = self.stop_server.send(());
-        let _ = self.server.await;
-        (self.id, self.directory, self.address)
-    }
+    let mut options = NodeOptions::new(id, directory, raft_config(snapshot_every));
+    options.ledger = ledger_config(directory);
+    options.tls = pki.map(|pki| (pki.server(id), pki.client(&pki.nodes[&id])));
+    Node::start(options, listener).await.expect("start the node")
 }
 
 async fn listener() -> TcpListener {

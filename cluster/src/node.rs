@@ -1,0 +1,118 @@
+//! One node of the replicated ledger, running: its Raft log and ledger opened from its data
+//! directory, openraft started on them, and the peer service listening. What `switch serve`
+//! will run per node, and what the tests and the replication benchmark start several of.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ledger::LedgerConfig;
+use openraft::{Config, Raft};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{ClientTlsConfig, ServerTlsConfig};
+
+use crate::network::PeerNetwork;
+use crate::service::{PeerService, SwitchRaft};
+use crate::state_machine::LedgerMachine;
+use crate::RaftLog;
+
+/// How to run a node.
+pub struct NodeOptions {
+    pub id: u64,
+    /// Holds `raft/` (the log), the ledger at `ledger.path`, `snapshots/` and `incoming/`.
+    pub directory: PathBuf,
+    pub ledger: LedgerConfig,
+    pub raft: Arc<Config>,
+    /// Mutual TLS on the peer port and to peers (`None`: plain TCP, for loopback tests only).
+    pub tls: Option<(ServerTlsConfig, ClientTlsConfig)>,
+}
+
+impl NodeOptions {
+    /// A node keeping everything under `directory`, with the ledger's defaults at
+    /// `directory/ledger` and `raft` as openraft's configuration.
+    pub fn new(id: u64, directory: &Path, raft: Arc<Config>) -> NodeOptions {
+        NodeOptions {
+            id,
+            directory: directory.to_path_buf(),
+            ledger: LedgerConfig::new(directory.join("ledger")),
+            raft,
+            tls: None,
+        }
+    }
+}
+
+/// openraft's settings for the switch: elections in about a second on a shared machine, pre-vote
+/// on (a node that was cut off does not disturb the cluster when it returns), and no automatic
+/// purge (`max_in_snapshot_log_to_keep` at its maximum): the log is purged only below what every
+/// follower has (ARCHITECTURE.md, "Snapshots and purging").
+pub fn raft_config(snapshot_every_entries: u64) -> Result<Arc<Config>, openraft::ConfigError> {
+    let config = Config {
+        cluster_name: "switch".into(),
+        heartbeat_interval: 100,
+        election_timeout_min: 800,
+        election_timeout_max: 1_600,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every_entries),
+        max_in_snapshot_log_to_keep: u64::MAX,
+        enable_pre_vote: Some(true),
+        ..Config::default()
+    };
+    Ok(Arc::new(config.validate()?))
+}
+
+/// A running node.
+pub struct Node {
+    pub id: u64,
+    pub directory: PathBuf,
+    /// host:port its peer service listens on.
+    pub address: String,
+    pub raft: SwitchRaft,
+    pub machine: LedgerMachine,
+    server: tokio::task::JoinHandle<()>,
+    stop_server: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Node {
+    /// Opens the node's data and serves peers on `listener`.
+    pub async fn start(options: NodeOptions, listener: TcpListener) -> std::io::Result<Node> {
+        let NodeOptions { id, directory, ledger, raft, tls } = options;
+        let address = listener.local_addr()?.to_string();
+        let log = RaftLog::open(&directory.join("raft"))?;
+        let machine = LedgerMachine::open(ledger, &directory.join("snapshots"))?;
+        let (server_tls, client_tls) = match tls {
+            Some((server, client)) => (Some(server), Some(client)),
+            None => (None, None),
+        };
+        let raft = Raft::new(id, raft, PeerNetwork::new(client_tls), log, machine.clone())
+            .await
+            .map_err(|error| std::io::Error::other(format!("starting raft: {error}")))?;
+        let mut service = PeerService::new(raft.clone(), directory.join("incoming"));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(server_tls) = server_tls {
+            service = service.nodes_only();
+            builder =
+                builder.tls_config(server_tls).map_err(|error| std::io::Error::other(format!("peer TLS: {error}")))?;
+        }
+        let service = service.into_server();
+        let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let served = builder
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the peer service stopped");
+            }
+        });
+        Ok(Node { id, directory, address, raft, machine, server, stop_server })
+    }
+
+    /// Stops the node: openraft, then the peer service. Its data stays on disk.
+    pub async fn stop(self) -> (u64, PathBuf, String) {
+        let _ = self.raft.shutdown().await;
+        let _ = self.stop_server.send(());
+        let _ = self.server.await;
+        (self.id, self.directory, self.address)
+    }
+}
