@@ -25,6 +25,9 @@ pub struct NodeOptions {
     pub raft: Arc<Config>,
     /// Mutual TLS on the peer port and to peers (`None`: plain TCP, for loopback tests only).
     pub tls: Option<(ServerTlsConfig, ClientTlsConfig)>,
+    /// How often the log's purge point is checked, and the entries kept below it (`purge`).
+    pub purge_interval: std::time::Duration,
+    pub purge_keep: u64,
 }
 
 impl NodeOptions {
@@ -37,6 +40,8 @@ impl NodeOptions {
             ledger: LedgerConfig::new(directory.join("ledger")),
             raft,
             tls: None,
+            purge_interval: std::time::Duration::from_secs(1),
+            purge_keep: crate::purge::KEEP_ENTRIES,
         }
     }
 }
@@ -74,7 +79,7 @@ pub struct Node {
 impl Node {
     /// Opens the node's data and serves peers on `listener`.
     pub async fn start(options: NodeOptions, listener: TcpListener) -> std::io::Result<Node> {
-        let NodeOptions { id, directory, ledger, raft, tls } = options;
+        let NodeOptions { id, directory, ledger, raft, tls, purge_interval, purge_keep } = options;
         let address = listener.local_addr()?.to_string();
         let log = RaftLog::open(&directory.join("raft"))?;
         let machine = LedgerMachine::open(ledger, &directory.join("snapshots"))?;
@@ -85,6 +90,8 @@ impl Node {
         let raft = Raft::new(id, raft, PeerNetwork::new(client_tls), log, machine.clone())
             .await
             .map_err(|error| std::io::Error::other(format!("starting raft: {error}")))?;
+        // Ends by itself once the node has shut down.
+        crate::purge::spawn(raft.clone(), purge_interval, purge_keep);
         let mut service = PeerService::new(raft.clone(), directory.join("incoming"));
         let mut builder = tonic::transport::Server::builder();
         if let Some(server_tls) = server_tls {

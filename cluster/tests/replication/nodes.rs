@@ -89,6 +89,9 @@ async fn start_with(id: u64, directory: &Path, listener: TcpListener, snapshot_e
     let mut options = NodeOptions::new(id, directory, raft_config(snapshot_every));
     options.ledger = ledger_config(directory);
     options.tls = pki.map(|pki| (pki.server(id), pki.client(&pki.nodes[&id])));
+    // Purge decisions often and with a small margin, so a test sees them.
+    options.purge_interval = Duration::from_millis(100);
+    options.purge_keep = 2;
     Node::start(options, listener).await.expect("start the node")
 }
 
@@ -412,4 +415,63 @@ async fn nodes_talk_over_mutual_tls_and_refuse_a_certificate_that_names_no_node(
     assert_eq!(target.raft.metrics().borrow_watched().current_term, term, "the refused vote changed nothing");
     assert_eq!(target.raft.metrics().borrow_watched().current_leader, Some(leader));
     converge_and_check(nodes, leader, &acknowledged).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_keeps_the_log_a_stopped_follower_needs_and_it_catches_up_from_it() {
+    let root = tempfile::tempdir().expect("directory");
+    let mut nodes = three_nodes(root.path(), 10).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let mut acknowledged = pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 1_000, 3).await;
+    let behind = nodes.iter().map(|node| node.id).find(|id| *id != leader).expect("a follower");
+    let leader_node = nodes.iter().find(|node| node.id == leader).expect("leader");
+    let last = leader_node.raft.metrics().borrow_watched().last_log_index;
+    let matched = leader_node
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |metrics| {
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|members| members.get(&behind).cloned().flatten())
+                    .map(|log_id| log_id.index)
+                    == last
+            },
+            "the follower has everything so far",
+        )
+        .await
+        .expect("replicated")
+        .last_log_index
+        .expect("entries exist");
+    let (id, directory, address) = take(&mut nodes, behind).stop().await;
+
+    // Many entries and snapshots later, the leader has purged, but nothing the stopped follower lacks.
+    let leader_node = nodes.iter().find(|node| node.id == leader).expect("leader");
+    acknowledged.extend(pay(leader_node, 5_000, 40).await);
+    let metrics = leader_node
+        .raft
+        .wait(Some(WAIT))
+        .metrics(
+            |metrics| metrics.purged.is_some() && metrics.snapshot.is_some_and(|log_id| log_id.index > matched + 20),
+            "purged once a snapshot is past",
+        )
+        .await
+        .expect("the leader snapshots and purges");
+    let purged = metrics.purged.expect("checked above").index;
+    assert!(purged <= matched, "the leader purged up to {purged}, past {matched}, which the stopped follower has");
+
+    // The follower returns and catches up from the log the leader kept: it is sent no snapshot
+    // (and takes none of its own).
+    nodes.push(start(id, &directory, rebind(&address).await, 1 << 40).await);
+    let last = leader_node_last_applied(&nodes, leader);
+    let returned = nodes.iter().find(|node| node.id == id).expect("restarted");
+    wait_applied(returned, last).await;
+    assert_eq!(returned.raft.metrics().borrow_watched().snapshot, None, "the follower was sent a snapshot");
+    converge_and_check(nodes, leader, &acknowledged).await;
+}
+
+fn leader_node_last_applied(nodes: &[Node], leader: u64) -> Option<u64> {
+    let node = nodes.iter().find(|node| node.id == leader).expect("leader");
+    node.raft.metrics().borrow_watched().last_applied.map(|log_id| log_id.index)
 }
