@@ -475,3 +475,60 @@ fn leader_node_last_applied(nodes: &[Node], leader: u64) -> Option<u64> {
     let node = nodes.iter().find(|node| node.id == leader).expect("leader");
     node.raft.metrics().borrow_watched().last_applied.map(|log_id| log_id.index)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_and_incomplete_snapshots_are_refused_and_change_nothing() {
+    use cluster::proto::raft_client::RaftClient;
+    use cluster::proto::Frame;
+    use cluster::wire::{encode_snapshot_frame, SnapshotFrame};
+
+    let root = tempfile::tempdir().expect("directory");
+    let nodes = three_nodes(root.path(), 10_000).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let acknowledged = pay(nodes.iter().find(|node| node.id == leader).expect("leader"), 1_000, 3).await;
+    let target = nodes.iter().find(|node| node.id != leader).expect("a follower");
+    // Settled first: the follower has applied all there is, so any later change is the frames'.
+    wait_applied(target, leader_node_last_applied(&nodes, leader)).await;
+    let before = target.raft.metrics().borrow_watched().clone();
+    let mut client = RaftClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", target.address))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let frame = |body: Vec<u8>| Frame { body };
+    for body in [vec![], vec![0xff; 3], vec![1; 40]] {
+        let append = client.append(frame(body.clone())).await.expect_err("a garbage append frame");
+        assert_eq!(append.code(), tonic::Code::InvalidArgument, "{append:?}");
+        let vote = client.vote(frame(body.clone())).await.expect_err("a garbage vote frame");
+        assert_eq!(vote.code(), tonic::Code::InvalidArgument, "{vote:?}");
+    }
+    // A snapshot stream without its end frame, one whose file name leaves the directory, and one
+    // that does not start with its header: none is installed.
+    let vote = target.raft.metrics().borrow_watched().vote;
+    let header = encode_snapshot_frame(&SnapshotFrame::Header { vote, meta: vec![0] });
+    let chunk = |file: &str| encode_snapshot_frame(&SnapshotFrame::Chunk { file: file.into(), data: vec![7; 10] });
+    let escape = {
+        // Built by hand: the encoder is not the point, the receiver's check is.
+        let mut bytes = vec![2u8];
+        bytes.extend_from_slice(&(5u16).to_le_bytes());
+        bytes.extend_from_slice(b"../up");
+        bytes.extend_from_slice(&(1u32).to_le_bytes());
+        bytes.push(7);
+        bytes
+    };
+    for frames in [vec![header.clone(), chunk("000001.sst")], vec![header.clone(), escape], vec![chunk("000001.sst")]] {
+        let stream = tokio_stream::iter(frames.into_iter().map(frame).collect::<Vec<_>>());
+        let refused = client.snapshot(stream).await.expect_err("an incomplete or unsafe snapshot");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+    assert!(!target.directory.join("up").exists() && !target.directory.join("incoming/up").exists());
+    let after = target.raft.metrics().borrow_watched().clone();
+    assert_eq!(
+        (after.current_term, after.snapshot, after.last_applied),
+        (before.current_term, before.snapshot, before.last_applied),
+        "a refused frame changed the node"
+    );
+    converge_and_check(nodes, leader, &acknowledged).await;
+}
