@@ -92,6 +92,11 @@ impl Node {
             .map_err(|error| std::io::Error::other(format!("starting raft: {error}")))?;
         // Ends by itself once the node has shut down.
         crate::purge::spawn(raft.clone(), purge_interval, purge_keep);
+        // Snapshots that were being received when the node last stopped are incomplete: gone.
+        let incoming = directory.join("incoming");
+        if incoming.exists() {
+            std::fs::remove_dir_all(&incoming)?;
+        }
         let mut service = PeerService::new(raft.clone(), directory.join("incoming"));
         let mut builder = tonic::transport::Server::builder();
         if let Some(server_tls) = server_tls {

@@ -100,7 +100,7 @@ impl RaftService for PeerService {
     async fn snapshot(&self, request: Request<Streaming<Frame>>) -> Result<Response<Frame>, Status> {
         self.check_caller(&request)?;
         let number = self.next_incoming.fetch_add(1, Ordering::Relaxed);
-        let directory = self.incoming.join(format!("incoming-{}-{number}", std::process::id()));
+        let directory = self.incoming.join(format!("snapshot-{number}"));
         let received = receive_snapshot(request.into_inner(), &directory).await;
         let installed = match received {
             Ok((vote, meta)) => {
