@@ -10,6 +10,7 @@
 //! - `identity`: a node's identity in its certificate (the peer service serves nodes only);
 //! - `log_store`: the Raft log on RocksDB, durable before it is acknowledged;
 //! - `node`: one node running (its log, its ledger, openraft and the peer service);
+//! - `proposer`: the ledger's batches proposed through openraft (the ledger's write door);
 //! - `purge`: when the log may be purged (never past what a follower still needs);
 //! - `state_machine`: committed entries applied to the ledger, and snapshots as checkpoints.
 //!
@@ -20,6 +21,7 @@ pub mod identity;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod purge;
 pub mod service;
 pub mod state_machine;

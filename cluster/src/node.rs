@@ -72,6 +72,9 @@ pub struct Node {
     pub address: String,
     pub raft: SwitchRaft,
     pub machine: LedgerMachine,
+    /// The ledger's API on this node: submissions go through the replicated log (on the leader;
+    /// elsewhere they fail `NotLeader`), reads see what this node has applied.
+    pub ledger: Arc<ledger::Ledger>,
     server: tokio::task::JoinHandle<()>,
     stop_server: tokio::sync::oneshot::Sender<()>,
 }
@@ -82,7 +85,10 @@ impl Node {
         let NodeOptions { id, directory, ledger, raft, tls, purge_interval, purge_keep } = options;
         let address = listener.local_addr()?.to_string();
         let log = RaftLog::open(&directory.join("raft"))?;
-        let machine = LedgerMachine::open(ledger, &directory.join("snapshots"))?;
+        let failed = |error: ledger::LedgerError| std::io::Error::other(format!("the ledger: {error}"));
+        // One open database, shared by the apply thread and the ledger's readers.
+        let store = ledger::Store::open(&ledger.path, &ledger.store).map_err(|error| failed(error.into()))?;
+        let machine = LedgerMachine::open_shared(ledger.clone(), &directory.join("snapshots"), store.clone())?;
         let (server_tls, client_tls) = match tls {
             Some((server, client)) => (Some(server), Some(client)),
             None => (None, None),
@@ -90,6 +96,16 @@ impl Node {
         let raft = Raft::new(id, raft, PeerNetwork::new(client_tls), log, machine.clone())
             .await
             .map_err(|error| std::io::Error::other(format!("starting raft: {error}")))?;
+        let proposer = crate::proposer::RaftProposer::new(raft.clone(), tokio::runtime::Handle::current());
+        let ledger = Arc::new(
+            ledger::Ledger::open_replicated(ledger, ledger::SystemClock, store, Arc::new(proposer)).map_err(failed)?,
+        );
+        let readers = Arc::downgrade(&ledger);
+        machine.on_store_replaced(Box::new(move |store| {
+            if let Some(ledger) = readers.upgrade() {
+                ledger.replace_store(store);
+            }
+        }));
         // Ends by itself once the node has shut down.
         crate::purge::spawn(raft.clone(), purge_interval, purge_keep);
         // Snapshots that were being received when the node last stopped are incomplete: gone.
@@ -117,11 +133,14 @@ impl Node {
                 tracing::error!(%error, "the peer service stopped");
             }
         });
-        Ok(Node { id, directory, address, raft, machine, server, stop_server })
+        Ok(Node { id, directory, address, raft, machine, ledger, server, stop_server })
     }
 
     /// Stops the node: openraft, then the peer service. Its data stays on disk.
     pub async fn stop(self) -> (u64, PathBuf, String) {
+        // The ledger first: it waits (on a blocking thread) for its proposals in flight.
+        let ledger = Arc::clone(&self.ledger);
+        let _ = tokio::task::spawn_blocking(move || ledger.close()).await;
         let _ = self.raft.shutdown().await;
         let _ = self.stop_server.send(());
         let _ = self.server.await;

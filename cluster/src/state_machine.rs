@@ -34,6 +34,8 @@ const MEMBERSHIP_KEY: &[u8] = b"membership";
 /// Inside a snapshot's directory: the checkpoint and its metadata.
 const CHECKPOINT_DIRECTORY: &str = "checkpoint";
 const META_FILE: &str = "meta";
+/// How long a snapshot install waits for readers to let go of the store it replaces.
+const STORE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub type Meta = SnapshotMeta<LeaderId, u64, SwitchNode>;
 pub type Membership = StoredMembership<LeaderId, u64, SwitchNode>;
@@ -51,12 +53,31 @@ pub struct LedgerMachine {
 /// failed to reopen it).
 type Job = Box<dyn FnOnce(&mut Option<Applier>) + Send>;
 
+/// Told when a snapshot install closes the store (`None`: readers must let go of it) and of the
+/// store it opened instead.
+pub type StoreReplaced = Box<dyn Fn(Option<ledger::Store>) + Send + Sync>;
+
 struct Inner {
     config: LedgerConfig,
+    on_store_replaced: Mutex<Option<StoreReplaced>>,
     /// Where snapshots are kept: `<directory>/<term>-<node>-<index>/{checkpoint,meta}`.
     snapshots: PathBuf,
-    jobs: crossbeam_channel::Sender<Job>,
+    /// `None` only while dropping (closing the queue ends the apply thread).
+    jobs: Option<crossbeam_channel::Sender<Job>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     current: Mutex<Option<(Meta, PathBuf)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The apply thread owns the ledger's store: wait for it to close, so the directory can
+        // be opened again at once (RocksDB allows one handle per directory in a process).
+        drop(self.jobs.take());
+        let thread = self.thread.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn failed(error: impl std::fmt::Display) -> io::Error {
@@ -75,15 +96,46 @@ impl LedgerMachine {
     /// Opens the ledger at `config.path` on an apply thread of its own, and finds the newest
     /// snapshot under `snapshots`.
     pub fn open(config: LedgerConfig, snapshots: &Path) -> io::Result<LedgerMachine> {
+        LedgerMachine::start(config, snapshots, None)
+    }
+
+    /// As `open`, applying to `store` (already open, shared with the ledger's readers).
+    pub fn open_shared(config: LedgerConfig, snapshots: &Path, store: ledger::Store) -> io::Result<LedgerMachine> {
+        LedgerMachine::start(config, snapshots, Some(store))
+    }
+
+    fn tell_store_replaced(&self, store: Option<ledger::Store>) {
+        if let Some(hook) =
+            self.inner.on_store_replaced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref()
+        {
+            hook(store);
+        }
+    }
+
+    /// Calls `hook` when a snapshot install closes the store and with the store it opens.
+    pub fn on_store_replaced(&self, hook: StoreReplaced) {
+        *self.inner.on_store_replaced.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(hook);
+    }
+
+    fn start(config: LedgerConfig, snapshots: &Path, store: Option<ledger::Store>) -> io::Result<LedgerMachine> {
         std::fs::create_dir_all(snapshots)?;
+        // What the last snapshot install replaced (kept while readers might use it).
+        let replaced = config.path.with_extension("replaced");
+        if replaced.exists() {
+            std::fs::remove_dir_all(&replaced)?;
+        }
         let current = newest_snapshot(snapshots)?;
         let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
         let (opened, opening) = oneshot::channel();
         let thread_config = config.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("ledger-apply".into())
             .spawn(move || {
-                let mut applier = match Applier::open(&thread_config) {
+                let opened_applier = match store {
+                    Some(store) => Applier::from_store(store, &thread_config),
+                    None => Applier::open(&thread_config),
+                };
+                let mut applier = match opened_applier {
                     Ok(applier) => {
                         let _ = opened.send(Ok(()));
                         Some(applier)
@@ -101,7 +153,14 @@ impl LedgerMachine {
             .map_err(failed)?;
         opening.recv().map_err(|_| failed("the apply thread stopped while opening"))??;
         let machine = LedgerMachine {
-            inner: Arc::new(Inner { config, snapshots: snapshots.to_path_buf(), jobs, current: Mutex::new(current) }),
+            inner: Arc::new(Inner {
+                config,
+                on_store_replaced: Mutex::new(None),
+                snapshots: snapshots.to_path_buf(),
+                jobs: Some(jobs),
+                thread: Mutex::new(Some(thread)),
+                current: Mutex::new(current),
+            }),
         };
         // Refuse to start on bookkeeping that does not decode.
         machine.read(read_applied)??;
@@ -120,7 +179,8 @@ impl LedgerMachine {
         let job: Job = Box::new(move |applier| {
             let _ = answer.send(work(applier));
         });
-        self.inner.jobs.send(job).map_err(|_| failed("the apply thread has stopped"))?;
+        let jobs = self.inner.jobs.as_ref().ok_or_else(|| failed("the apply thread has stopped"))?;
+        jobs.send(job).map_err(|_| failed("the apply thread has stopped"))?;
         Ok(answered)
     }
 
@@ -338,8 +398,20 @@ impl LedgerMachine {
     fn install(&self, guard: &mut Option<Applier>, meta: Meta, snapshot: &Path) -> io::Result<()> {
         let path = self.inner.config.path.clone();
         let directory = self.inner.snapshots.join(snapshot_name(&meta));
-        // Close the store before its files are replaced.
-        drop(guard.take());
+        // Close the store before its files are replaced: readers let go of it first (RocksDB
+        // allows one open handle per directory in a process, so it must really close).
+        self.tell_store_replaced(None);
+        if let Some(applier) = guard.take() {
+            let store = applier.store().clone();
+            drop(applier);
+            let deadline = std::time::Instant::now() + STORE_RELEASE_TIMEOUT;
+            while store.handles() > 1 {
+                if std::time::Instant::now() > deadline {
+                    return Err(failed("the ledger's readers did not let go of the store to replace"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
         // Keep our own copy as the current snapshot (the sender's directory may be temporary).
         if directory.exists() {
             std::fs::remove_dir_all(&directory)?;
@@ -363,7 +435,10 @@ impl LedgerMachine {
                 meta.last_log_id
             )));
         }
+        let store = applier.store().clone();
         *guard = Some(applier);
+        // Readers move to the new store.
+        self.tell_store_replaced(Some(store));
         let _ = std::fs::remove_dir_all(&replaced);
         self.replace_current(meta, directory)
     }

@@ -48,6 +48,12 @@ impl Applier {
     pub fn open(config: &LedgerConfig) -> Result<Applier, LedgerError> {
         config.check()?;
         let store = Store::open(&config.path, &config.store)?;
+        Applier::from_store(store, config)
+    }
+
+    /// Restores the state from `store`, already open (and shared with the ledger's readers).
+    pub fn from_store(store: Store, config: &LedgerConfig) -> Result<Applier, LedgerError> {
+        config.check()?;
         let (state, head) = restore(&store, config)?;
         Ok(Applier {
             store,

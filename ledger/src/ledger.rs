@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::codec::{PendingResolution, StoredTransfer};
 use crate::error::LedgerError;
 use crate::event::Event;
+use crate::proposer::{Proposer, Proposing};
 use crate::sequencer::{self, Committer, Message, Results, Sequencer, Shared, Stats, Submission};
 use crate::state::StateMachine;
 use crate::store::{Head, Store, StoreOptions, TransferPage};
@@ -123,7 +124,7 @@ impl Ledger {
         let store = Store::open(&config.path, &config.store)?;
         let (state, head) = restore(&store, &config)?;
         let shared = Arc::new(Shared {
-            store,
+            store: arc_swap::ArcSwapOption::from_pointee(store),
             events_in_flight: AtomicUsize::new(0),
             committed_sequence: AtomicU64::new(head.sequence),
             failed: AtomicBool::new(false),
@@ -150,6 +151,48 @@ impl Ledger {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| LedgerError::Config(format!("cannot start ledger threads: {error}")))?;
         Ok(Ledger { shared, queue: queue_sender, threads: Mutex::new(threads), config, closed: AtomicBool::new(false) })
+    }
+
+    /// The ledger under a replicated log: submissions are gathered into batches as by `open`,
+    /// but each batch is handed to `proposer` (the replicated log), which applies it on every
+    /// node (`Applier`) and answers with the applied batch; results are released from that.
+    /// `store` is the database the local applier writes (the same handle: reads see what is
+    /// applied). Submitting on a node that is not the leader fails `NotLeader`.
+    pub fn open_replicated(
+        config: LedgerConfig,
+        clock: impl Clock,
+        store: Store,
+        proposer: Arc<dyn Proposer>,
+    ) -> Result<Ledger, LedgerError> {
+        config.check()?;
+        let head = store.head()?;
+        let shared = Arc::new(Shared {
+            store: arc_swap::ArcSwapOption::from_pointee(store),
+            events_in_flight: AtomicUsize::new(0),
+            committed_sequence: AtomicU64::new(head.sequence),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stats: Stats::default(),
+        });
+        let (queue_sender, queue) = crossbeam_channel::bounded(config.queue_depth_max);
+        let proposing = Proposing::new(queue, Arc::clone(&shared), Box::new(clock), config.batch_size_max, proposer);
+        let thread = std::thread::Builder::new()
+            .name("ledger-proposer".into())
+            .spawn(move || proposing.run())
+            .map_err(|error| LedgerError::Config(format!("cannot start the ledger thread: {error}")))?;
+        Ok(Ledger {
+            shared,
+            queue: queue_sender,
+            threads: Mutex::new(vec![thread]),
+            config,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Replicated: a snapshot install is replacing the store (`None` while it does: readers are
+    /// refused, so that the old database can close), then the store it opened.
+    pub fn replace_store(&self, store: Option<Store>) {
+        self.shared.store.store(store.map(Arc::new));
     }
 
     pub fn config(&self) -> &LedgerConfig {
@@ -195,13 +238,13 @@ impl Ledger {
 
     /// Committed accounts by id, in the order asked.
     pub fn lookup_accounts(&self, ids: &[u128]) -> Result<Vec<Option<Account>>, LedgerError> {
-        Ok(self.shared.store.accounts(ids)?)
+        Ok(self.shared.store()?.accounts(ids)?)
     }
 
     /// Committed transfers by id (successes and recorded failures), in the order asked.
     pub fn lookup_transfers(&self, ids: &[u128]) -> Result<Vec<Option<TransferRecord>>, LedgerError> {
-        let stored = self.shared.store.transfers(ids)?;
-        let resolutions = self.shared.store.resolutions(ids)?;
+        let stored = self.shared.store()?.transfers(ids)?;
+        let resolutions = self.shared.store()?.resolutions(ids)?;
         Ok(stored
             .into_iter()
             .zip(resolutions)
@@ -219,23 +262,23 @@ impl Ledger {
         limit: usize,
     ) -> Result<TransferPage, LedgerError> {
         let limit = limit.clamp(1, self.config.batch_size_max);
-        Ok(self.shared.store.account_transfers(account_id, timestamp_min, timestamp_max, limit)?)
+        Ok(self.shared.store()?.account_transfers(account_id, timestamp_min, timestamp_max, limit)?)
     }
 
     /// The latest committed value of a service record.
     pub fn record(&self, table: u8, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        Ok(self.shared.store.record(table, key)?)
+        Ok(self.shared.store()?.record(table, key)?)
     }
 
     /// The latest committed values of many records of one table, in the order asked (one
     /// batched read; `None` where a key has no record).
     pub fn records_many(&self, table: u8, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, LedgerError> {
-        Ok(self.shared.store.records_many(table, keys)?)
+        Ok(self.shared.store()?.records_many(table, keys)?)
     }
 
     /// Every committed record of a table as (key, value), in key order (for loading at start).
     pub fn records(&self, table: u8) -> Result<Vec<crate::store::KeyValue>, LedgerError> {
-        Ok(self.shared.store.records(table)?)
+        Ok(self.shared.store()?.records(table)?)
     }
 
     /// Records of `table` under `prefix` after key `after` (exclusive), in key order, at most
@@ -247,12 +290,12 @@ impl Ledger {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<crate::store::KeyValue>, LedgerError> {
-        Ok(self.shared.store.records_after(table, prefix, after, limit)?)
+        Ok(self.shared.store()?.records_after(table, prefix, after, limit)?)
     }
 
     /// The last committed batch.
     pub fn head(&self) -> Result<Head, LedgerError> {
-        Ok(self.shared.store.head()?)
+        Ok(self.shared.store()?.head()?)
     }
 
     pub fn stats(&self) -> &Stats {
@@ -274,8 +317,10 @@ impl Ledger {
     }
 
     /// The store, for read-only use by operators' tooling (metrics, audit of a closed ledger).
-    pub fn store(&self) -> &Store {
-        &self.shared.store
+    /// Replicated, a snapshot install replaces it (and there is none while it does): hold it for
+    /// one use, not for the process.
+    pub fn store(&self) -> Result<Arc<Store>, LedgerError> {
+        self.shared.store()
     }
 
     /// Stops taking work, lets every queued submission commit, and joins the threads.
@@ -300,8 +345,6 @@ impl Drop for Ledger {
     }
 }
 
-/// Checks that the log ends where the head says and that its newest `batches` entries are intact
-/// and chained. Returns the head.
 /// The in-memory state of a ledger from its store, after checking the log's tail: shared by the
 /// single node's ledger and the replicated log's applier.
 pub(crate) fn restore(store: &Store, config: &LedgerConfig) -> Result<(StateMachine, Head), LedgerError> {
@@ -327,6 +370,8 @@ pub(crate) fn restore(store: &Store, config: &LedgerConfig) -> Result<(StateMach
     Ok((state, head))
 }
 
+/// Checks that the log ends where the head says and that its newest `batches` entries are intact
+/// and chained. Returns the head.
 fn check_tail(store: &Store, batches: u64) -> Result<Head, LedgerError> {
     let head = store.head()?;
     let last = store.last_log_sequence()?;

@@ -30,13 +30,13 @@ use crate::store::{Store, WriteScratch};
 /// not per submission).
 #[derive(Clone, Debug)]
 pub struct Results {
-    batch: Arc<Vec<ResultCode>>,
-    start: usize,
-    end: usize,
+    pub(crate) batch: Arc<Vec<ResultCode>>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
     /// The numbers the batch gave its appended records, and this submission's window of them.
-    sequences: Arc<Vec<u64>>,
-    sequences_start: usize,
-    sequences_end: usize,
+    pub(crate) sequences: Arc<Vec<u64>>,
+    pub(crate) sequences_start: usize,
+    pub(crate) sequences_end: usize,
     /// The batch that committed these results.
     pub sequence: u64,
     /// Timestamp of the submission's first event.
@@ -102,7 +102,9 @@ impl Default for Stats {
 }
 
 pub(crate) struct Shared {
-    pub store: Store,
+    /// Swapped whole when a replicated node installs a snapshot (a new database); `None` while
+    /// it does.
+    pub store: arc_swap::ArcSwapOption<Store>,
     pub events_in_flight: AtomicUsize,
     pub committed_sequence: AtomicU64,
     pub failed: AtomicBool,
@@ -111,6 +113,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The store, unless a snapshot install is replacing it.
+    pub fn store(&self) -> Result<Arc<Store>, LedgerError> {
+        self.store
+            .load_full()
+            .ok_or_else(|| LedgerError::Replication("the store is being replaced by a snapshot".into()))
+    }
+
     pub fn fail(&self, reason: String) {
         tracing::error!(%reason, "ledger stopped: storage failure");
         if let Ok(mut failure) = self.failure.lock() {
@@ -198,29 +207,7 @@ impl Sequencer {
     /// Takes submissions from the queue until the batch is full or the queue is empty. A
     /// submission never spans two batches (its chains and its results stay together).
     fn gather(&mut self, first: Submission, carry: &mut Option<Submission>) -> (Batch, Vec<(Reply, usize)>) {
-        // Grows as needed; starting at the batch bound would map 1.4 MB for every lone payment.
-        let mut events = Vec::with_capacity(first.events.len().max(64));
-        let mut replies = Vec::new();
-        let mut add = |submission: Submission, events: &mut Vec<Event>| {
-            replies.push((submission.reply, submission.events.len()));
-            events.extend(submission.events);
-        };
-        add(first, &mut events);
-        while events.len() < self.batch_size_max {
-            let next = match self.queue.try_recv() {
-                Ok(Message::Submit(next)) => next,
-                Ok(Message::Shutdown) => {
-                    self.stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            };
-            if events.len() + next.events.len() > self.batch_size_max {
-                *carry = Some(next);
-                break;
-            }
-            add(next, &mut events);
-        }
+        let (events, replies) = gather(&self.queue, first, carry, self.batch_size_max, &mut self.stopping);
         let timestamp = self.clock.now_nanoseconds().max(self.state.next_timestamp());
         let batch = Batch { sequence: self.state.last_sequence() + 1, timestamp, events };
         (batch, replies)
@@ -230,8 +217,44 @@ impl Sequencer {
     fn prefetch(&mut self, batch: &Batch, ids: &mut Vec<u128>) -> Result<Prefetched, LedgerError> {
         self.state.evict_recent(self.shared.committed_sequence.load(Ordering::Acquire));
         self.state.ids_to_prefetch(&batch.events, ids);
-        read_known(&self.shared.store, ids, |_| true)
+        read_known(&*self.shared.store()?, ids, |_| true)
     }
+}
+
+/// Takes submissions from `queue` after `first` until `batch_size_max` events or an empty queue;
+/// a submission that does not fit is left in `carry` for the next batch. Sets `stopping` on a
+/// shutdown message. Returns the events and each submission's reply with its event count.
+pub(crate) fn gather(
+    queue: &Receiver<Message>,
+    first: Submission,
+    carry: &mut Option<Submission>,
+    batch_size_max: usize,
+    stopping: &mut bool,
+) -> (Vec<Event>, Vec<(Reply, usize)>) {
+    // Grows as needed; starting at the batch bound would map 1.4 MB for every lone payment.
+    let mut events = Vec::with_capacity(first.events.len().max(64));
+    let mut replies = Vec::new();
+    let mut add = |submission: Submission, events: &mut Vec<Event>| {
+        replies.push((submission.reply, submission.events.len()));
+        events.extend(submission.events);
+    };
+    add(first, &mut events);
+    while events.len() < batch_size_max {
+        let next = match queue.try_recv() {
+            Ok(Message::Submit(next)) => next,
+            Ok(Message::Shutdown) => {
+                *stopping = true;
+                break;
+            }
+            Err(_) => break,
+        };
+        if events.len() + next.events.len() > batch_size_max {
+            *carry = Some(next);
+            break;
+        }
+        add(next, &mut events);
+    }
+    (events, replies)
 }
 
 /// Reads stored transfers (and, for pending ones, their resolutions) into a prefetch map,
@@ -265,7 +288,7 @@ pub(crate) fn read_known(
     Ok(prefetched)
 }
 
-fn fail_replies(replies: Vec<(Reply, usize)>, error: &LedgerError, shared: &Shared, events: usize) {
+pub(crate) fn fail_replies(replies: Vec<(Reply, usize)>, error: &LedgerError, shared: &Shared, events: usize) {
     shared.events_in_flight.fetch_sub(events, Ordering::AcqRel);
     for (reply, _) in replies {
         // The submitter may have gone away; nothing to tell it then.
@@ -293,7 +316,13 @@ impl Committer {
                 continue;
             }
             let started = Instant::now();
-            match self.shared.store.write_batch(&commit.batch, &commit.effects, &self.previous_hash, &mut scratch) {
+            // A single node's store is never replaced, so `store()` only fails on a bug.
+            let written = self.shared.store().and_then(|store| {
+                store
+                    .write_batch(&commit.batch, &commit.effects, &self.previous_hash, &mut scratch)
+                    .map_err(LedgerError::from)
+            });
+            match written {
                 Ok(written) => {
                     self.previous_hash = written.hash;
                     self.shared.committed_sequence.store(commit.batch.sequence, Ordering::Release);

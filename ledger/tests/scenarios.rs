@@ -619,3 +619,83 @@ fn accounts_kept_within_int64_refuse_a_transfer_past_it_and_others_do_not() {
     ledger.reopen_and_verify();
     assert_eq!(ledger.one(send(transfer(101, 3, 2, 1))), ResultCode::OverflowsCredits, "recorded, never flips");
 }
+
+/// The replicated log of one node without replication: applies each proposal with the ledger's
+/// `Applier` on a thread of its own, in order. Stands where openraft stands in `cluster`, so the
+/// ledger's proposing path is tested here on its own.
+struct LogOfOne {
+    proposals: std::sync::Mutex<std::sync::mpsc::Sender<(u64, Vec<Event>, ledger::ProposalDone)>>,
+}
+
+impl LogOfOne {
+    fn start(store: ledger::Store, config: ledger::LedgerConfig) -> LogOfOne {
+        let (proposals, queue) = std::sync::mpsc::channel::<(u64, Vec<Event>, ledger::ProposalDone)>();
+        std::thread::spawn(move || {
+            let mut applier = ledger::Applier::from_store(store, &config).expect("restore");
+            for (timestamp, events, done) in queue {
+                let applied =
+                    applier.apply(timestamp, events, &[]).map(|applied| applied.expect("events make a batch"));
+                done(applied);
+            }
+        });
+        LogOfOne { proposals: std::sync::Mutex::new(proposals) }
+    }
+}
+
+impl ledger::Proposer for LogOfOne {
+    fn propose(&self, timestamp: u64, events: Vec<Event>, done: ledger::ProposalDone) {
+        let sent = self.proposals.lock().expect("lock").send((timestamp, events, done));
+        sent.expect("the log of one is running");
+    }
+}
+
+/// A log that is never the leader.
+struct Follower;
+
+impl ledger::Proposer for Follower {
+    fn propose(&self, _timestamp: u64, _events: Vec<Event>, done: ledger::ProposalDone) {
+        done(Err(ledger::LedgerError::NotLeader { leader: Some(2) }));
+    }
+}
+
+#[test]
+fn a_replicated_ledger_hands_each_submission_its_results_and_record_numbers() {
+    use ledger::{Ledger, LedgerConfig, Record, Store, SystemClock};
+    let directory = tempfile::tempdir().expect("directory");
+    let mut config = LedgerConfig::new(directory.path().join("ledger"));
+    config.recent_transfers_max = 1 << 16;
+    let store = Store::open(&config.path, &config.store).expect("open the store");
+    let log = std::sync::Arc::new(LogOfOne::start(store.clone(), config.clone()));
+    let ledger = Ledger::open_replicated(config, SystemClock, store, log).expect("open replicated");
+    // Submitted together, so they may share batches; each gets its own window either way.
+    let first = ledger
+        .submit(vec![
+            Record::append(5, "outbox-a", b"x".to_vec(), false),
+            Record::append(5, "outbox-a", b"y".to_vec(), false),
+        ])
+        .expect("queued");
+    let second = ledger.submit(vec![Record::append(5, "outbox-a", b"z".to_vec(), false)]).expect("queued");
+    let third = ledger.submit(vec![Record::put(6, "key", b"value".to_vec(), false)]).expect("queued");
+    let (first, second, third) =
+        (first.wait().expect("applied"), second.wait().expect("applied"), third.wait().expect("applied"));
+    assert!(first.iter().chain(second.iter()).chain(third.iter()).all(|result| *result == ResultCode::Ok));
+    let numbers: Vec<u64> = first.appended().iter().chain(second.appended()).copied().collect();
+    assert_eq!(numbers.len(), 3, "{numbers:?}");
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "consecutive numbers in submission order: {numbers:?}"
+    );
+    assert!(third.appended().is_empty());
+    assert_eq!(ledger.record(6, b"key").expect("read"), Some(b"value".to_vec()), "reads see what was applied");
+    assert!(ledger.committed_sequence() >= 1);
+
+    // A log that is not the leader: the submission is refused, naming the leader.
+    let directory = tempfile::tempdir().expect("directory");
+    let config = LedgerConfig::new(directory.path().join("ledger"));
+    let store = Store::open(&config.path, &config.store).expect("open the store");
+    let follower = Ledger::open_replicated(config, SystemClock, store, std::sync::Arc::new(Follower)).expect("open");
+    let refused = follower.submit(vec![Record::put(6, "key", b"value".to_vec(), false)]).expect("queued").wait();
+    assert_eq!(refused.expect_err("not the leader"), ledger::LedgerError::NotLeader { leader: Some(2) });
+    assert_eq!(follower.record(6, b"key").expect("read"), None, "nothing was applied");
+    assert_eq!(follower.events_in_flight(), 0, "the refused submission's room was given back");
+}

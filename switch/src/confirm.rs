@@ -298,8 +298,11 @@ pub fn arm_deadline(switch: Arc<Switch>, payment: u128, deadline_unix_ms: u64) {
 
 /// Re-arms the deadline timers of payments that were pending when the switch stopped.
 pub fn rearm_after_restart(switch: &Arc<Switch>) -> Result<usize, Refusal> {
-    let open =
-        switch.ledger.store().open_pending().map_err(|error| Refusal::new(Reason::Internal, error.to_string()))?;
+    let open = switch
+        .ledger
+        .store()
+        .and_then(|store| Ok(store.open_pending()?))
+        .map_err(|error| Refusal::new(Reason::Internal, error.to_string()))?;
     let mut armed = 0;
     for pending in open {
         let payment = pending.transfer.id;

@@ -532,3 +532,83 @@ async fn malformed_frames_and_incomplete_snapshots_are_refused_and_change_nothin
     );
     converge_and_check(nodes, leader, &acknowledged).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_api_submits_through_the_leader_and_a_follower_answers_not_leader() {
+    let root = tempfile::tempdir().expect("directory");
+    let mut nodes = three_nodes(root.path(), 10_000).await;
+    let leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let transfer = |id: u128, from: u128, to: u128| {
+        Event::CreateTransfer(Transfer {
+            id,
+            debit_account_id: from,
+            credit_account_id: to,
+            amount: 25,
+            ledger: 1,
+            code: 1,
+            ..Transfer::default()
+        })
+    };
+    // Through the leader's ledger, as the switch submits: several submissions, each its results.
+    let leader_node = nodes.iter().find(|node| node.id == leader).expect("leader");
+    let mut completions = Vec::new();
+    for id in 0..20u128 {
+        let events = vec![transfer(50_000 + 2 * id, 1, 2), transfer(50_001 + 2 * id, 2, 3)];
+        completions.push(leader_node.ledger.submit(events).expect("queued"));
+    }
+    let mut acknowledged = Vec::new();
+    for (index, completion) in completions.into_iter().enumerate() {
+        let results = completion.await.expect("applied");
+        assert_eq!(&results[..], &[ResultCode::Ok, ResultCode::Ok], "submission {index}");
+        acknowledged.extend([50_000 + 2 * index as u128, 50_001 + 2 * index as u128]);
+    }
+    // A repeated id with another amount is refused by the ledger, as on a single node.
+    let refused = leader_node
+        .ledger
+        .submit(vec![Event::CreateTransfer(Transfer {
+            amount: 26,
+            ..match transfer(50_000, 1, 2) {
+                Event::CreateTransfer(transfer) => transfer,
+                _ => unreachable!("built as a transfer"),
+            }
+        })])
+        .expect("queued")
+        .await
+        .expect("applied");
+    assert_eq!(&refused[..], &[ResultCode::ExistsWithDifferentAmount]);
+
+    // A follower's ledger does not propose: it names the leader.
+    let follower = nodes.iter().find(|node| node.id != leader).expect("a follower");
+    let error =
+        follower.ledger.submit(vec![transfer(60_000, 1, 2)]).expect("queued").await.expect_err("not the leader");
+    assert_eq!(error, ledger::LedgerError::NotLeader { leader: Some(leader) });
+    let ids = [60_000];
+    assert_eq!(follower.ledger.lookup_transfers(&ids).expect("read"), vec![None], "nothing was applied");
+
+    // Reads on every node see the same applied payments once they caught up.
+    let last = leader_node_last_applied(&nodes, leader);
+    for node in &nodes {
+        wait_applied(node, last).await;
+        let found = node.ledger.lookup_transfers(&acknowledged).expect("read");
+        assert!(found.iter().all(Option::is_some), "node {} lacks an acknowledged transfer", node.id);
+    }
+
+    // The leader stops; the new leader's ledger takes the next submission.
+    let _ = take(&mut nodes, leader).stop().await;
+    let new_leader = leader_of(&nodes.iter().collect::<Vec<_>>()).await;
+    let new_leader_node = nodes.iter().find(|node| node.id == new_leader).expect("new leader");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let results = loop {
+        match new_leader_node.ledger.submit(vec![transfer(70_000, 3, 1)]).expect("queued").await {
+            Ok(results) => break results,
+            // Elected but without its lease yet: refused before anything was appended.
+            Err(ledger::LedgerError::NotLeader { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the new leader's ledger: {error}"),
+        }
+    };
+    assert_eq!(&results[..], &[ResultCode::Ok]);
+    acknowledged.push(70_000);
+    converge_and_check(nodes, new_leader, &acknowledged).await;
+}

@@ -372,6 +372,11 @@ impl Store {
         Ok(())
     }
 
+    /// How many handles (clones) of this open database exist: one means it closes when dropped.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
     pub fn head(&self) -> Result<Head, StoreError> {
         match self.db.get_pinned_cf(self.cf(CF_META), HEAD_KEY)? {
             None => Ok(Head::GENESIS),

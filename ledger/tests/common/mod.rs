@@ -77,7 +77,7 @@ impl TestLedger {
     }
 
     pub fn all_accounts(&self) -> Vec<Account> {
-        self.ledger().store().all_accounts().expect("scan accounts")
+        self.ledger().store().expect("the store").all_accounts().expect("scan accounts")
     }
 }
 

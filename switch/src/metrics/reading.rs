@@ -91,7 +91,7 @@ impl Reading {
     /// Reads everything. Errors reading storage show up as missing figures (and the ledger's
     /// own `failed` flag), never as a failed scrape: an operator needs the rest most then.
     pub fn take(switch: &Switch) -> Reading {
-        let accounts = switch.ledger.store().all_accounts().unwrap_or_else(|error| {
+        let accounts = switch.ledger.store().and_then(|store| Ok(store.all_accounts()?)).unwrap_or_else(|error| {
             tracing::warn!(%error, "metrics: reading accounts failed");
             Vec::new()
         });
@@ -195,13 +195,13 @@ fn pipeline(switch: &Switch) -> Pipeline {
 }
 
 fn rocksdb(switch: &Switch) -> RocksDb {
-    let store = switch.ledger.store();
-    let database = |name: &str| store.db_property(name).ok().flatten().unwrap_or(0);
-    let families = |name: &str| store.property_sum(name).unwrap_or(0);
+    let store = switch.ledger.store().ok();
+    let database = |name: &str| store.as_ref().and_then(|store| store.db_property(name).ok().flatten()).unwrap_or(0);
+    let families = |name: &str| store.as_ref().and_then(|store| store.property_sum(name).ok()).unwrap_or(0);
     RocksDb {
         write_stopped: database("rocksdb.is-write-stopped") > 0,
         delayed_write_rate_bytes: database("rocksdb.actual-delayed-write-rate"),
-        write_stalls_total: store.write_stalls().unwrap_or(0),
+        write_stalls_total: store.as_ref().and_then(|store| store.write_stalls().ok()).unwrap_or(0),
         pending_compaction_bytes: families("rocksdb.estimate-pending-compaction-bytes"),
         running_compactions: database("rocksdb.num-running-compactions"),
         sst_bytes: families("rocksdb.total-sst-files-size"),

@@ -106,7 +106,7 @@ impl TestSwitch {
 
     /// Every position and the settlement accounts net to zero in the ledger.
     pub fn assert_money_conserved(&self) {
-        let accounts = self.switch.ledger.store().all_accounts().expect("accounts");
+        let accounts = self.switch.ledger.store().expect("the store").all_accounts().expect("accounts");
         let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
         let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
         assert_eq!(debits, credits, "money created or lost");

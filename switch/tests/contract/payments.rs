@@ -256,7 +256,7 @@ async fn suspended_participants_neither_pay_nor_get_paid() {
 
 /// Every account's balances, by id.
 fn accounts(test: &TestSwitch) -> Vec<ledger::Account> {
-    let mut accounts = test.switch.ledger.store().all_accounts().expect("accounts");
+    let mut accounts = test.switch.ledger.store().expect("the store").all_accounts().expect("accounts");
     accounts.sort_by_key(|account| account.id);
     accounts
 }

@@ -50,7 +50,7 @@ impl Unchanged {
     pub fn take(test: &TestSwitch) -> Unchanged {
         let ledger = &test.switch.ledger;
         let head = ledger.head().expect("ledger head");
-        let mut accounts = ledger.store().all_accounts().expect("accounts");
+        let mut accounts = ledger.store().expect("the store").all_accounts().expect("accounts");
         accounts.sort_by_key(|account| account.id);
         Unchanged { head, accounts }
     }
