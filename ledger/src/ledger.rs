@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -123,14 +123,7 @@ impl Ledger {
         config.check()?;
         let store = Store::open(&config.path, &config.store)?;
         let (state, head) = restore(&store, &config)?;
-        let shared = Arc::new(Shared {
-            store: arc_swap::ArcSwapOption::from_pointee(store),
-            events_in_flight: AtomicUsize::new(0),
-            committed_sequence: AtomicU64::new(head.sequence),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            stats: Stats::default(),
-        });
+        let shared = Shared::new(store, head.sequence);
         let (queue_sender, queue) = crossbeam_channel::bounded(config.queue_depth_max);
         let (commit_sender, commits) = sequencer::commit_channel();
         let sequencer = Sequencer {
@@ -166,14 +159,7 @@ impl Ledger {
     ) -> Result<Ledger, LedgerError> {
         config.check()?;
         let head = store.head()?;
-        let shared = Arc::new(Shared {
-            store: arc_swap::ArcSwapOption::from_pointee(store),
-            events_in_flight: AtomicUsize::new(0),
-            committed_sequence: AtomicU64::new(head.sequence),
-            failed: AtomicBool::new(false),
-            failure: Mutex::new(None),
-            stats: Stats::default(),
-        });
+        let shared = Shared::new(store, head.sequence);
         let (queue_sender, queue) = crossbeam_channel::bounded(config.queue_depth_max);
         let proposing = Proposing::new(queue, Arc::clone(&shared), Box::new(clock), config.batch_size_max, proposer);
         let thread = std::thread::Builder::new()

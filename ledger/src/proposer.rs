@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::event::Event;
 use crate::result::ResultCode;
-use crate::sequencer::{fail_replies, gather, Message, Reply, Results, Shared, Submission};
+use crate::sequencer::{fail_replies, gather, next_submission, Message, Reply, Results, Shared, Submission};
 
 /// Called exactly once per proposal: the batch as applied on this node, or why it was not.
 pub type ProposalDone = Box<dyn FnOnce(Result<AppliedBatch, LedgerError>) + Send>;
@@ -96,21 +96,7 @@ impl Proposing {
 
     pub fn run(mut self) {
         let mut carry: Option<Submission> = None;
-        loop {
-            let first = match carry.take() {
-                Some(submission) => submission,
-                None => {
-                    let message = if self.stopping { self.queue.try_recv().ok() } else { self.queue.recv().ok() };
-                    match message {
-                        Some(Message::Submit(submission)) => submission,
-                        Some(Message::Shutdown) => {
-                            self.stopping = true;
-                            continue;
-                        }
-                        None => break,
-                    }
-                }
-            };
+        while let Some(first) = next_submission(&self.queue, &mut carry, &mut self.stopping) {
             let (events, replies) = gather(&self.queue, first, &mut carry, self.batch_size_max, &mut self.stopping);
             self.propose(events, replies);
         }

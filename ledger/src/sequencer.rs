@@ -113,6 +113,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state shared by a ledger's handle and its threads, for `store` at `committed_sequence`.
+    pub fn new(store: Store, committed_sequence: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            store: arc_swap::ArcSwapOption::from_pointee(store),
+            events_in_flight: AtomicUsize::new(0),
+            committed_sequence: AtomicU64::new(committed_sequence),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            stats: Stats::default(),
+        })
+    }
+
     /// The store, unless a snapshot install is replacing it.
     pub fn store(&self) -> Result<Arc<Store>, LedgerError> {
         self.store
@@ -167,21 +179,8 @@ impl Sequencer {
     pub fn run(mut self) {
         let mut carry: Option<Submission> = None;
         let mut ids = Vec::new();
-        loop {
-            let first = match carry.take() {
-                Some(submission) => submission,
-                None => {
-                    let message = if self.stopping { self.queue.try_recv().ok() } else { self.queue.recv().ok() };
-                    match message {
-                        Some(Message::Submit(submission)) => submission,
-                        Some(Message::Shutdown) => {
-                            self.stopping = true;
-                            continue;
-                        }
-                        None => break, // drained after shutdown, or every handle dropped
-                    }
-                }
-            };
+        // Ends when the queue is drained after a shutdown, or every handle is dropped.
+        while let Some(first) = next_submission(&self.queue, &mut carry, &mut self.stopping) {
             let (batch, replies) = self.gather(first, &mut carry);
             if self.shared.failed.load(Ordering::SeqCst) {
                 let error = self.shared.failure();
@@ -218,6 +217,26 @@ impl Sequencer {
         self.state.evict_recent(self.shared.committed_sequence.load(Ordering::Acquire));
         self.state.ids_to_prefetch(&batch.events, ids);
         read_known(&*self.shared.store()?, ids, |_| true)
+    }
+}
+
+/// The first submission of the next batch: the one left over from the last batch, or the next
+/// in the queue (waiting for it, unless stopping). `None` once the queue is drained after a
+/// shutdown or every handle is gone.
+pub(crate) fn next_submission(
+    queue: &Receiver<Message>,
+    carry: &mut Option<Submission>,
+    stopping: &mut bool,
+) -> Option<Submission> {
+    if let Some(submission) = carry.take() {
+        return Some(submission);
+    }
+    loop {
+        let message = if *stopping { queue.try_recv().ok() } else { queue.recv().ok() };
+        match message? {
+            Message::Submit(submission) => return Some(submission),
+            Message::Shutdown => *stopping = true,
+        }
     }
 }
 
