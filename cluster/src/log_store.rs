@@ -168,8 +168,8 @@ impl LogReader {
         }
     }
 
-    /// The entries with an index in `range`, in order; stops at the first gap (openraft asks for
-    /// ranges it knows are present; a gap means a purge raced the read, and it retries).
+    /// The entries present with an index in `range`, in order (openraft's storage suite expects
+    /// a range that starts below the first entry, e.g. after a purge, to give the ones present).
     fn entries(&self, range: &impl RangeBounds<u64>) -> io::Result<Vec<Entry>> {
         let start = match range.start_bound() {
             Bound::Included(index) => *index,

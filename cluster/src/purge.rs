@@ -30,7 +30,7 @@ pub fn purge_point(metrics: &openraft::RaftMetrics<crate::TypeConfig>, keep: u64
     }
     let upto = upto.checked_sub(keep)?;
     let purged = metrics.purged.map_or(0, |log_id| log_id.index);
-    (upto > purged || (metrics.purged.is_none() && upto > 0)).then_some(upto)
+    (upto > purged).then_some(upto)
 }
 
 /// Checks every `interval` and purges as far as `purge_point` allows, until the node shuts down.

@@ -98,9 +98,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("no leader")?;
     let leader_id = metrics.current_leader.context("no leader")?;
-    let leader = Arc::new(nodes.into_iter().collect::<Vec<_>>());
-    let leader_index = leader.iter().position(|node| node.id == leader_id).context("leader")?;
-    let node = |index: usize| &leader[index];
+    let nodes = Arc::new(nodes);
+    let leader_index = nodes.iter().position(|node| node.id == leader_id).context("leader")?;
+    let node = |index: usize| &nodes[index];
     for first in (1..=args.accounts).step_by(1_024) {
         let events = (first..=(first + 1_023).min(args.accounts))
             .map(|id| Event::CreateAccount(Account { id, ledger: 1, code: 10, ..Account::default() }))
@@ -116,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for worker in 0..args.in_flight {
         let (nodes, stop, transfers, latencies, next_id) =
-            (leader.clone(), stop.clone(), transfers.clone(), latencies.clone(), next_id.clone());
+            (nodes.clone(), stop.clone(), transfers.clone(), latencies.clone(), next_id.clone());
         let (batch, accounts) = (args.batch, args.accounts);
         workers.push(tokio::spawn(async move {
             let mut state = worker as u128 * 7_919 + 1;
@@ -172,17 +172,17 @@ async fn main() -> anyhow::Result<()> {
     );
     // Every node holds the same ledger at the end.
     let last = node(leader_index).raft.metrics().borrow_watched().last_applied;
-    for node in leader.iter() {
+    for node in nodes.iter() {
         node.raft
             .wait(Some(Duration::from_secs(60)))
             .applied_index_at_least(last.map(|log_id| log_id.index), "caught up")
             .await
             .context("a node did not catch up")?;
     }
-    let heads: Vec<_> = leader.iter().map(|node| node.machine.head()).collect::<Result<_, _>>()?;
+    let heads: Vec<_> = nodes.iter().map(|node| node.machine.head()).collect::<Result<_, _>>()?;
     anyhow::ensure!(heads.windows(2).all(|pair| pair[0] == pair[1]), "the nodes' ledgers differ: {heads:?}");
     println!("every node's ledger head: sequence {} (equal)", heads[0].sequence);
-    let nodes = Arc::try_unwrap(leader).map_err(|_| anyhow::anyhow!("nodes still shared"))?;
+    let nodes = Arc::try_unwrap(nodes).map_err(|_| anyhow::anyhow!("nodes still shared"))?;
     for node in nodes {
         node.stop().await;
     }
