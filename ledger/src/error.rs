@@ -22,10 +22,11 @@ pub enum LedgerError {
     /// The ledger was shut down.
     #[error("ledger is shut down")]
     Closed,
-    /// Replicated: this node is not the leader (`leader`: the node that is, when known); the
-    /// submission was not proposed, so sending it again to the leader cannot apply it twice.
-    #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<u64> },
+    /// Replicated: this node is not the leader (`leader`: the node that is, when known, and
+    /// `address`: where that node takes its clients' calls, when known); the submission was not
+    /// proposed, so sending it again to the leader cannot apply it twice.
+    #[error("not the leader (leader: {leader:?} at {address:?})")]
+    NotLeader { leader: Option<u64>, address: Option<String> },
     /// Replicated: the replicated log did not give an outcome (no quorum, the node stopped): the
     /// submission may or may not have been applied; its ids tell which.
     #[error("replicated log: {0}")]

@@ -654,7 +654,7 @@ struct Follower;
 
 impl ledger::Proposer for Follower {
     fn propose(&self, _timestamp: u64, _events: Vec<Event>, done: ledger::ProposalDone) {
-        done(Err(ledger::LedgerError::NotLeader { leader: Some(2) }));
+        done(Err(ledger::LedgerError::NotLeader { leader: Some(2), address: None }));
     }
 }
 
@@ -695,7 +695,7 @@ fn a_replicated_ledger_hands_each_submission_its_results_and_record_numbers() {
     let store = Store::open(&config.path, &config.store).expect("open the store");
     let follower = Ledger::open_replicated(config, SystemClock, store, std::sync::Arc::new(Follower)).expect("open");
     let refused = follower.submit(vec![Record::put(6, "key", b"value".to_vec(), false)]).expect("queued").wait();
-    assert_eq!(refused.expect_err("not the leader"), ledger::LedgerError::NotLeader { leader: Some(2) });
+    assert_eq!(refused.expect_err("not the leader"), ledger::LedgerError::NotLeader { leader: Some(2), address: None });
     assert_eq!(follower.record(6, b"key").expect("read"), None, "nothing was applied");
     assert_eq!(follower.events_in_flight(), 0, "the refused submission's room was given back");
 }

@@ -111,7 +111,8 @@ async fn every_model_and_mode_verifies_against_the_ledger_and_survives_a_restart
         }
     }
     // And the whole ledger's debits still equal its credits after all of it.
-    let accounts = running.switch.ledger.store().expect("the store").all_accounts().expect("accounts");
+    let accounts =
+        running.switch().expect("the node leads").ledger.store().expect("the store").all_accounts().expect("accounts");
     let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
     let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
     assert_eq!(debits, credits, "money created or lost");

@@ -19,6 +19,7 @@ pub struct Config {
     pub operator: OperatorSection,
     pub ledger: LedgerSection,
     pub limits: Limits,
+    pub cluster: ClusterSection,
     /// The currencies the switch settles; each is one ledger.
     pub currencies: Vec<Currency>,
 }
@@ -110,6 +111,60 @@ pub struct Limits {
     pub payments_in_flight_max_per_psp: u64,
 }
 
+/// The replicated switch: this node and the others. With no members listed, the switch is a
+/// cluster of this node alone (the default): the same code path, every batch through a Raft log
+/// of one, nothing to set up.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// This node's id: a positive integer, never reused for another machine (a wiped or replaced
+    /// node joins under a new id).
+    pub node_id: u64,
+    /// The node-to-node port (Raft over gRPC, mutual TLS with node certificates).
+    pub peer_listen: SocketAddr,
+    /// The nodes of the cluster when it first starts (every node lists the same members). Empty:
+    /// this node alone. Nodes added or removed later change the membership in the replicated log;
+    /// this list is read only by a node that has never started (docs/cluster.md).
+    pub members: Vec<Member>,
+    /// This node's certificate and key for the peer port (PEM, SAN URI
+    /// `spiffe://switch/node/<node_id>`), issued by `tls.ca_certificate`'s CA. Empty: issued by
+    /// the development CA under `<data_dir>/certs` (`switch certs issue --node N`).
+    pub node_certificate: Option<PathBuf>,
+    pub node_key: Option<PathBuf>,
+    /// The DNS name (or address) peers' certificates are checked against when this node dials
+    /// them: every node certificate must carry it. The development CA's node certificates carry
+    /// `localhost` and `127.0.0.1`.
+    pub peer_server_name: String,
+    /// Entries between two snapshots of the state (RocksDB checkpoints), from which a node that
+    /// is far behind, or new, catches up.
+    pub snapshot_every_entries: u64,
+}
+
+/// One node of the cluster, as the others reach it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: u64,
+    /// host:port of its peer port.
+    pub peer_address: String,
+    /// host:port of its PSP port: where a follower sends clients (the `switch-leader` trailer).
+    pub psp_address: String,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            node_id: 1,
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 50061)),
+            members: Vec::new(),
+            node_certificate: None,
+            node_key: None,
+            peer_server_name: "localhost".into(),
+            snapshot_every_entries: 50_000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Currency {
@@ -130,6 +185,7 @@ impl Default for Config {
             operator: OperatorSection::default(),
             ledger: LedgerSection::default(),
             limits: Limits::default(),
+            cluster: ClusterSection::default(),
             currencies: vec![Currency { code: "INR".into(), ledger: 356, amount_minor_max: 1_000_000_000 }],
         }
     }
@@ -226,6 +282,30 @@ impl Config {
         if tls.server_certificate.is_some() != tls.server_key.is_some() {
             return invalid("tls.server_certificate and tls.server_key go together".into());
         }
+        let cluster = &self.cluster;
+        if cluster.node_id == 0 {
+            return invalid("cluster.node_id must be positive".into());
+        }
+        if cluster.node_certificate.is_some() != cluster.node_key.is_some() {
+            return invalid("cluster.node_certificate and cluster.node_key go together".into());
+        }
+        if cluster.snapshot_every_entries == 0 {
+            return invalid("cluster.snapshot_every_entries must be positive".into());
+        }
+        let mut ids: Vec<u64> = cluster.members.iter().map(|member| member.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != cluster.members.len() || ids.contains(&0) {
+            return invalid("cluster.members: ids must be positive and distinct".into());
+        }
+        if !cluster.members.is_empty() && !ids.contains(&cluster.node_id) {
+            return invalid(format!("cluster.members does not list this node (node_id {})", cluster.node_id));
+        }
+        if cluster.members.len() > 1 && tls.ca_certificate.is_some() && cluster.node_certificate.is_none() {
+            return invalid(
+                "a cluster of several nodes with a configured CA needs cluster.node_certificate and node_key".into(),
+            );
+        }
         Ok(())
     }
 
@@ -236,6 +316,7 @@ impl Config {
         self.listen = loopback;
         self.operator.http_listen = loopback;
         self.operator.health_listen = loopback;
+        self.cluster.peer_listen = loopback;
         self
     }
 

@@ -1,13 +1,14 @@
 //! The switch's state and its one door to the ledger.
 //!
-//! `Switch::open` opens the ledger, makes sure every configured currency has its settlement
-//! account, and rebuilds the in-memory participant registry and directory from the ledger's
-//! records. `Switch::submit` is how every service changes anything: one ledger submission,
-//! durable when it returns.
+//! `Switch::open`, on the node that leads the cluster (`node`), makes sure every configured
+//! currency has its settlement account and rebuilds the in-memory participant registry,
+//! directory and outboxes from the ledger's records: a new leader starts exactly as a restarted
+//! switch does. `Switch::submit` is how every service changes anything: one ledger submission,
+//! durable (on a quorum of the cluster) when it returns.
 
 use std::sync::Arc;
 
-use ledger::{Account, Event, Ledger, LedgerError, Record, ResultCode, Results, SystemClock};
+use ledger::{Account, Event, Ledger, LedgerError, Record, ResultCode, Results};
 use prost::Message;
 
 use crate::config::Config;
@@ -83,7 +84,11 @@ pub struct PaymentRecord {
 
 pub struct Switch {
     pub config: Config,
-    pub ledger: Ledger,
+    /// The node's replicated ledger: submissions go through the Raft log.
+    pub ledger: Arc<Ledger>,
+    /// This node's place in the cluster: the read barrier, and where the leader is when this
+    /// node no longer leads.
+    pub leadership: crate::leadership::Leadership,
     pub participants: Registry,
     pub directory: Directory,
     pub events: crate::events::EventHub,
@@ -129,8 +134,12 @@ impl From<crate::records::ReadError> for OpenError {
 }
 
 impl Switch {
-    pub fn open(config: Config) -> Result<Arc<Switch>, OpenError> {
-        let ledger = Ledger::open(config.ledger_config(), SystemClock)?;
+    /// Opens the switch's state on `ledger`, which has applied everything committed (`node`).
+    pub fn open(
+        config: Config,
+        ledger: Arc<Ledger>,
+        leadership: crate::leadership::Leadership,
+    ) -> Result<Arc<Switch>, OpenError> {
         for currency in &config.currencies {
             let settlement = Account {
                 id: accounts::settlement(currency.ledger),
@@ -163,6 +172,7 @@ impl Switch {
         Ok(Arc::new(Switch {
             config,
             ledger,
+            leadership,
             participants,
             directory,
             events,
@@ -195,9 +205,10 @@ impl Switch {
         Ok(participant)
     }
 
-    /// Stops taking work and lets the ledger commit what is queued.
-    pub fn close(&self) {
-        self.ledger.close();
+    /// Returns once a read is linearizable on this node (it leads, holds its lease, and has
+    /// applied everything committed): status, positions and reports read after it are current.
+    pub async fn read_barrier(&self) -> Result<(), Refusal> {
+        self.leadership.read_barrier().await
     }
 }
 
@@ -211,6 +222,14 @@ pub fn ledger_refusal(error: LedgerError) -> Refusal {
     match error {
         LedgerError::Busy { .. } => Refusal::new(Reason::SwitchBusy, "the ledger is at its in-flight bound; retry"),
         LedgerError::Closed => Refusal::new(Reason::ShuttingDown, "the switch is shutting down"),
+        // The node lost its leadership between taking the call and proposing it: nothing was
+        // proposed, so the call may go again to the leader.
+        LedgerError::NotLeader { leader: Some(_), address: Some(address) } => Refusal::not_leader(Some(address)),
+        LedgerError::NotLeader { leader: Some(leader), address: None } => Refusal::new(
+            Reason::NotLeader,
+            format!("this node is not the leader; the leader is node {leader}, whose address is not known here"),
+        ),
+        LedgerError::NotLeader { leader: None, .. } => Refusal::not_leader(None),
         other => Refusal::new(Reason::LedgerUnavailable, other.to_string()),
     }
 }
@@ -223,5 +242,5 @@ pub fn record(table: u8, key: impl Into<Vec<u8>>, value: Vec<u8>, linked: bool) 
 /// Nanoseconds since the epoch, for times the switch reports that the ledger did not stamp.
 pub fn now_unix_ns() -> u64 {
     use ledger::Clock;
-    SystemClock.now_nanoseconds()
+    ledger::SystemClock.now_nanoseconds()
 }

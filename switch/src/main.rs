@@ -5,6 +5,7 @@
 //! - `switch certs issue --psp ID` / `--operator NAME` / `--node N`: certificates from the
 //!   development CA (a node's is for the node-to-node port of a replicated switch).
 //! - `switch client --as NAME ...`: register, fund, alias, pay, status by hand (see `--help`).
+//! - `switch cluster status --node HOST:PORT ...`: every node's place in a replicated switch.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switch::config::Config;
-use switch::server::{serve, Listeners, TlsFiles};
+use switch::server::{Listeners, TlsFiles};
 use switch::tls::DevelopmentCa;
 
 /// mimalloc instead of glibc malloc: see the workspace Cargo.toml for the measured reason.
@@ -48,6 +49,12 @@ enum Command {
         /// Overrides `operator.health_listen` (plain gRPC health checking).
         #[arg(long)]
         health_listen: Option<SocketAddr>,
+        /// Overrides `cluster.peer_listen` (the node-to-node port).
+        #[arg(long)]
+        peer_listen: Option<SocketAddr>,
+        /// Overrides `cluster.node_id`.
+        #[arg(long)]
+        node_id: Option<u64>,
     },
     /// Development certificate authority (not for production).
     Certs {
@@ -59,6 +66,11 @@ enum Command {
         /// The deploy directory: writes grafana/payment-switch.json and prometheus/alerts.yml in it.
         #[arg(long, default_value = "deploy")]
         deploy_dir: PathBuf,
+    },
+    /// The replicated switch's nodes.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
     },
     /// Call a running switch with a certificate from the development CA.
     Client {
@@ -89,6 +101,17 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Every node's role, term, leader, log, commit and apply indexes and lag, read from each
+    /// node's operator port. Exits non-zero when no node answers or none leads.
+    Status {
+        /// A node's operator HTTP address (host:port); repeat for each node.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum CertsCommand {
     /// Create the CA, the server certificate and the `admin` operator certificate if missing.
     Init {
@@ -115,8 +138,11 @@ enum CertsCommand {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // openraft narrates every election and vote at info: its warnings are what an operator needs.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,openraft=warn".into());
+    // Colours only on a terminal: a log file or a collector gets plain text.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     if format == "json" {
         builder.json().init();
     } else {
@@ -128,7 +154,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
-        Command::Serve { config, data, listen, operator_listen, health_listen } => {
+        Command::Serve { config, data, listen, operator_listen, health_listen, peer_listen, node_id } => {
             let mut config = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
@@ -145,6 +171,12 @@ fn main() -> anyhow::Result<()> {
             if let Some(address) = health_listen {
                 config.operator.health_listen = address;
             }
+            if let Some(address) = peer_listen {
+                config.cluster.peer_listen = address;
+            }
+            if let Some(id) = node_id {
+                config.cluster.node_id = id;
+            }
             config.check()?;
             run(config)
         }
@@ -158,6 +190,10 @@ fn main() -> anyhow::Result<()> {
             let connection = switch::client::Connection { server, data, identity, domain, ca };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(switch::client::run(connection, command))
+        }
+        Command::Cluster { command: ClusterCommand::Status { nodes } } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(switch::client::cluster::status(&nodes))
         }
         Command::Observability { deploy_dir } => {
             switch::observability::write(&deploy_dir)
@@ -200,12 +236,14 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let tls = TlsFiles::resolve(&config)?;
         let listeners = Listeners::bind(&config).await?;
-        let (address, operator, health) = listeners.addresses()?;
-        let switch = switch::core::Switch::open(config.clone()).context("opening the switch")?;
-        println!("switch listening on {address} (mutual TLS; CA {})", tls.ca_certificate.display());
-        println!("dashboard   http://{operator}/   metrics http://{operator}/metrics");
-        println!("health      {health} (plain gRPC, grpc.health.v1)");
-        serve(switch, listeners, &tls, stop_signal()).await
+        let addresses = listeners.addresses()?;
+        let (node, members) = (config.cluster.node_id, config.cluster.members.len().max(1));
+        println!("switch listening on {} (mutual TLS; CA {})", addresses.grpc, tls.ca_certificate.display());
+        println!("dashboard   http://{0}/   metrics http://{0}/metrics", addresses.operator_http);
+        println!("peers       {} (node {node} of a cluster of {members}; mutual TLS)", addresses.peer);
+        println!("health      {} (plain gRPC, grpc.health.v1)", addresses.health);
+        let (opened, _) = tokio::sync::watch::channel(None);
+        switch::node::run(config, listeners, tls, stop_signal(), opened).await
     })
 }
 

@@ -16,20 +16,37 @@ pub struct Refusal {
     /// the `switch-retry-after-ms` it sends instead of the reason's usual figure
     /// (`retry_after_ms`).
     pub retry_after_ms: Option<u64>,
+    /// With NOT_LEADER: the leader's PSP address, sent as the `switch-leader` trailer.
+    pub leader: Option<String>,
 }
 
 impl Refusal {
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Refusal { reason, field: None, message: message.into(), retry_after_ms: None }
+        Refusal { reason, field: None, message: message.into(), retry_after_ms: None, leader: None }
     }
 
     pub fn field(reason: Reason, field: &'static str, message: impl Into<String>) -> Self {
-        Refusal { reason, field: Some(field), message: message.into(), retry_after_ms: None }
+        Refusal { reason, field: Some(field), message: message.into(), retry_after_ms: None, leader: None }
     }
 
     /// The same refusal, telling the client to retry after `milliseconds`.
     pub fn retry_after(self, milliseconds: u64) -> Self {
         Refusal { retry_after_ms: Some(milliseconds), ..self }
+    }
+
+    /// A refusal by a node that is not the leader, naming the leader if one is known (NOT_LEADER
+    /// with the `switch-leader` trailer), or saying that none is (NO_LEADER).
+    pub fn not_leader(leader: Option<String>) -> Self {
+        match leader {
+            Some(leader) => Refusal {
+                leader: Some(leader.clone()),
+                ..Refusal::new(Reason::NotLeader, format!("this node is not the leader; the leader is {leader}"))
+            },
+            None => Refusal::new(
+                Reason::NoLeader,
+                "no node is the leader now: an election is under way, or a majority of the cluster is unreachable",
+            ),
+        }
     }
 
     pub fn code(&self) -> Code {
@@ -90,7 +107,7 @@ pub fn code_of(reason: Reason) -> Code {
         | R::DirectoryFull
         | R::CollectsPendingLimit
         | R::ParticipantsLimit => Code::ResourceExhausted,
-        R::ShuttingDown | R::LedgerUnavailable => Code::Unavailable,
+        R::ShuttingDown | R::LedgerUnavailable | R::NotLeader | R::NoLeader => Code::Unavailable,
         R::StreamProtocolViolation => Code::InvalidArgument,
         R::SequenceOutOfRange => Code::OutOfRange,
         R::SubscriptionReplaced => Code::Aborted,
@@ -112,6 +129,9 @@ pub fn retry_after_ms(reason: Reason) -> Option<u64> {
         R::RateLimited | R::SwitchBusy => 20,
         R::EventBacklogFull | R::CollectsPendingLimit => 1_000,
         R::ShuttingDown | R::LedgerUnavailable => 1_000,
+        // The leader is known: go there at once. None is: an election takes about a second.
+        R::NotLeader => 0,
+        R::NoLeader => 500,
         R::DirectoryFull | R::ParticipantsLimit => 60_000,
         _ => 1_000,
     })
@@ -127,6 +147,11 @@ impl From<Refusal> for Status {
         }
         if let Some(milliseconds) = refusal.retry_after_ms.or_else(|| retry_after_ms(refusal.reason)) {
             metadata.insert("switch-retry-after-ms", MetadataValue::from(milliseconds));
+        }
+        // An address that is not a valid header value (it never is: host:port) is left out
+        // rather than failing the refusal.
+        if let Some(leader) = refusal.leader.and_then(|leader| MetadataValue::try_from(leader).ok()) {
+            metadata.insert("switch-leader", leader);
         }
         status
     }
@@ -161,7 +186,12 @@ mod tests {
             let promised = matches!(status.code(), Code::ResourceExhausted | Code::Unavailable);
             assert_eq!(trailer.is_some(), promised, "{reason:?}: {status:?}");
             if let Some(trailer) = trailer {
-                assert!(trailer.parse::<u64>().is_ok_and(|milliseconds| milliseconds > 0), "{reason:?}: {trailer}");
+                // NOT_LEADER names the leader: the call goes there at once (0).
+                let least = u64::from(reason != Reason::NotLeader);
+                assert!(
+                    trailer.parse::<u64>().is_ok_and(|milliseconds| milliseconds >= least),
+                    "{reason:?}: {trailer}"
+                );
             }
         }
     }

@@ -1,7 +1,8 @@
-//! The servers of one switch: the PSP-facing gRPC port (mutual TLS: the services, health
-//! checking, reflection, RED metrics on every call), the plain gRPC health port for
-//! orchestrators' probes, and the operator HTTP port (metrics, dashboard); graceful shutdown of
-//! all three.
+//! The ports of one switch node and the leader's server on the PSP port: the PSP-facing gRPC
+//! port (mutual TLS: the services, health checking, reflection, RED metrics on every call), the
+//! plain gRPC health port for orchestrators' probes, the operator HTTP port (metrics,
+//! dashboard) and the node-to-node port; `Background`, a node run in-process. What a node serves
+//! in each role, and the ports that outlive roles: `node`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,14 +94,17 @@ impl TlsFiles {
     }
 }
 
-/// The switch's three bound ports.
+/// The switch's bound ports.
 pub struct Listeners {
-    /// PSPs and operators: gRPC over mutual TLS.
-    pub grpc: TcpListener,
+    /// PSPs and operators: gRPC over mutual TLS. A std listener, so that each role a node takes
+    /// serves it in turn (`node`): each gets its own handle on the one bound socket.
+    pub grpc: std::net::TcpListener,
     /// Operators: HTTP metrics, dashboard, health.
     pub operator_http: TcpListener,
     /// Orchestrators: plain gRPC health checking.
     pub health: TcpListener,
+    /// The other nodes of the cluster: Raft over gRPC, mutual TLS with node certificates.
+    pub peer: TcpListener,
 }
 
 impl Listeners {
@@ -111,17 +115,33 @@ impl Listeners {
                 .await
                 .map_err(|error| anyhow::anyhow!("binding the {what} port {address}: {error}"))
         };
+        let grpc = bind(config.listen, "gRPC").await?.into_std()?;
         Ok(Listeners {
-            grpc: bind(config.listen, "gRPC").await?,
+            grpc,
             operator_http: bind(config.operator.http_listen, "operator HTTP").await?,
             health: bind(config.operator.health_listen, "health").await?,
+            peer: bind(config.cluster.peer_listen, "peer").await?,
         })
     }
 
-    /// The addresses bound, as (gRPC, operator HTTP, health).
-    pub fn addresses(&self) -> std::io::Result<(SocketAddr, SocketAddr, SocketAddr)> {
-        Ok((self.grpc.local_addr()?, self.operator_http.local_addr()?, self.health.local_addr()?))
+    /// The addresses bound.
+    pub fn addresses(&self) -> std::io::Result<Addresses> {
+        Ok(Addresses {
+            grpc: self.grpc.local_addr()?,
+            operator_http: self.operator_http.local_addr()?,
+            health: self.health.local_addr()?,
+            peer: self.peer.local_addr()?,
+        })
     }
+}
+
+/// Where a node's ports are bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub grpc: SocketAddr,
+    pub operator_http: SocketAddr,
+    pub health: SocketAddr,
+    pub peer: SocketAddr,
 }
 
 /// The connections a listener accepts, with `TCP_NODELAY` and keepalive set. tonic applies its
@@ -130,6 +150,14 @@ impl Listeners {
 /// the previous one: milliseconds added to payments for nothing.
 pub fn accepted(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(KEEPALIVE_IDLE))
+}
+
+/// A handle of its own on the PSP port for one role's server: dropping it when the role ends
+/// leaves the socket bound and listening for the next.
+pub fn psp_listener(grpc: &std::net::TcpListener) -> std::io::Result<TcpListener> {
+    let handle = grpc.try_clone()?;
+    handle.set_nonblocking(true)?;
+    TcpListener::from_std(handle)
 }
 
 /// The PSP port's transport: mutual TLS and the HTTP/2 windows above. Shared with the transport
@@ -142,12 +170,23 @@ pub fn psp_transport(tls: &TlsFiles) -> anyhow::Result<Server> {
         .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX))
 }
 
-/// Serves the switch until `shutdown` resolves, then finishes in-flight requests and lets the
-/// ledger commit everything queued.
-pub async fn serve(
+/// The PSP services' names, as health checking knows them.
+pub const SERVICE_NAMES: [&str; 4] = [
+    crate::proto::payment_service_server::SERVICE_NAME,
+    crate::proto::directory_service_server::SERVICE_NAME,
+    crate::proto::operator_service_server::SERVICE_NAME,
+    crate::proto::event_service_server::SERVICE_NAME,
+];
+
+/// Serves the switch on the PSP port, as the cluster's leader, until `shutdown` resolves; then
+/// finishes in-flight requests and ends open streams. The node (`node::run`) serves the other
+/// ports and owns the ledger, which outlives this.
+pub async fn serve_leader(
     switch: Arc<Switch>,
-    listeners: Listeners,
+    grpc: &std::net::TcpListener,
     tls: &TlsFiles,
+    health_reporter: tonic_health::server::HealthReporter,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let rearmed = crate::confirm::rearm_after_restart(&switch).map_err(|refusal| anyhow::anyhow!(refusal.message))?;
@@ -156,7 +195,6 @@ pub async fn serve(
     if rearmed > 0 {
         tracing::info!(rearmed, "deadline timers re-armed for payments and collects awaiting an answer");
     }
-    let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<PaymentServiceServer<Payments>>().await;
     health_reporter.set_serving::<DirectoryServiceServer<Directory>>().await;
     health_reporter.set_serving::<OperatorServiceServer<Operator>>().await;
@@ -176,19 +214,6 @@ pub async fn serve(
     let operator = OperatorServiceServer::new(Operator { switch: Arc::clone(&switch) });
     let events = EventServiceServer::new(Events { switch: Arc::clone(&switch) });
 
-    // The side ports stop when the main one has drained (a probe sees NOT_SERVING meanwhile).
-    let (side_stop, side_stopped) = tokio::sync::watch::channel(false);
-    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = receiver.wait_for(|stopped| *stopped).await;
-    };
-    let health_port = tokio::spawn(
-        Server::builder()
-            .add_service(health.clone())
-            .serve_with_incoming_shutdown(accepted(listeners.health), stopped(side_stopped.clone())),
-    );
-    let operator_port =
-        tokio::spawn(crate::dashboard::serve(Arc::clone(&switch), listeners.operator_http, stopped(side_stopped)));
-
     let served = psp_transport(tls)?
         .layer(crate::metrics::grpc::MeteredLayer::new(Arc::clone(&switch.metrics)))
         .add_service(health)
@@ -197,27 +222,21 @@ pub async fn serve(
         .add_service(directory)
         .add_service(operator)
         .add_service(events)
-        .serve_with_incoming_shutdown(accepted(listeners.grpc), async {
+        .serve_with_incoming_shutdown(accepted(psp_listener(grpc)?), async {
             shutdown.await;
-            health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+            for service in SERVICE_NAMES {
+                health_reporter.set_service_status(service, tonic_health::ServingStatus::NotServing).await;
+            }
             // Streams never finish by themselves: tell them to end, then wait for the rest.
             switch.shutting_down.send_replace(true);
         })
         .await;
-    let _ = side_stop.send(true);
-    let (health_served, operator_served) = (health_port.await?, operator_port.await?);
     served?;
-    health_served?;
-    operator_served?;
-    // Every request has been answered; commit what the ledger still holds, then stop.
-    let closing = Arc::clone(&switch);
-    tokio::task::spawn_blocking(move || closing.close()).await?;
-    tracing::info!("switch stopped");
     Ok(())
 }
 
-/// A switch served in the background of the current tokio runtime until `stop`: how tests and
-/// tools run one in-process (the binary serves in the foreground, `main.rs`).
+/// A switch node served in the background of the current tokio runtime until `stop`: how tests
+/// and tools run one in-process (the binary serves in the foreground, `main.rs`).
 pub struct Background {
     /// The gRPC (mutual TLS) address.
     pub address: SocketAddr,
@@ -225,33 +244,79 @@ pub struct Background {
     pub operator_address: SocketAddr,
     /// The plain gRPC health address.
     pub health_address: SocketAddr,
-    pub switch: Arc<Switch>,
+    /// The node-to-node address.
+    pub peer_address: SocketAddr,
+    leading: tokio::sync::watch::Receiver<Option<Arc<Switch>>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Background {
-    /// Opens the switch on `config` (creating the development CA if no PEM files are configured)
-    /// and serves it on the configured ports (port 0: an ephemeral port, see the addresses).
+    /// Opens the node on `config` (creating the development CA if no PEM files are configured)
+    /// and serves it on the configured ports (port 0: an ephemeral port, see the addresses). A
+    /// cluster of one (no members configured) is returned once it leads and its switch is open;
+    /// a member of a larger cluster at once (its peers may not be up yet: see `leading`).
     pub async fn start(config: Config) -> anyhow::Result<Background> {
         let tls = TlsFiles::resolve(&config)?;
         let listeners = Listeners::bind(&config).await?;
-        let (address, operator_address, health_address) = listeners.addresses()?;
-        // Opening replays the ledger's tail from disk: off the async threads.
-        let switch = tokio::task::spawn_blocking(move || Switch::open(config)).await??;
+        let addresses = listeners.addresses()?;
+        let alone = config.cluster.members.len() <= 1;
+        let (opened, leading) = tokio::sync::watch::channel(None);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = Arc::clone(&switch);
-        let task = tokio::spawn(async move {
-            serve(serving, listeners, &tls, async {
+        let task = tokio::spawn(crate::node::run(
+            config,
+            listeners,
+            tls,
+            async {
                 let _ = stopped.await;
-            })
-            .await
-        });
-        Ok(Background { address, operator_address, health_address, switch, stop: Some(stop), task: Some(task) })
+            },
+            opened,
+        ));
+        let mut background = Background {
+            address: addresses.grpc,
+            operator_address: addresses.operator_http,
+            health_address: addresses.health,
+            peer_address: addresses.peer,
+            leading,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        if alone {
+            background.leading_or_failed().await?;
+        }
+        Ok(background)
+    }
+
+    /// The switch this node serves while it leads (`None` while it follows).
+    pub fn switch(&self) -> Option<Arc<Switch>> {
+        self.leading.borrow().clone()
+    }
+
+    /// Waits until this node leads and its switch is open.
+    pub async fn leading(&mut self) -> anyhow::Result<Arc<Switch>> {
+        self.leading_or_failed().await
+    }
+
+    async fn leading_or_failed(&mut self) -> anyhow::Result<Arc<Switch>> {
+        let mut leading = self.leading.clone();
+        if let Ok(opened) = leading.wait_for(Option::is_some).await {
+            if let Some(switch) = opened.clone() {
+                return Ok(switch);
+            }
+        }
+        // The node's task dropped the sender: it ended (a corrupt record, a port): say why.
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(Ok(())) => anyhow::bail!("the node stopped before it led"),
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(error.into()),
+            },
+            None => anyhow::bail!("the node has stopped"),
+        }
     }
 
     /// Stops gracefully: in-flight requests answered, open streams ended, the ledger committed
-    /// and closed.
+    /// and closed, the node's Raft stopped.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -581,7 +581,7 @@ async fn the_ledger_api_submits_through_the_leader_and_a_follower_answers_not_le
     let follower = nodes.iter().find(|node| node.id != leader).expect("a follower");
     let error =
         follower.ledger.submit(vec![transfer(60_000, 1, 2)]).expect("queued").await.expect_err("not the leader");
-    assert_eq!(error, ledger::LedgerError::NotLeader { leader: Some(leader) });
+    assert_eq!(error, ledger::LedgerError::NotLeader { leader: Some(leader), address: None });
     let ids = [60_000];
     assert_eq!(follower.ledger.lookup_transfers(&ids).expect("read"), vec![None], "nothing was applied");
 

@@ -2,6 +2,7 @@
 //! register and fund participants, register aliases, pay, and read a payment's status, each call
 //! made over mutual TLS with a certificate from the development CA or from given PEM files.
 
+pub mod cluster;
 mod show;
 
 use std::path::PathBuf;

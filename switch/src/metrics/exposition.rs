@@ -101,6 +101,81 @@ pub fn render(metrics: &Metrics, reading: &Reading) -> String {
     page.out
 }
 
+/// The node's place in the replicated log, for every node whatever its role (a follower serves
+/// only these): term, leader, log indexes, and on the leader each follower's lag and the age of
+/// the last quorum acknowledgement.
+pub fn render_cluster(status: &crate::leadership::ClusterStatus, leader_changes: u64) -> String {
+    let mut page = Page { out: String::with_capacity(2 << 10) };
+    let gauge = |page: &mut Page, name: &str, help: &str, value: u64| {
+        page.family(name, "gauge", help);
+        page.sample(name, &[], value);
+    };
+    gauge(&mut page, "switch_raft_node_id", "This node's id in the cluster.", status.node_id);
+    gauge(&mut page, "switch_raft_term", "The Raft term this node is in.", status.term);
+    gauge(
+        &mut page,
+        "switch_raft_is_leader",
+        "1 on the node that leads the cluster, else 0.",
+        u64::from(status.role == "leader"),
+    );
+    gauge(
+        &mut page,
+        "switch_raft_has_leader",
+        "1 while this node knows a leader, 0 while none (election, or no quorum).",
+        u64::from(status.leader.is_some()),
+    );
+    gauge(&mut page, "switch_raft_voters", "Voting members of the cluster.", status.voters.len() as u64);
+    page.family(
+        "switch_raft_leader_changes_total",
+        "counter",
+        "Leaders this node has seen take over since it started.",
+    );
+    page.sample("switch_raft_leader_changes_total", &[], leader_changes);
+    gauge(&mut page, "switch_raft_last_log_index", "The last entry in this node's durable log.", status.last_log_index);
+    gauge(
+        &mut page,
+        "switch_raft_committed_index",
+        "The last entry known committed (on a quorum).",
+        status.committed_index,
+    );
+    gauge(
+        &mut page,
+        "switch_raft_applied_index",
+        "The last entry applied to this node's ledger.",
+        status.applied_index,
+    );
+    gauge(
+        &mut page,
+        "switch_raft_snapshot_index",
+        "The last entry in this node's latest snapshot.",
+        status.snapshot_index,
+    );
+    if !status.replication.is_empty() {
+        page.family(
+            "switch_raft_follower_lag_entries",
+            "gauge",
+            "On the leader: entries each follower is behind its log.",
+        );
+        for follower in &status.replication {
+            let id = follower.node_id.to_string();
+            page.sample(
+                "switch_raft_follower_lag_entries",
+                &[("follower", &id)],
+                follower.lag.unwrap_or(status.last_log_index),
+            );
+        }
+    }
+    if let Some(milliseconds) = status.quorum_acked_ms_ago {
+        page.family(
+            "switch_raft_quorum_ack_age_seconds",
+            "gauge",
+            "On the leader: time since a quorum last acknowledged it.",
+        );
+        page.sample("switch_raft_quorum_ack_age_seconds", &[], milliseconds as f64 / 1_000.0);
+    }
+    page.out
+}
+
 fn requests(page: &mut Page, metrics: &Metrics) {
     page.family("switch_grpc_requests_total", "counter", "gRPC calls finished, by method and status code.");
     for index in 0..=METHODS.len() {

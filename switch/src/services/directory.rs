@@ -242,6 +242,7 @@ impl DirectoryService for Directory {
         self.caller(&request)?;
         let alias = &request.get_ref().alias;
         alias_owner(alias, "alias")?;
+        self.switch.read_barrier().await?;
         let stored = self.stored(alias)?;
         Ok(Response::new(stored.ok_or_else(|| Refusal::field(Reason::UnknownAlias, "alias", "no such alias"))?))
     }

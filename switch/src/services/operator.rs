@@ -196,6 +196,7 @@ impl OperatorService for Operator {
     ) -> Result<Response<proto::Participant>, Status> {
         auth::operator(&request)?;
         let participant = self.participant(&request.get_ref().psp_id)?;
+        self.switch.read_barrier().await?;
         self.view(&participant)
     }
 
@@ -212,6 +213,7 @@ impl OperatorService for Operator {
         } as usize;
         // Ids are listed in order, so a page continues after the last id of the previous one.
         let after = page_start(&request.page_token)?;
+        self.switch.read_barrier().await?;
         let all = self.switch.participants.all();
         let start = all.iter().position(|participant| *participant.psp_id > *after).unwrap_or(all.len());
         let page: Vec<_> = all[start..].iter().take(page_size).collect();
@@ -308,6 +310,7 @@ impl OperatorService for Operator {
         request: Request<proto::GetSettlementReportRequest>,
     ) -> Result<Response<proto::SettlementReport>, Status> {
         auth::operator(&request)?;
+        self.switch.read_barrier().await?;
         Ok(Response::new(super::settlement::report(&self.switch, request.get_ref().window_id)?))
     }
 
@@ -317,6 +320,7 @@ impl OperatorService for Operator {
     ) -> Result<Response<proto::Payment>, Status> {
         auth::operator(&request)?;
         let payment_id = parse_id(&request.get_ref().payment_id, "payment_id")?;
+        self.switch.read_barrier().await?;
         Ok(Response::new(super::payments::payment_status(&self.switch, payment_id, None)?))
     }
 
@@ -332,6 +336,7 @@ impl OperatorService for Operator {
         }
         // Every id is checked before any is looked up: a malformed id refuses the whole call.
         let parsed = ids.iter().map(|id| parse_id(id, "payment_ids")).collect::<Result<Vec<_>, _>>()?;
+        self.switch.read_barrier().await?;
         // Batched reads of every transfer, metadata and refunds record of the call.
         let transfers = super::payments::lookup_payments(&self.switch, &parsed)?;
         let mut payments = Vec::with_capacity(parsed.len());

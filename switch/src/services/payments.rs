@@ -898,6 +898,7 @@ impl PaymentService for Payments {
             return Err(RateLimiter::refusal("status queries are rate limited; back off").into());
         }
         let id = parse_id(&request.get_ref().payment_id, "payment_id")?;
+        self.switch.read_barrier().await?;
         Ok(Response::new(payment_status(&self.switch, id, Some(&viewer))?))
     }
 
@@ -924,6 +925,7 @@ impl PaymentService for Payments {
         let participant = self.switch.participants.get(&psp).ok_or_else(|| {
             Refusal::new(Reason::CallerNotRegistered, format!("{psp} is not a registered participant"))
         })?;
+        self.switch.read_barrier().await?;
         Ok(Response::new(participant_view(&self.switch, &participant)?))
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod chromium;
+pub mod cluster;
 pub mod served;
 
 use std::net::SocketAddr;
@@ -79,14 +80,15 @@ impl TestSwitch {
     }
 
     async fn start_configured(dir: tempfile::TempDir, config: Config) -> TestSwitch {
-        let server = Background::start(config).await.expect("start switch");
+        let mut server = Background::start(config).await.expect("start switch");
+        let switch = server.leading().await.expect("a cluster of one leads");
         let ca = DevelopmentCa::new(dir.path().join("data/certs"));
         TestSwitch {
             dir,
             endpoint: Endpoint { address: server.address, ca },
             operator_address: server.operator_address,
             health_address: server.health_address,
-            switch: Arc::clone(&server.switch),
+            switch,
             server: Some(server),
         }
     }

@@ -17,7 +17,7 @@ pub struct Served {
 
 impl Served {
     /// Starts `switch serve --data DATA`, logging to `switch.log` in DATA's parent, and returns
-    /// once every port is bound (the health line is printed last). Output goes to a file, not a
+    /// once its node leads and serves the switch (it logs so). Output goes to a file, not a
     /// pipe: a pipe nobody reads any more would fail the switch's later writes.
     pub fn start(data: &Path) -> Served {
         let parent = data.parent().expect("the data directory has a parent");
@@ -27,6 +27,7 @@ impl Served {
             .args(["serve", "--data"])
             .arg(data)
             .args(["--listen", "127.0.0.1:0", "--operator-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+            .args(["--peer-listen", "127.0.0.1:0"])
             .current_dir(parent)
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -44,7 +45,8 @@ impl Served {
                 let line = text.lines().find_map(|line| line.strip_prefix(prefix))?;
                 line.split(end).next()?.parse::<SocketAddr>().ok()
             };
-            if text.lines().any(|line| line.starts_with("health")) {
+            // Ready once its node leads (a cluster of one, at once) and serves the switch.
+            if text.lines().any(|line| line.contains("leading: serving the switch")) {
                 served.grpc = printed("switch listening on ", ' ').expect("the mutual-TLS address");
                 served.operator = printed("dashboard   http://", '/').expect("the operator address");
                 return served;

@@ -12,6 +12,7 @@ const ERRORS_PROTO: &str = include_str!("../../../proto/paymentswitch/v1/errors.
 
 /// The contract modules whose assertions count (not this file, not the shared checks).
 const AREAS: &[(&str, &str)] = &[
+    ("cluster.rs", include_str!("cluster.rs")),
     ("directory.rs", include_str!("directory.rs")),
     ("events.rs", include_str!("events.rs")),
     ("fuzz.rs", include_str!("fuzz.rs")),

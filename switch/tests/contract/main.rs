@@ -12,6 +12,7 @@ mod common;
 mod support;
 
 mod catalogue;
+mod cluster;
 mod directory;
 mod events;
 mod fuzz;

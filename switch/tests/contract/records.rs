@@ -209,7 +209,7 @@ async fn a_corrupt_collect_stops_the_switch_from_serving_after_a_restart() {
     // skipped, this collect would never expire.
     let (started, _dir) = restart(test).await;
     let started = started.expect("opens");
-    let failed = started.switch.failed.subscribe();
+    let failed = started.switch().expect("the switch opened before it failed to serve").failed.subscribe();
     let served = started.stop().await;
     assert!(served.is_err(), "served with a corrupt collect");
     assert!(*failed.borrow(), "the switch marked itself failed");
