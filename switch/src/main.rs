@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
             };
             let connection = switch::client::Connection { server, data, identity, domain, ca };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(switch::client::run(connection, command))
+            runtime.block_on(switch::client::run_following_the_leader(connection, command))
         }
         Command::Cluster { command: ClusterCommand::Status { nodes } } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -17,7 +17,7 @@ use crate::proto::payment_service_client::PaymentServiceClient;
 use crate::proto::{self, ConfirmationMode};
 use crate::tls::DevelopmentCa;
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum ClientCommand {
     /// Register a participant (operator).
     RegisterParticipant {
@@ -79,6 +79,7 @@ pub enum ClientCommand {
 }
 
 /// The client certificate a command acts with.
+#[derive(Clone)]
 pub enum Identity {
     /// An operator name or a PSP id of the development CA under `<data>/certs`.
     Development(String),
@@ -87,6 +88,7 @@ pub enum Identity {
 }
 
 /// Connection settings shared by every client command.
+#[derive(Clone)]
 pub struct Connection {
     pub server: String,
     pub data: PathBuf,
@@ -126,8 +128,40 @@ fn random_id() -> u128 {
     u128::from_be_bytes(bytes).clamp(1, u128::MAX - 1)
 }
 
+/// A node of a replicated switch that does not lead, and where the leader takes calls.
+#[derive(Debug, thiserror::Error)]
+#[error("this node is not the leader; the leader is at {0}")]
+pub struct NotLeaderAt(pub String);
+
+/// Most redirects followed for one command (a leader change during the command adds one).
+const REDIRECTS_MAX: usize = 3;
+
+/// Runs `command`, following NOT_LEADER's `switch-leader` trailer to the leader: the refusing
+/// node recorded nothing, so the command is sent again there.
+pub async fn run_following_the_leader(mut connection: Connection, command: ClientCommand) -> anyhow::Result<()> {
+    for _ in 0..REDIRECTS_MAX {
+        match run(connection.clone(), command.clone()).await {
+            Err(error) => match error.downcast_ref::<NotLeaderAt>() {
+                Some(NotLeaderAt(leader)) => {
+                    eprintln!("{} is not the leader: sending to {leader}", connection.server);
+                    connection.server = format!("https://{leader}");
+                }
+                None => return Err(error),
+            },
+            done => return done,
+        }
+    }
+    run(connection, command).await
+}
+
 fn describe(status: tonic::Status) -> anyhow::Error {
-    let reason = crate::reason::reason_of(&status).map_or("-", |reason| reason.as_str_name());
+    let reason = crate::reason::reason_of(&status);
+    if reason == Some(crate::proto::Reason::NotLeader) {
+        if let Some(leader) = status.metadata().get("switch-leader").and_then(|value| value.to_str().ok()) {
+            return anyhow::Error::new(NotLeaderAt(leader.to_string()));
+        }
+    }
+    let reason = reason.map_or("-", |reason| reason.as_str_name());
     anyhow::anyhow!("{:?} {reason}: {}", status.code(), status.message())
 }
 
