@@ -1,6 +1,6 @@
 # Sourced by run.sh and bench-switch.sh: `start_switch BIN` starts `switch serve` on its embedded
 # defaults in the current directory (log in switch.log), sets `switch_pid`, stops it on exit, and
-# returns once every port is bound (the health port's line is printed last).
+# returns once its node leads and serves the switch (a cluster of one leads at once; it logs so).
 start_switch() {
   # Write back the page cache first. The kernel writes dirty pages back once they are 30 s old
   # (vm.dirty_expire_centisecs), and the ledger's next fdatasync then waits behind that burst:
@@ -15,7 +15,7 @@ start_switch() {
   # Stop it and wait, so the next run finds the ports free.
   trap 'kill "$switch_pid" 2>/dev/null || true; wait "$switch_pid" 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do
-    grep -q "^health" switch.log && return 0
+    grep -q "leading: serving the switch" switch.log && return 0
     kill -0 "$switch_pid" 2>/dev/null || break
     sleep 0.1
   done
