@@ -135,7 +135,8 @@ impl Cluster {
     fn terminate(&mut self, index: usize) {
         if let Some(mut process) = self.processes[index].take() {
             let pid = process.child.id().to_string();
-            let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+            // The shell's own `kill`: no procps needed on the machine.
+            let sent = Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().expect("kill -TERM");
             assert!(sent.success(), "SIGTERM to node {index}");
             let status = process.child.wait().expect("reaped");
             assert!(status.success(), "node {} stopped with {status}: {}", index + 1, self.logs());
