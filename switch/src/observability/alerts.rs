@@ -245,6 +245,36 @@ const ALERTS: &[Alert] = &[
         description: "No target of job switch exists: the scrape configuration or service discovery is broken, \
                       so no other switch alert can fire.",
     },
+    Alert {
+        name: "SwitchClusterNoLeader",
+        severity: Critical,
+        expr: "max(switch_raft_has_leader{job=\"switch\"}) == 0",
+        for_duration: "1m",
+        summary: "No node of the replicated switch has a leader",
+        description: "Every node that answers says no node leads: nothing is acknowledged and PSPs get \
+                      NO_LEADER. A majority of the nodes is down or cannot reach each other (no quorum). \
+                      `switch cluster status` shows each node's view; bring a majority back.",
+    },
+    Alert {
+        name: "SwitchClusterQuorumLost",
+        severity: Critical,
+        expr: "switch_raft_quorum_ack_age_seconds{job=\"switch\"} > 5",
+        for_duration: "1m",
+        summary: "Leader {{ $labels.instance }} has not heard from a quorum for {{ $value }} s",
+        description: "The node that leads has had no acknowledgement from a majority for over 5 s: it refuses \
+                      new payments (NO_LEADER) and its writes in flight end with an unknown outcome. The \
+                      followers are down or cut off from it; see `switch cluster status` and the peer port.",
+    },
+    Alert {
+        name: "SwitchClusterFollowerLagging",
+        severity: Warning,
+        expr: "switch_raft_follower_lag_entries{job=\"switch\"} > 10000",
+        for_duration: "5m",
+        summary: "Follower {{ $labels.follower }} is {{ $value }} entries behind leader {{ $labels.instance }}",
+        description: "A follower has stayed far behind the leader's log for 5 minutes: it is catching up from \
+                      a long outage, or its disk or network is too slow. While it lags, one more failure \
+                      could leave no quorum able to serve at once.",
+    },
 ];
 
 /// Single-quoted YAML scalar: only `'` is special inside, and it is written twice.
