@@ -224,12 +224,7 @@ pub fn ledger_refusal(error: LedgerError) -> Refusal {
         LedgerError::Closed => Refusal::new(Reason::ShuttingDown, "the switch is shutting down"),
         // The node lost its leadership between taking the call and proposing it: nothing was
         // proposed, so the call may go again to the leader.
-        LedgerError::NotLeader { leader: Some(_), address: Some(address) } => Refusal::not_leader(Some(address)),
-        LedgerError::NotLeader { leader: Some(leader), address: None } => Refusal::new(
-            Reason::NotLeader,
-            format!("this node is not the leader; the leader is node {leader}, whose address is not known here"),
-        ),
-        LedgerError::NotLeader { leader: None, .. } => Refusal::not_leader(None),
+        LedgerError::NotLeader { leader, address } => Refusal::not_leader(leader, address),
         other => Refusal::new(Reason::LedgerUnavailable, other.to_string()),
     }
 }

@@ -113,13 +113,9 @@ impl Leadership {
     /// calls, or NO_LEADER when there is none.
     pub fn refusal(&self) -> Refusal {
         match self.leader() {
-            (Some(leader), _) if leader == self.id => Refusal::not_leader(None),
-            (Some(_), Some(address)) => Refusal::not_leader(Some(address)),
-            (Some(leader), None) => Refusal::new(
-                crate::proto::Reason::NotLeader,
-                format!("this node is not the leader; the leader is node {leader}, whose address is not known here"),
-            ),
-            (None, _) => Refusal::not_leader(None),
+            // Still leader by its metrics, but without a lease or a quorum: no usable leader.
+            (Some(leader), _) if leader == self.id => Refusal::not_leader(None, None),
+            (leader, address) => Refusal::not_leader(leader, address),
         }
     }
 

@@ -34,15 +34,20 @@ impl Refusal {
         Refusal { retry_after_ms: Some(milliseconds), ..self }
     }
 
-    /// A refusal by a node that is not the leader, naming the leader if one is known (NOT_LEADER
-    /// with the `switch-leader` trailer), or saying that none is (NO_LEADER).
-    pub fn not_leader(leader: Option<String>) -> Self {
-        match leader {
-            Some(leader) => Refusal {
-                leader: Some(leader.clone()),
-                ..Refusal::new(Reason::NotLeader, format!("this node is not the leader; the leader is {leader}"))
+    /// A refusal by a node that is not the leader, naming the leader (`leader`: its id, `address`:
+    /// its PSP address) as far as it is known: NOT_LEADER with the `switch-leader` trailer, NOT_LEADER
+    /// without it when only the id is known, NO_LEADER when no leader is.
+    pub fn not_leader(leader: Option<u64>, address: Option<String>) -> Self {
+        match (leader, address) {
+            (Some(_), Some(address)) => Refusal {
+                leader: Some(address.clone()),
+                ..Refusal::new(Reason::NotLeader, format!("this node is not the leader; the leader is {address}"))
             },
-            None => Refusal::new(
+            (Some(leader), None) => Refusal::new(
+                Reason::NotLeader,
+                format!("this node is not the leader; the leader is node {leader}, whose address is not known here"),
+            ),
+            (None, _) => Refusal::new(
                 Reason::NoLeader,
                 "no node is the leader now: an election is under way, or a majority of the cluster is unreachable",
             ),
