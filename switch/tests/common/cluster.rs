@@ -81,16 +81,32 @@ impl TestCluster {
         Endpoint { address: self.configs[index].listen, ca: self.ca() }
     }
 
-    /// Waits until one running node leads and serves its switch: its index and switch.
+    /// Waits until one running node leads and serves its switch, and every running follower has
+    /// its whole log (a settled cluster: the leader's first writes do not wait on a follower
+    /// still catching up): its index and switch.
     pub async fn leader(&self) -> (usize, Arc<Switch>) {
         let deadline = tokio::time::Instant::now() + WAIT;
+        let running: Vec<u64> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| node.is_some())
+            .map(|(index, _)| index as u64 + 1)
+            .collect();
         loop {
             for (index, node) in self.nodes.iter().enumerate() {
-                if let Some(switch) = node.as_ref().and_then(Background::switch) {
+                let Some(switch) = node.as_ref().and_then(Background::switch) else { continue };
+                let status = switch.leadership.status();
+                let settled = status
+                    .replication
+                    .iter()
+                    .filter(|follower| running.contains(&follower.node_id))
+                    .all(|follower| follower.lag == Some(0) && follower.matched_index.is_some());
+                if settled {
                     return (index, switch);
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "no node leads");
+            assert!(tokio::time::Instant::now() < deadline, "no node leads a settled cluster");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -685,8 +685,10 @@ async fn batch_and_stream_items_answer_once_final() {
     for _ in 0..2 {
         payee.next_event().await;
     }
-    crate::events::credit_decision(&mut payee, id(1), proto::Decision::Accept).await;
-    crate::events::credit_decision(&mut payee, id(2), proto::Decision::Decline).await;
+    let receipt = crate::events::credit_decision(&mut payee, id(1), proto::Decision::Accept).await;
+    assert_eq!(receipt.status_code, 0, "the decision took effect: {receipt:?}");
+    let receipt = crate::events::credit_decision(&mut payee, id(2), proto::Decision::Decline).await;
+    assert_eq!(receipt.status_code, 0, "the decision took effect: {receipt:?}");
     let results = paying.await.expect("task").expect("answered").into_inner().results;
     let (first, second) = (bank_a.status(1).await, bank_a.status(2).await);
     let expected = [
@@ -729,8 +731,18 @@ async fn batch_and_stream_items_answer_once_final() {
     assert_eq!(refused.correlation_id, 50, "the refusal first: the other waits for its payee");
     let result = refused.result.expect("a result");
     assert_eq!((result.state, result.reason), (PaymentState::Rejected as i32, Reason::TextInvalid as i32));
-    payee.next_event().await;
-    crate::events::credit_decision(&mut payee, id(4), proto::Decision::Accept).await;
+    // The payee's events are in sequence: the batch's two outcomes, then payment 4's request.
+    // Deciding before that request is recorded would decide nothing (no such pending payment).
+    let payee_sees = |event: proto::Event| match event.kind {
+        Some(proto::event::Kind::PaymentOutcome(outcome)) => ("outcome", outcome.payment_id),
+        Some(proto::event::Kind::CreditRequest(request)) => ("request", request.payment_id),
+        other => panic!("unexpected event {other:?}"),
+    };
+    for expected in [("outcome", id(1)), ("outcome", id(2)), ("request", id(4))] {
+        assert_eq!(payee_sees(payee.next_event().await), expected);
+    }
+    let receipt = crate::events::credit_decision(&mut payee, id(4), proto::Decision::Accept).await;
+    assert_eq!(receipt.status_code, 0, "the decision took effect: {receipt:?}");
     let answered = next_answer(answers).await;
     let status = bank_a.status(4).await;
     assert_eq!(answered.correlation_id, 40);
