@@ -24,6 +24,12 @@ const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// openraft's appends of many full batches.
 pub const FRAME_BYTES_MAX: usize = 256 << 20;
 
+/// An append's bound, whatever its size: a follower's write and sync, on a busy shared machine.
+const APPEND_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+/// The slowest a healthy follower takes in an append's bytes (sent, written, synced); what an
+/// append's bound allows for its size on top of `APPEND_TIMEOUT_MIN`.
+const APPEND_BYTES_PER_SECOND_MIN: f64 = 8.0 * 1024.0 * 1024.0;
+
 /// Makes the clients openraft uses to reach each peer.
 #[derive(Clone)]
 pub struct PeerNetwork {
@@ -104,6 +110,17 @@ impl Peer {
         request.set_timeout(option.hard_ttl());
         request
     }
+
+    /// An append's request, with time for its size. openraft gives every append the heartbeat
+    /// interval (100 ms) as its bound; a follower catching up after a restart under load is sent
+    /// many full batches per append (megabytes, written and synced there), which cannot arrive in
+    /// that: it timed out, was sent again the same size, and the follower never caught up.
+    fn append_request(&self, body: Vec<u8>, option: &RPCOption) -> tonic::Request<Frame> {
+        let transfer = Duration::from_secs_f64(body.len() as f64 / APPEND_BYTES_PER_SECOND_MIN);
+        let mut request = tonic::Request::new(Frame { body });
+        request.set_timeout(option.hard_ttl().max(APPEND_TIMEOUT_MIN) + transfer);
+        request
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Peer {
@@ -114,7 +131,7 @@ impl RaftNetworkV2<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let request = self.request(wire::encode_append_request(&rpc), &option);
+        let request = self.append_request(wire::encode_append_request(&rpc), &option);
         let reply = self.client()?.append(request).await.map_err(|status| rpc_error(&status))?;
         wire::decode_append_reply(&reply.into_inner().body).map_err(|error| undecodable("append reply", error))
     }

@@ -59,6 +59,9 @@ pub fn raft_config(snapshot_every_entries: u64) -> Result<Arc<Config>, openraft:
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every_entries),
         max_in_snapshot_log_to_keep: u64::MAX,
         enable_pre_vote: Some(true),
+        // Entries are whole batches (up to 8,190 payments each, hundreds of kilobytes): openraft's
+        // 300 per append would make a catching-up follower's appends tens of megabytes.
+        max_payload_entries: 32,
         ..Config::default()
     };
     Ok(Arc::new(config.validate()?))
