@@ -139,6 +139,11 @@ fn verify(data: PathBuf) -> anyhow::Result<()> {
         report.open_pending,
         started.elapsed()
     );
+    // The head identifies the whole history: replicas of one switch that agree on it agree on
+    // every batch (scripts/run-cluster.sh compares its nodes by this line).
+    let head = store.head().context("reading the ledger's head")?;
+    let hash: String = head.hash.iter().map(|byte| format!("{byte:02x}")).collect();
+    println!("head: batch {} hash {hash}", head.sequence);
     for (ledger, totals) in &report.totals {
         let balanced = totals.debits_posted == totals.credits_posted && totals.debits_pending == totals.credits_pending;
         println!("ledger {ledger}: debits = credits (posted and pending): {balanced}");
