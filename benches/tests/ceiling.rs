@@ -52,7 +52,8 @@ async fn drive_echo(transport: Transport) -> anyhow::Result<ceiling::Measured> {
     let clients = match transport {
         Transport::SwitchMtls => {
             let server = format!("https://localhost:{}", echo.address.port());
-            ceiling::connect(&Connector::new(&server, echo.certs.path(), "localhost")?, &plan).await?
+            ceiling::connect(&Connector::new(std::slice::from_ref(&server), echo.certs.path(), "localhost")?, &plan)
+                .await?
         }
         Transport::BarePlaintext => ceiling::connect_plaintext(echo.address, &plan).await?,
     };

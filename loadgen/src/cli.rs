@@ -48,9 +48,11 @@ pub enum BaselineKind {
 #[derive(Clone, Debug, Parser)]
 #[command(name = "loadgen", version, args_override_self = true)]
 pub struct Args {
-    /// The switch's gRPC address.
-    #[arg(long, default_value = "https://localhost:50051")]
-    pub server: String,
+    /// The switch's gRPC address; for a replicated switch, its nodes' addresses, comma-separated:
+    /// loadgen finds the leader, follows it through failovers, and sends an
+    /// operation whose outcome a failover left in doubt again with the same id.
+    #[arg(long, default_value = "https://localhost:50051", value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Directory of the CA certificate, the operator certificate and the PSP certificates (the
     /// switch's development CA; PSP certificates are issued there when the CA key is present).
     #[arg(long, default_value = "data/certs")]
@@ -193,9 +195,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0.1, requires = "flood")]
     pub flood_others: f64,
     /// The switch's process id, when it runs on this machine: the report then splits CPU time
-    /// between the switch and loadgen.
-    #[arg(long)]
-    pub switch_pid: Option<u32>,
+    /// between the switch and loadgen. For a replicated switch on this machine, every node's,
+    /// comma-separated: their CPU is added up (not measured if one ends during the run).
+    #[arg(long, value_delimiter = ',')]
+    pub switch_pid: Vec<u32>,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

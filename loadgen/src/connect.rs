@@ -1,34 +1,47 @@
 //! Mutual-TLS connections to the switch: one certificate per simulated PSP and one for the operator,
 //! from the switch's development CA directory (issued on the spot when the CA key is there) or
-//! from PEM files an operator issued for a real deployment.
+//! from PEM files an operator issued for a real deployment. Given several nodes of a replicated
+//! switch, every connection follows its leader (`leader`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use switch::tls::{DevelopmentCa, PemPair};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::leader::{following_channel, Leader};
 
 /// Receive windows of every connection to the switch (hyper's client defaults, set here because
 /// the connection window also sets h2's budget for small DATA frames: half of it).
 const CONNECTION_WINDOW: u32 = 5 << 20;
 const STREAM_WINDOW: u32 = 2 << 20;
 
-/// Where the certificates are and how to reach the switch.
-#[derive(Clone, Debug)]
+/// Where the certificates are and how to reach the switch: one node, or the nodes of a
+/// replicated switch, whose leader every connection then follows (`leader`).
+#[derive(Clone)]
 pub struct Connector {
-    pub server: String,
+    /// The switch's gRPC addresses, as given (https://).
+    pub servers: Vec<String>,
     pub ca: DevelopmentCa,
     /// The server certificate's DNS name to check (the development CA issues `localhost`).
     pub domain: String,
+    /// With several nodes: who leads, followed by every connection made after `follow`.
+    pub leader: Option<Arc<Leader>>,
 }
 
 impl Connector {
-    pub fn new(server: &str, certs: &Path, domain: &str) -> anyhow::Result<Connector> {
-        if !server.starts_with("https://") {
-            bail!(
-                "--server must be an https:// address (every connection to the switch is mutual TLS), got {server:?}"
-            );
+    pub fn new(servers: &[String], certs: &Path, domain: &str) -> anyhow::Result<Connector> {
+        if servers.is_empty() {
+            bail!("--server names no address");
+        }
+        for server in servers {
+            if !server.starts_with("https://") {
+                bail!(
+                    "--server must be https:// addresses (every connection to the switch is mutual TLS), got {server:?}"
+                );
+            }
         }
         let ca = DevelopmentCa::new(certs);
         if !ca.ca_certificate().exists() {
@@ -37,7 +50,28 @@ impl Connector {
                 ca.ca_certificate().display()
             );
         }
-        Ok(Connector { server: server.into(), ca, domain: domain.into() })
+        Ok(Connector { servers: servers.to_vec(), ca, domain: domain.into(), leader: None })
+    }
+
+    /// With several `--server` nodes, finds the leader (asking as operator `operator`) and makes
+    /// every later connection follow it. With one, connects to it directly, as always.
+    pub async fn follow(&mut self, operator: &str) -> anyhow::Result<()> {
+        if self.servers.len() < 2 {
+            return Ok(());
+        }
+        let pair = self.operator_certificate(operator)?;
+        let tls = self.tls(&pair)?;
+        let probe = Arc::new(move |address: &str| endpoint(address, tls.clone()));
+        self.leader = Some(Leader::find(self.servers.clone(), probe).await?);
+        Ok(())
+    }
+
+    /// Where connections go now: the one node, or the current leader.
+    pub fn target(&self) -> String {
+        match &self.leader {
+            Some(leader) => leader.address(),
+            None => self.servers[0].clone(),
+        }
     }
 
     /// A PSP's certificate, issued by the development CA when missing and the CA key is at hand.
@@ -66,30 +100,43 @@ impl Connector {
         Ok(pair)
     }
 
-    /// Connects with one identity; fails fast and clearly when the switch is not there.
-    pub async fn connect(&self, pair: &PemPair) -> anyhow::Result<Channel> {
+    fn tls(&self, pair: &PemPair) -> anyhow::Result<ClientTlsConfig> {
         let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
-        let tls = ClientTlsConfig::new()
+        Ok(ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(read(&self.ca.ca_certificate())?))
             .identity(Identity::from_pem(read(&pair.certificate)?, read(&pair.key)?))
-            .domain_name(self.domain.clone());
-        let endpoint = Channel::from_shared(self.server.clone())
-            .with_context(|| format!("bad --server address {:?}", self.server))?
-            .tls_config(tls)
-            .context("TLS configuration")?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            // Fixed, large receive windows. h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM,
-            // "too_many_data_frames") when unread small DATA frames exceed a budget of half the
-            // connection window; the adaptive window kept that window near 64 KiB on loopback, so
-            // a payee simulator falling ~200 events behind took its PSP's payments down with it.
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .initial_stream_window_size(STREAM_WINDOW);
-        endpoint
+            .domain_name(self.domain.clone()))
+    }
+
+    /// Connects with one identity; fails fast and clearly when the switch is not there. Following
+    /// a leader, the connection is made to the current one and moves with it.
+    pub async fn connect(&self, pair: &PemPair) -> anyhow::Result<Channel> {
+        let tls = self.tls(pair)?;
+        if let Some(leader) = &self.leader {
+            return following_channel(leader, move |address| endpoint(address, tls.clone()));
+        }
+        let server = &self.servers[0];
+        endpoint(server, tls)?
             .connect()
             .await
-            .map_err(|error| anyhow::anyhow!("cannot connect to the switch at {}: {}", self.server, chain(&error)))
+            .map_err(|error| anyhow::anyhow!("cannot connect to the switch at {server}: {}", chain(&error)))
     }
+}
+
+/// An endpoint for one node with one identity.
+fn endpoint(server: &str, tls: ClientTlsConfig) -> anyhow::Result<Endpoint> {
+    Ok(Channel::from_shared(server.to_string())
+        .with_context(|| format!("bad --server address {server:?}"))?
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        // Fixed, large receive windows. h2 closes a connection (GOAWAY ENHANCE_YOUR_CALM,
+        // "too_many_data_frames") when unread small DATA frames exceed a budget of half the
+        // connection window; the adaptive window kept that window near 64 KiB on loopback, so
+        // a payee simulator falling ~200 events behind took its PSP's payments down with it.
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW))
 }
 
 /// An error with its sources, on one line: tonic's transport errors hide the cause (connection

@@ -8,6 +8,23 @@ pub fn seconds(pid: u32) -> Option<f64> {
     parse(&stat)
 }
 
+/// CPU seconds so far of several processes together (the nodes of a replicated switch), if /proc
+/// has every one of them (and `None` for none).
+pub fn total_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| seconds(*pid)).sum()
+}
+
+/// Resident memory of several processes together, bytes, if /proc has every one of them.
+pub fn total_rss_bytes(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| rss_bytes(*pid)).sum()
+}
+
 /// Fields 14 and 15 of /proc/<pid>/stat (utime, stime) in clock ticks; the command name (field 2)
 /// may contain spaces and parentheses, so fields are counted after its closing parenthesis.
 fn parse(stat: &str) -> Option<f64> {
@@ -42,6 +59,9 @@ mod tests {
         assert_eq!(parse(stat), Some(3.0));
         assert_eq!(parse("garbage"), None);
         assert!(seconds(std::process::id()).is_some(), "this process has a /proc entry");
+        assert_eq!(total_seconds(&[]), None);
+        assert!(total_seconds(&[std::process::id(), std::process::id()]).is_some());
+        assert_eq!(total_seconds(&[std::process::id(), u32::MAX]), None, "one gone: not measured");
     }
 
     #[test]

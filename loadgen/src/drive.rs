@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use switch::proto::payment_service_client::PaymentServiceClient;
 use switch::proto::{self, PaymentState, Reason};
 use tokio::sync::Semaphore;
+use tonic::transport::Channel;
 
+use crate::leader::{in_doubt, Leader, FAILOVER_WAIT};
 use crate::stats::{Outcome, Recorder, Sent};
 use crate::submit::{PspClients, Submission};
 use crate::workload::{IdSpace, Kind, Mix, Parties, Skew, Traffic};
@@ -37,6 +40,9 @@ pub struct Load {
     pub clients: Arc<Vec<PspClients>>,
     pub recorder: Recorder,
     pub call_timeout: Duration,
+    /// A replicated switch's leader, followed: operations in doubt are sent again after a
+    /// failover (`None`: one node, every answer is final).
+    pub leader: Option<Arc<Leader>>,
     /// Open loop: most operations in flight before new ones are counted as overruns.
     pub in_flight_max: usize,
     pub seed: u64,
@@ -92,6 +98,7 @@ impl Load {
         submission: Submission,
         clients: Arc<Vec<PspClients>>,
         call_timeout: Duration,
+        leader: Option<Arc<Leader>>,
         in_flight_max: usize,
         seed: u64,
     ) -> Load {
@@ -105,6 +112,7 @@ impl Load {
             clients,
             recorder: Recorder::new(Instant::now()),
             call_timeout,
+            leader,
             in_flight_max,
             seed,
             // Low ids are the funding transfers of this run.
@@ -211,6 +219,47 @@ impl Load {
         }
     }
 
+    /// One unary call as PSP `psp` (any of its connections), made until it has a final answer.
+    async fn unary<Q: Clone, T, Fut>(
+        &self,
+        psp: u32,
+        request: &Q,
+        call: impl Fn(PaymentServiceClient<Channel>, Q) -> Fut,
+    ) -> Result<T, tonic::Status>
+    where
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let clients = &self.clients[psp as usize];
+        self.answered(|| self.timed(call(clients.client(), request.clone()))).await
+    }
+
+    /// Makes `call` until it has a final answer. With one node, the first answer is final. Following
+    /// a replicated switch's leader, an answer in doubt (`leader::in_doubt`: no leader, a dead
+    /// connection, outcome unknown) waits for a leader to answer and the same call, with the same
+    /// ids, is made again, for up to `FAILOVER_WAIT`: the switch never executes an id twice, and
+    /// the operation's latency includes the failover it sat through.
+    async fn answered<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let Some(leader) = &self.leader else { return call().await };
+        let give_up = Instant::now() + FAILOVER_WAIT;
+        loop {
+            let generation = leader.generation();
+            let answer = call().await;
+            match &answer {
+                Err(status) if in_doubt(status) && Instant::now() < give_up => {
+                    if leader.lost(generation).await.is_err() {
+                        return answer;
+                    }
+                    leader.resending();
+                }
+                _ => return answer,
+            }
+        }
+    }
+
     fn result_outcome(answer: &Result<proto::PaymentResult, tonic::Status>) -> Outcome {
         match answer {
             Ok(result) => Outcome::State(
@@ -227,10 +276,16 @@ impl Load {
             Op::Pay(id, parties) => {
                 let request = self.pay_request(id, &parties);
                 let clients = &self.clients[parties.payer_psp as usize];
-                let answer = match clients.stream() {
-                    Some(stream) => stream.pay(request, self.call_timeout).await,
-                    None => self.timed(clients.client().pay(request)).await,
-                };
+                let answer = self
+                    .answered(|| async {
+                        if clients.streams() {
+                            clients.pay_streamed(request.clone(), self.call_timeout).await
+                        } else {
+                            let mut client = clients.client();
+                            self.timed(client.pay(request.clone())).await
+                        }
+                    })
+                    .await;
                 let outcome = Self::result_outcome(&answer);
                 if matches!(outcome, Outcome::State(PaymentState::Completed, _)) {
                     self.remember(id, &parties);
@@ -249,8 +304,11 @@ impl Load {
                     note: String::new(),
                     expiry_unix_ms: 0,
                 };
-                let answer =
-                    self.timed(self.clients[parties.payee_psp as usize].client().request_collect(request)).await;
+                let answer = self
+                    .unary(parties.payee_psp, &request, |mut client, request| async move {
+                        client.request_collect(request).await
+                    })
+                    .await;
                 let outcome = Self::result_outcome(&answer);
                 let sent = Self::sent(id, Kind::Collect, parties.payer_psp, parties.payee_psp, parties.amount, outcome);
                 self.recorder.record(Kind::Collect, [(intended, outcome, Some(sent))]);
@@ -264,7 +322,11 @@ impl Load {
                     currency: self.currency.clone(),
                     note: String::new(),
                 };
-                let answer = self.timed(self.clients[original.payee_psp as usize].client().refund(request)).await;
+                let answer =
+                    self.unary(original.payee_psp, &request, |mut client, request| async move {
+                        client.refund(request).await
+                    })
+                    .await;
                 let outcome = Self::result_outcome(&answer);
                 // A refund moves money back: the original payee pays the original payer.
                 let sent = Self::sent(id, Kind::Refund, original.payee_psp, original.payer_psp, amount, outcome);
@@ -272,8 +334,11 @@ impl Load {
             }
             Op::Status(payment) => {
                 let request = proto::GetPaymentStatusRequest { payment_id: payment.id.to_be_bytes().to_vec() };
-                let answer =
-                    self.timed(self.clients[payment.payer_psp as usize].client().get_payment_status(request)).await;
+                let answer = self
+                    .unary(payment.payer_psp, &request, |mut client, request| async move {
+                        client.get_payment_status(request).await
+                    })
+                    .await;
                 let outcome = match answer {
                     Ok(_) => Outcome::Found,
                     Err(status) => Outcome::from_status(&status),
@@ -285,9 +350,14 @@ impl Load {
 
     /// One PayBatch of a single payer PSP; every item keeps its own due time.
     async fn execute_batch(&self, psp: u32, items: Vec<(Instant, u128, Parties)>) {
-        let payments = items.iter().map(|(_, id, parties)| self.pay_request(*id, parties)).collect();
-        let answer =
-            self.timed(self.clients[psp as usize].client().pay_batch(proto::PayBatchRequest { payments })).await;
+        let payments: Vec<_> = items.iter().map(|(_, id, parties)| self.pay_request(*id, parties)).collect();
+        let clients = &self.clients[psp as usize];
+        let answer = self
+            .answered(|| {
+                let (mut client, payments) = (clients.client(), payments.clone());
+                async move { self.timed(client.pay_batch(proto::PayBatchRequest { payments })).await }
+            })
+            .await;
         let outcomes: Vec<Outcome> = match &answer {
             Ok(response) if response.results.len() == items.len() => response
                 .results
@@ -332,7 +402,9 @@ pub async fn run(load: Arc<Load>, model: Model, duration: Duration) -> Instant {
             let _ = bound.clone().acquire_many_owned(permits).await;
         }
     };
-    let _ = tokio::time::timeout(load.call_timeout + Duration::from_secs(2), drained).await;
+    // Following a leader, an operation may sit through a failover before its answer.
+    let resending = if load.leader.is_some() { FAILOVER_WAIT } else { Duration::ZERO };
+    let _ = tokio::time::timeout(load.call_timeout + resending + Duration::from_secs(2), drained).await;
     Instant::now()
 }
 

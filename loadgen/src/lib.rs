@@ -8,8 +8,9 @@
 //! runs the same workload shape against a PostgreSQL ledger and prints the ratio.
 //!
 //! Modules: `cli` (flags), `workload` (population, skew, mix, ids), `connect` and `setup`
-//! (certificates, participants, aliases), `submit` (single/batch/stream), `payee` (simulated PSPs
-//! answering events), `drive` (load models), `stats` (histograms, outcomes, timeline), `verify`,
+//! (certificates, participants, aliases), `leader` (following a replicated switch's leader,
+//! resending in-doubt operations, failovers), `submit` (single/batch/stream), `payee` (simulated
+//! PSPs answering events), `drive` (load models), `stats` (histograms, outcomes, timeline), `verify`,
 //! `baseline` (PostgreSQL), `report` (text, JSON, HTML), `run` (one whole run), `sweep` (open loop at
 //! multiples of capacity: the overload curves).
 
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod connect;
 pub mod cpu;
 pub mod drive;
+pub mod leader;
 pub mod payee;
 pub mod report;
 pub mod run;

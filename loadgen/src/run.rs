@@ -13,6 +13,7 @@ use rand::rngs::SmallRng;
 use crate::cli::{Args, Checked};
 use crate::connect::Connector;
 use crate::drive::{self, Load, Model};
+use crate::leader::Leader;
 use crate::payee::{self, Behaviour};
 use crate::report::model::{self, Report};
 use crate::report::{self, fmt_count};
@@ -48,11 +49,12 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     // Checked before any setup; each measured phase draws from a traffic of its own.
     Traffic::new(population.clone(), checked.skew, args.amount_min, args.amount_max)
         .map_err(|message| anyhow::anyhow!(message))?;
-    let connector = Connector::new(&args.server, &args.certs, &args.domain)?;
+    let mut connector = Connector::new(&args.server, &args.certs, &args.domain)?;
+    connector.follow(&args.operator).await?;
     let started_ms = unix_ms();
     let ids = IdSpace::new(started_ms, (args.seed ^ u64::from(std::process::id())) as u16 ^ (started_ms >> 48) as u16);
 
-    note(format!("loadgen: {} PSPs, {} users, switch {}", args.psps, fmt_count(args.users), args.server));
+    note(format!("loadgen: {} PSPs, {} users, switch {}", args.psps, fmt_count(args.users), connector.target()));
     let mut operator = setup::operator(&connector, &args.operator).await?;
     let onboarding = Onboarding {
         currency: args.currency.clone(),
@@ -92,12 +94,22 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
     );
     let (phase, sweep, all_sent) = if checked.sweep.is_empty() && checked.flood.is_none() {
         note(format!("  load: {title} for {:.0} s", checked.duration.as_secs_f64()));
-        let mut phase =
-            measure(&args, &checked, &population, &clients, ids, checked.model, args.abort_error_ratio).await?;
+        let mut phase = measure(
+            &args,
+            &checked,
+            &population,
+            &clients,
+            &connector.leader,
+            ids,
+            checked.model,
+            args.abort_error_ratio,
+        )
+        .await?;
         let sent = std::mem::take(&mut phase.totals.sent);
         (phase, None, sent)
     } else {
-        let (phase, sweep, sent) = crate::sweep::run(&args, &checked, &population, &clients, &note).await?;
+        let (phase, sweep, sent) =
+            crate::sweep::run(&args, &checked, &population, &clients, &connector.leader, &note).await?;
         (phase, Some(sweep), sent)
     };
     let Phase { totals, measured, aborted, cpu: (cpu_before, cpu_after) } = phase;
@@ -135,7 +147,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         ((Some(own_before), switch_before), (Some(own_after), switch_after)) => {
             let switch = match (switch_before, switch_after) {
                 (Some(before), Some(after)) => share(after - before),
-                _ => "not measured (pass --switch-pid)".into(),
+                _ => "not measured (pass --switch-pid: every node's, each running to the end)".into(),
             };
             Some(format!("switch {switch}; loadgen {}", share(own_after - own_before)))
         }
@@ -167,6 +179,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         baseline: None,
         aborted: aborted.clone(),
         sweep,
+        failovers: failovers(&connector, &totals.timeline),
     };
     // What completed is what the switch's throughput means; the headline rate counts answers.
     let completed = totals
@@ -278,11 +291,13 @@ pub type CpuSoFar = (Option<f64>, Option<f64>);
 
 /// Drives `model` over `clients` for the run's duration with a live progress line and the
 /// abort rule (`abort_ratio`), and returns what it measured. `ids` must differ between phases.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
     args: &Args,
     checked: &Checked,
     population: &Population,
     clients: &Arc<Vec<PspClients>>,
+    leader: &Option<Arc<Leader>>,
     ids: IdSpace,
     model: Model,
     abort_ratio: f64,
@@ -297,6 +312,7 @@ pub async fn measure(
         checked.submission,
         Arc::clone(clients),
         checked.call_timeout,
+        leader.clone(),
         args.in_flight_max,
         args.seed,
     ));
@@ -309,9 +325,12 @@ pub async fn measure(
             }
         })
     };
-    let cpu_before = (crate::cpu::seconds(std::process::id()), args.switch_pid.and_then(crate::cpu::seconds));
+    if let Some(leader) = leader {
+        leader.set_epoch(load.recorder.start());
+    }
+    let cpu_before = (crate::cpu::seconds(std::process::id()), crate::cpu::total_seconds(&args.switch_pid));
     let finished = drive::run(load.clone(), model, checked.duration).await;
-    let cpu_after = (crate::cpu::seconds(std::process::id()), args.switch_pid.and_then(crate::cpu::seconds));
+    let cpu_after = (crate::cpu::seconds(std::process::id()), crate::cpu::total_seconds(&args.switch_pid));
     load.stop();
     let aborted = watchdog.await.unwrap_or(None);
     interrupt.abort();
@@ -341,7 +360,7 @@ fn settings(args: &Args, checked: &Checked) -> Vec<(String, String)> {
         (Model::Closed { concurrency }, true) => format!("closed loop, {concurrency} in flight"),
     };
     vec![
-        ("switch".into(), args.server.clone()),
+        ("switch".into(), args.server.join(", ")),
         ("PSPs".into(), format!("{} ({}-01 ..), {} connections each", args.psps, args.psp_prefix, args.connections)),
         ("users (aliases)".into(), fmt_count(args.users)),
         ("acceptance".into(), format!("{:?}", args.acceptance).to_lowercase()),
@@ -462,6 +481,17 @@ async fn run_baseline(
         verification: result.checks,
     };
     Ok((baseline, result.server_version))
+}
+
+/// The failovers loadgen sat through, each with the silent stretch around it measured from the
+/// timeline (seconds in which nothing completed).
+fn failovers(connector: &Connector, timeline: &[model::Second]) -> Vec<crate::leader::Failover> {
+    let Some(leader) = &connector.leader else { return Vec::new() };
+    let mut failovers = leader.failovers();
+    let completed: Vec<(u32, u64)> =
+        timeline.iter().map(|second| (second.t_s, second.answered.saturating_sub(second.failed))).collect();
+    crate::leader::fill_gaps(&mut failovers, &completed);
+    failovers
 }
 
 /// One `<id as 32 hex digits> <amount>` line per payment, collect or refund acknowledged COMPLETED.

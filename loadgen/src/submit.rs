@@ -1,9 +1,10 @@
 //! How payments reach the switch: one PayRequest per unary RPC, PayBatch calls, or pipelined over
-//! PayStream (one bidirectional stream per connection, answers matched by correlation id).
+//! PayStream (one bidirectional stream per connection, answers matched by correlation id, opened
+//! again when it ends).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use switch::proto::payment_service_client::PaymentServiceClient;
@@ -37,8 +38,16 @@ impl Submission {
 pub struct PspClients {
     pub id: String,
     payments: Vec<PaymentServiceClient<Channel>>,
-    streams: Vec<Arc<PayStream>>,
+    streams: Vec<StreamSlot>,
     next: AtomicUsize,
+}
+
+/// One connection's PayStream, opened again when it has ended (the switch restarted, or a new
+/// leader took over: its connection follows the leader, the stream does not).
+struct StreamSlot {
+    client: PaymentServiceClient<Channel>,
+    current: RwLock<Arc<PayStream>>,
+    reopening: tokio::sync::Mutex<()>,
 }
 
 impl PspClients {
@@ -51,11 +60,14 @@ impl PspClients {
         let mut streams = Vec::new();
         if submission == Submission::Stream {
             for client in &payments {
-                streams.push(
-                    PayStream::open(client.clone())
-                        .await
-                        .map_err(|status| anyhow::anyhow!("opening PayStream as {}: {}", psp.id, describe(&status)))?,
-                );
+                let stream = PayStream::open(client.clone())
+                    .await
+                    .map_err(|status| anyhow::anyhow!("opening PayStream as {}: {}", psp.id, describe(&status)))?;
+                streams.push(StreamSlot {
+                    client: client.clone(),
+                    current: RwLock::new(stream),
+                    reopening: tokio::sync::Mutex::new(()),
+                });
             }
         }
         Ok(PspClients { id: psp.id.clone(), payments, streams, next: AtomicUsize::new(0) })
@@ -70,12 +82,25 @@ impl PspClients {
         self.payments[self.pick() % self.payments.len()].clone()
     }
 
-    /// A stream, when the run submits over streams.
-    pub fn stream(&self) -> Option<&Arc<PayStream>> {
-        if self.streams.is_empty() {
-            return None;
+    /// Whether the run submits over streams.
+    pub fn streams(&self) -> bool {
+        !self.streams.is_empty()
+    }
+
+    /// Sends one payment on one of the PSP's streams (round-robin), opening it again first if
+    /// it has ended.
+    pub async fn pay_streamed(&self, payment: proto::PayRequest, timeout: Duration) -> Answer {
+        let slot = &self.streams[self.pick() % self.streams.len()];
+        let mut stream = slot.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        if stream.closed.load(Ordering::Acquire) {
+            let _reopening = slot.reopening.lock().await;
+            stream = slot.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            if stream.closed.load(Ordering::Acquire) {
+                stream = PayStream::open(slot.client.clone()).await?;
+                *slot.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = stream.clone();
+            }
         }
-        Some(&self.streams[self.pick() % self.streams.len()])
+        stream.pay(payment, timeout).await
     }
 }
 
@@ -88,6 +113,8 @@ pub struct PayStream {
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>>,
     next: AtomicU64,
     permits: Arc<Semaphore>,
+    /// Set once the stream has ended: nothing sent on it will be answered.
+    closed: Arc<AtomicBool>,
 }
 
 /// PAY_STREAM_IN_FLIGHT_MAX (common.proto).
@@ -98,11 +125,13 @@ impl PayStream {
         let (sender, receiver) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
         let mut answers = client.pay_stream(ReceiverStream::new(receiver)).await?.into_inner();
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<Answer>>>> = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
         let stream = Arc::new(PayStream {
             sender,
             pending: pending.clone(),
             next: AtomicU64::new(1),
             permits: Arc::new(Semaphore::new(STREAM_IN_FLIGHT_MAX)),
+            closed: closed.clone(),
         });
         tokio::spawn(async move {
             let ended = loop {
@@ -121,6 +150,7 @@ impl PayStream {
                 }
             };
             // Everyone still waiting learns the stream is gone: their payments' outcomes are unknown.
+            closed.store(true, Ordering::Release);
             let waiting: Vec<_> = pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain().collect();
             for (_, waiter) in waiting {
                 let _ = waiter.send(Err(ended.clone()));
@@ -137,6 +167,7 @@ impl PayStream {
         self.pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(correlation_id, sender);
         let request = proto::PayStreamRequest { correlation_id, payment: Some(payment) };
         if self.sender.send(request).await.is_err() {
+            self.closed.store(true, Ordering::Release);
             self.forget(correlation_id);
             return Err(tonic::Status::unavailable("the PayStream is closed"));
         }

@@ -10,6 +10,7 @@ use switch::proto::Reason;
 
 use crate::cli::{Args, Checked};
 use crate::drive::Model;
+use crate::leader::Leader;
 use crate::report::fmt_count;
 use crate::report::model::{Fairness, FairnessPhase, Sweep, SweepLevel};
 use crate::run::{measure, Phase};
@@ -29,6 +30,7 @@ pub async fn run(
     checked: &Checked,
     population: &Population,
     clients: &Arc<Vec<PspClients>>,
+    leader: &Option<Arc<Leader>>,
     note: &impl Fn(String),
 ) -> anyhow::Result<(Phase, Sweep, Vec<Sent>)> {
     let mut sent = Vec::new();
@@ -47,7 +49,8 @@ pub async fn run(
             };
             note(format!("  sweep: measuring capacity, closed loop, {concurrency} in flight..."));
             let mut phase =
-                measure(args, checked, population, clients, next_ids(), checked.model, args.abort_error_ratio).await?;
+                measure(args, checked, population, clients, leader, next_ids(), checked.model, args.abort_error_ratio)
+                    .await?;
             let seconds = phase.measured.as_secs_f64().max(1e-9);
             let capacity = phase.totals.completed() as f64 / seconds;
             sent.append(&mut phase.totals.sent);
@@ -67,8 +70,8 @@ pub async fn run(
         let rate = capacity_per_s * multiple;
         note(format!("  sweep: {multiple} x capacity, open loop {}/s...", fmt_count(rate as u64)));
         let mut phase =
-            measure(args, checked, population, clients, next_ids(), Model::Open { rate }, NEVER_ABORT).await?;
-        let level = level(multiple, rate, &phase, args.switch_pid);
+            measure(args, checked, population, clients, leader, next_ids(), Model::Open { rate }, NEVER_ABORT).await?;
+        let level = level(multiple, rate, &phase, &args.switch_pid);
         note(format!(
             "  sweep: {multiple} x: completed {}/s, refused {}/s RATE_LIMITED + {}/s SWITCH_BUSY, {} without an answer",
             fmt_count(level.completed_per_s as u64),
@@ -91,6 +94,7 @@ pub async fn run(
                 checked,
                 population,
                 clients,
+                leader,
                 &mut next_ids,
                 capacity_per_s,
                 multiple,
@@ -116,6 +120,7 @@ async fn fairness(
     checked: &Checked,
     population: &Population,
     clients: &Arc<Vec<PspClients>>,
+    leader: &Option<Arc<Leader>>,
     next_ids: &mut impl FnMut() -> IdSpace,
     capacity_per_s: f64,
     multiple: f64,
@@ -126,7 +131,7 @@ async fn fairness(
     let (others_rate, flooder_rate) = (capacity_per_s * others, capacity_per_s * multiple);
     let run = |share: f64, rate: f64, ids: IdSpace| {
         let checked = Checked { skew: Skew::Flood { share }, ..checked.clone() };
-        async move { measure(args, &checked, population, clients, ids, Model::Open { rate }, NEVER_ABORT).await }
+        async move { measure(args, &checked, population, clients, leader, ids, Model::Open { rate }, NEVER_ABORT).await }
     };
     note(format!("  fairness: the other PSPs alone, open loop {}/s...", fmt_count(others_rate as u64)));
     let mut alone = run(0.0, others_rate, next_ids()).await?;
@@ -177,7 +182,7 @@ fn fairness_phase(phase: &Phase) -> FairnessPhase {
 }
 
 /// One level's figures from its phase.
-fn level(multiple: f64, offered_per_s: f64, phase: &Phase, switch_pid: Option<u32>) -> SweepLevel {
+fn level(multiple: f64, offered_per_s: f64, phase: &Phase, switch_pids: &[u32]) -> SweepLevel {
     let totals = &phase.totals;
     let seconds = phase.measured.as_secs_f64().max(1e-9);
     let completed = totals.completed();
@@ -198,7 +203,7 @@ fn level(multiple: f64, offered_per_s: f64, phase: &Phase, switch_pid: Option<u3
         unanswered: totals.unanswered(),
         completed_p99_us: summarize(&totals.completed_latency).p99_us,
         shed_p99_us: summarize(&totals.shed_latency).p99_us,
-        switch_rss_bytes: switch_pid.and_then(crate::cpu::rss_bytes),
+        switch_rss_bytes: crate::cpu::total_rss_bytes(switch_pids),
         switch_cpu_us_per_payment: switch_cpu,
     }
 }

@@ -96,7 +96,7 @@ async fn every_model_and_mode_verifies_against_the_ledger_and_survives_a_restart
         .collect();
     assert!(!payments.is_empty());
     let connector =
-        loadgen::connect::Connector::new(&format!("https://{}", running.address), &data.join("certs"), "localhost")
+        loadgen::connect::Connector::new(&[format!("https://{}", running.address)], &data.join("certs"), "localhost")
             .expect("connector");
     let channel = connector.connect(&connector.operator_certificate("admin").expect("cert")).await.expect("connect");
     let mut operator = OperatorServiceClient::new(channel);

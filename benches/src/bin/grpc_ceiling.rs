@@ -143,7 +143,7 @@ async fn measure(args: &Args) -> anyhow::Result<()> {
     let clients = match transport(args) {
         Transport::SwitchMtls => {
             let server = format!("https://localhost:{}", address.port());
-            ceiling::connect(&Connector::new(&server, &args.certs, "localhost")?, &plan).await?
+            ceiling::connect(&Connector::new(std::slice::from_ref(&server), &args.certs, "localhost")?, &plan).await?
         }
         Transport::BarePlaintext => ceiling::connect_plaintext(address, &plan).await?,
     };

@@ -55,9 +55,17 @@ fn write_report(o: &mut String, r: &Report) -> fmt::Result {
     let mut tl: Vec<&Second> = r.timeline.iter().collect();
     tl.sort_by_key(|s| s.t_s);
     o.push_str("<section class=\"card\"><h2>Throughput</h2>");
-    throughput_chart(o, &tl)?;
+    // Failovers are marked on both charts: the dip in throughput and the spike in latency they cause.
+    let marks: Vec<(f64, String)> = r
+        .failovers
+        .iter()
+        .map(|failover| {
+            (failover.lost_at_s, format!("failover: {:.1} s gap, {} resent", failover.gap_s, failover.resent))
+        })
+        .collect();
+    throughput_chart(o, &tl, &marks)?;
     o.push_str("</section>\n<section class=\"card\">");
-    latency_chart(o, &tl)?;
+    latency_chart(o, &tl, &marks)?;
     o.push_str("</section>\n");
     outcomes(o, r)?;
     verification(o, r.verification.as_ref())?;
@@ -300,7 +308,7 @@ pub(super) fn nice_step(raw: f64) -> f64 {
     [1.0, 2.0, 5.0].into_iter().find(|&n| f <= n).unwrap_or(10.0) * mag
 }
 
-fn throughput_chart(o: &mut String, tl: &[&Second]) -> fmt::Result {
+fn throughput_chart(o: &mut String, tl: &[&Second], marks: &[(f64, String)]) -> fmt::Result {
     let pts = |f: fn(&Second) -> u64| tl.iter().map(|s| Some((f64::from(s.t_s) + 0.5, f(s) as f64))).collect();
     let series = [
         Series { name: "answered/s", color: BLUE, width: 2.0, dashed: false, area: true, points: pts(|s| s.answered) },
@@ -308,10 +316,10 @@ fn throughput_chart(o: &mut String, tl: &[&Second]) -> fmt::Result {
         Series { name: "failed/s", color: RED, width: 1.5, dashed: false, area: false, points: pts(|s| s.failed) },
     ];
     let max = tl.iter().map(|s| s.sent.max(s.answered).max(s.failed)).max().unwrap_or(0) as f64;
-    chart(o, tl, &series, &Scale::linear(max, 5.0), "/s", fmt_compact, "throughput per second")
+    chart(o, tl, &series, &Scale::linear(max, 5.0), "/s", fmt_compact, "throughput per second", marks)
 }
 
-fn latency_chart(o: &mut String, tl: &[&Second]) -> fmt::Result {
+fn latency_chart(o: &mut String, tl: &[&Second], marks: &[(f64, String)]) -> fmt::Result {
     let answered = || tl.iter().filter(|s| s.answered > 0);
     let min_p50 = answered().map(|s| s.p50_us).filter(|&v| v > 0).min();
     let max = answered().map(|s| s.max_us).max().unwrap_or(0);
@@ -338,7 +346,7 @@ fn latency_chart(o: &mut String, tl: &[&Second]) -> fmt::Result {
         Series { name: "p99", color: AMBER, width: 2.0, dashed: false, area: false, points: pts(|s| s.p99_us) },
         Series { name: "p50", color: BLUE, width: 2.0, dashed: false, area: false, points: pts(|s| s.p50_us) },
     ];
-    chart(o, tl, &series, &scale, "ms", fmt_axis, "latency per second")
+    chart(o, tl, &series, &scale, "ms", fmt_axis, "latency per second", marks)
 }
 
 const W: f64 = 960.0;
@@ -348,6 +356,8 @@ const MR: f64 = 20.0;
 const MT: f64 = 40.0;
 const MB: f64 = 34.0;
 
+/// A time chart of `series`, with a labelled vertical line at each of `marks` (seconds, label).
+#[allow(clippy::too_many_arguments)]
 fn chart(
     o: &mut String,
     tl: &[&Second],
@@ -356,6 +366,7 @@ fn chart(
     unit: &str,
     ylab: fn(f64) -> String,
     label: &str,
+    marks: &[(f64, String)],
 ) -> fmt::Result {
     let (Some(first), Some(last)) = (tl.first(), tl.last()) else {
         return o.write_str("<div class=\"nodata\">no data</div>");
@@ -428,6 +439,17 @@ fn chart(
             s.color,
             s.width,
             dash(s)
+        )?;
+    }
+    for (at, text) in marks.iter().filter(|(at, _)| (x0..=x1).contains(at)) {
+        let xx = px(*at);
+        write!(
+            o,
+            "<line class=\"mark\" x1=\"{xx:.1}\" x2=\"{xx:.1}\" y1=\"{MT}\" y2=\"{base}\" stroke=\"{RED}\" \
+             stroke-width=\"1.5\" stroke-dasharray=\"3 3\"/><text class=\"lbl\" x=\"{:.1}\" y=\"{}\">{}</text>",
+            xx + 4.0,
+            MT + 12.0,
+            Esc(text)
         )?;
     }
     o.push_str("</svg>");
@@ -739,6 +761,18 @@ mod tests {
             assert!(html.contains(tick), "missing {tick}");
         }
         assert!(!html.contains("NaN") && !html.contains("inf"));
+    }
+
+    #[test]
+    fn failovers_are_marked_on_both_charts() {
+        let failover = crate::leader::Failover { lost_at_s: 30.2, gap_s: 2.9, resent: 1_234, ..Default::default() };
+        let html = render(&Report { failovers: vec![failover], ..timeline_report() });
+        assert_eq!(html.matches("class=\"mark\"").count(), 2, "one mark per chart");
+        assert_eq!(html.matches("failover: 2.9 s gap, 1234 resent").count(), 2);
+        // Outside the charted seconds nothing is drawn.
+        let late = crate::leader::Failover { lost_at_s: 99.0, ..Default::default() };
+        let html = render(&Report { failovers: vec![late], ..timeline_report() });
+        assert!(!html.contains("class=\"mark\""));
     }
 
     #[test]

@@ -62,6 +62,19 @@ pub fn text(report: &Report) -> String {
             fairness::text(&mut out, fairness);
         }
     }
+    for (number, failover) in report.failovers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "   failover {:<13} at {:.1} s: {} -> {}, leader found after {:.2} s, gap {:.1} s, {} operations resent",
+            number + 1,
+            failover.lost_at_s,
+            failover.from,
+            failover.to,
+            failover.found_after_s,
+            failover.gap_s,
+            fmt_count(failover.resent)
+        );
+    }
     let _ = writeln!(out, "\n   outcomes");
     let total: u64 = report.outcomes.iter().map(|outcome| outcome.count).sum();
     for outcome in &report.outcomes {

@@ -38,6 +38,8 @@ pub struct Report {
     /// The overload sweep (`--overload-sweep`), when the run was one: the figures above are then
     /// those of its last level.
     pub sweep: Option<Sweep>,
+    /// Following a replicated switch: each change of leader during the measured phase.
+    pub failovers: Vec<crate::leader::Failover>,
 }
 
 /// Open loop at multiples of the switch's capacity: what it completed and shed at each.
