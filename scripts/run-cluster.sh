@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Three switch nodes on loopback, one replicated switch: a shared development CA, a node
-# certificate and a configuration per node (under cluster-data/), the nodes started, their
-# status, a payment through the leader, a status asked at a follower (the client follows
-# NOT_LEADER to the leader), the leader SIGKILLed, the payment read back from the new
-# leader and another one paid there, the killed node restarted and caught up, then all stopped.
-#   bash scripts/run-cluster.sh
+# The cluster's main job: three switch nodes on loopback, one replicated switch (a shared
+# development CA, a node certificate and a configuration per node, under cluster-data/), then
+#   1. a payment through the leader, and a status asked at a follower (the client follows
+#      NOT_LEADER to the leader);
+#   2. loadgen at population scale against all three nodes (it finds and follows the leader),
+#      with the leader SIGKILLed in the middle of the load: loadgen resends what the failover
+#      left in doubt (same ids), marks the failover on its report's chart, and verifies every
+#      payment against the new leader's ledger at the end;
+#   3. the killed node restarted: it catches up; every node stopped and its ledger audited
+#      (`ledger verify`), and the three ledgers' hash-chain heads compared.
+#   bash scripts/run-cluster.sh [loadgen options, e.g. --rate 20000 --duration 40]
 # Ports: node N has PSP 5005N, operator HTTP 946N, health 5015N, peer 5006N (N = 1..3).
+# The kill comes at KILL_AFTER seconds into the load (default: a third of --duration, 60 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p switch
+# The whole workspace, as the tests build it (one package alone can unify features differently
+# and recompile RocksDB).
+cargo build --release --workspace
 S=./target/release/switch
 dir=cluster-data
 rm -rf "$dir" && mkdir -p "$dir"
@@ -71,24 +79,53 @@ follower=$(( L % 3 + 1 ))
 echo "--- asked at a follower (node $follower), the client follows NOT_LEADER to the leader:"
 client "$follower" --as bank-b status --id 42 | head -3
 
-echo "--- SIGKILL the leader, node $L"
-kill -9 "${pid[$L]}"; wait "${pid[$L]}" 2>/dev/null || true; unset "pid[$L]"
+echo "--- loadgen against all three nodes; the leader (node $L) is SIGKILLed during the load"
+duration=60
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[$i]}" = "--duration" ] && duration=${args[$((i + 1))]}; done
+kill_after=${KILL_AFTER:-$(( duration / 3 ))}
+servers=https://127.0.0.1:50051,https://127.0.0.1:50052,https://127.0.0.1:50053
+( # Waits for the load to start (loadgen prints its load line once set up), then kills the leader.
+  until grep -q "^  load:" "$dir/loadgen.err" 2>/dev/null; do sleep 0.2; done
+  sleep "$kill_after"
+  echo "--- SIGKILL node $L (the leader), ${kill_after} s into the load" >&2
+  kill -9 "${pid[$L]}"
+) &
+killer=$!
+status=0
+./target/release/loadgen --server "$servers" --certs "$dir/ca/certs" --psps 8 --users 100000 \
+  --duration "$duration" --report-dir "$dir/report" "$@" 2> >(tee "$dir/loadgen.err" >&2) || status=$?
+wait "$killer" 2>/dev/null || true
+wait "${pid[$L]}" 2>/dev/null || true
+unset "pid[$L]"
 old=$L
-nodes=(); for n in 1 2 3; do [ "$n" = "$old" ] || nodes+=(--node "127.0.0.1:946$n"); done
-L=$(leader)
-echo "node $L leads now"
-client "$L" --as bank-b status --id 42 | head -3
-client "$L" --as bank-a pay --from ana@bank-a --to bo@bank-b --amount 1000 --note "after the failover" --id 43
 
 echo "--- node $old restarted: it catches up"
 start "$old"
 nodes=(--node 127.0.0.1:9461 --node 127.0.0.1:9462 --node 127.0.0.1:9463)
-for _ in $(seq 100); do
+caught_up=no
+for _ in $(seq 300); do
   out=$($S cluster status "${nodes[@]}" 2>/dev/null || true)
   applied=$(echo "$out" | awk 'NR > 1 && $3 != "" { print $8 }' | sort -u | wc -l)
-  [ "$(echo "$out" | grep -c -E 'leader|follower')" = 3 ] && [ "$applied" = 1 ] && break
+  serving=$(echo "$out" | awk 'NR > 1 && ($3 == "leader" || $3 == "follower")' | wc -l)
+  if [ "$serving" = 3 ] && [ "$applied" = 1 ]; then caught_up=yes; break; fi
   sleep 0.2
 done
-$S cluster status "${nodes[@]}"
-client "$L" --as bank-b position | grep balance_minor
-echo "run-cluster: done (logs in $dir/node-N.log)"
+$S cluster status "${nodes[@]}" || true
+[ "$caught_up" = yes ] || { echo "run-cluster: node $old did not catch up" >&2; status=1; }
+
+echo "--- every node stopped (SIGTERM) and its ledger audited"
+for n in "${!pid[@]}"; do kill -TERM "${pid[$n]}"; done
+for n in "${!pid[@]}"; do wait "${pid[$n]}" 2>/dev/null || true; done
+pid=()
+heads=""
+for n in 1 2 3; do
+  echo "node $n:"
+  ./target/release/ledger verify --data "$dir/node-$n/ledger" | tee "$dir/verify-$n.txt" || status=1
+  heads+="$(grep "^head:" "$dir/verify-$n.txt" || echo "node $n: no head")"$'\n'
+done
+if [ "$(printf "%s" "$heads" | sort -u | wc -l)" != 1 ]; then
+  echo "run-cluster: the nodes' ledgers differ:" >&2; printf "%s" "$heads" >&2; status=1
+fi
+echo "run-cluster: report $dir/report/report.html, logs $dir/node-N.log; $([ "$status" = 0 ] && echo PASSED || echo FAILED)"
+exit "$status"
