@@ -207,6 +207,76 @@ fn overview(layout: &mut Layout) {
     ]);
 }
 
+/// A node's value of a `switch_raft_*` family. Every node exports those (a follower only those),
+/// so these graphs have one line per node, named by its scrape target (`instance`).
+fn per_node(metric: &str) -> String {
+    format!("max by (instance) ({metric})")
+}
+
+/// The replicated log: who leads, in which term, how far each node's log, commit and apply have
+/// come, and the leader's view of its followers (what `switch cluster status` prints, with history).
+fn cluster(layout: &mut Layout) {
+    let leader = [(0, "NONE", "red"), (1, "ELECTED", "green")];
+    // The id of the node that says it leads (`switch_raft_is_leader` is 1 there only).
+    let leading = "max(switch_raft_node_id and on (instance) (switch_raft_is_leader == 1))";
+    // Members the cluster has minus nodes Prometheus reached: a node down or cut off from it.
+    let missing = "max(switch_raft_voters) - count(switch_raft_node_id)";
+    let missing_thresholds = thresholds("green", &[(1.0, "orange"), (2.0, "red")]);
+    // Red where the alerts fire: SwitchClusterQuorumLost above 5 s, SwitchClusterFollowerLagging
+    // above 10,000 entries. A heartbeat goes every 100 ms, so a healthy leader's age stays small.
+    let ack_thresholds = thresholds("green", &[(1.0, "orange"), (5.0, "red")]);
+    let lag_thresholds = thresholds("green", &[(1000.0, "orange"), (10000.0, "red")]);
+    let changes = "60 * sum by (instance) (rate(switch_raft_leader_changes_total[$__rate_interval]))";
+    let lag = "max by (follower) (switch_raft_follower_lag_entries)";
+    let [is_leader, has_leader, term, last_log, committed, applied, snapshot, node_id, ack_age] = [
+        "is_leader",
+        "has_leader",
+        "term",
+        "last_log_index",
+        "committed_index",
+        "applied_index",
+        "snapshot_index",
+        "node_id",
+        "quorum_ack_age_seconds",
+    ]
+    .map(|name| per_node(&format!("switch_raft_{name}")));
+    let node = "{{instance}}";
+    let columns = [
+        (node_id.as_str(), "Node"),
+        (&is_leader, "Leads"),
+        (&has_leader, "Knows a leader"),
+        (&term, "Term"),
+        (&last_log, "Last log"),
+        (&committed, "Committed"),
+        (&applied, "Applied"),
+        (&snapshot, "Snapshot"),
+    ];
+    layout.row("Cluster");
+    layout.stats(vec![
+        flag("Leader", ("max(switch_raft_has_leader)", ""), leader),
+        stat("Leading node", "short", (leading, ""), thresholds("blue", &[])),
+        stat("Term", "short", ("max(switch_raft_term)", ""), thresholds("blue", &[])),
+        stat("Voters not answering", "short", (missing, ""), missing_thresholds),
+        stat("Quorum ack age", "s", ("max(switch_raft_quorum_ack_age_seconds)", ""), ack_thresholds),
+        stat("Largest follower lag", "short", ("max(switch_raft_follower_lag_entries)", ""), lag_thresholds),
+    ]);
+    layout.graphs(vec![
+        timeseries("Leader per node (1 = leads)", "short", &[(&is_leader, node)]),
+        timeseries("Term per node", "short", &[(&term, node)]),
+        timeseries("Leader changes per minute, per node", "short", &[(changes, node)]),
+    ]);
+    layout.graphs(vec![
+        timeseries("Last log index per node", "short", &[(&last_log, node)]),
+        timeseries("Committed index per node", "short", &[(&committed, node)]),
+        timeseries("Applied index per node", "short", &[(&applied, node)]),
+    ]);
+    layout.graphs(vec![
+        timeseries("Follower lag (entries, as the leader sees it)", "short", &[(lag, "node {{follower}}")]),
+        timeseries("Quorum acknowledgement age (leader)", "s", &[(&ack_age, node)]),
+    ]);
+    layout.graphs(vec![table("Nodes", "short", &columns)]);
+}
+
 fn payments(layout: &mut Layout) {
     let q: Vec<String> =
         ["0.5", "0.9", "0.99", "0.999"].map(|q| quantile(q, "switch_payment_duration_seconds", "", "")).to_vec();
@@ -341,6 +411,7 @@ fn storage(layout: &mut Layout) {
 pub fn dashboard() -> Value {
     let mut layout = Layout::default();
     overview(&mut layout);
+    cluster(&mut layout);
     payments(&mut layout);
     grpc(&mut layout);
     psps(&mut layout);
