@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,14 +35,17 @@ const APPEND_BYTES_PER_SECOND_MIN: f64 = 8.0 * 1024.0 * 1024.0;
 #[derive(Clone)]
 pub struct PeerNetwork {
     tls: Option<ClientTlsConfig>,
+    /// The local address connections to peers leave from; `None`: the system's choice.
+    source_address: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl PeerNetwork {
     /// `tls`: the node's client identity and the cluster's CA (mutual TLS); `None` only for
-    /// tests on loopback.
-    pub fn new(tls: Option<ClientTlsConfig>) -> PeerNetwork {
-        PeerNetwork { tls, channels: Arc::new(Mutex::new(HashMap::new())) }
+    /// tests on loopback. `source_address`: the address of this host that connections to peers
+    /// are bound to (`cluster.peer_source_address`), `None` to let the routing table choose.
+    pub fn new(tls: Option<ClientTlsConfig>, source_address: Option<IpAddr>) -> PeerNetwork {
+        PeerNetwork { tls, source_address, channels: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     fn channel(&self, address: &str) -> Result<Channel, String> {
@@ -55,7 +59,8 @@ impl PeerNetwork {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .keep_alive_timeout(Duration::from_secs(5))
+            .local_address(self.source_address);
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|error| format!("peer TLS: {error}"))?;
         }

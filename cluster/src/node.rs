@@ -2,6 +2,7 @@
 //! directory, openraft started on them, and the peer service listening. What `switch serve`
 //! will run per node, and what the tests and the replication benchmark start several of.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ pub struct NodeOptions {
     pub raft: Arc<Config>,
     /// Mutual TLS on the peer port and to peers (`None`: plain TCP, for loopback tests only).
     pub tls: Option<(ServerTlsConfig, ClientTlsConfig)>,
+    /// The address of this host its connections to peers leave from (`None`: the system's
+    /// choice by its routing table).
+    pub peer_source_address: Option<IpAddr>,
     /// How often the log's purge point is checked, and the entries kept below it (`purge`).
     pub purge_interval: std::time::Duration,
     pub purge_keep: u64,
@@ -40,6 +44,7 @@ impl NodeOptions {
             ledger: LedgerConfig::new(directory.join("ledger")),
             raft,
             tls: None,
+            peer_source_address: None,
             purge_interval: std::time::Duration::from_secs(1),
             purge_keep: crate::purge::KEEP_ENTRIES,
         }
@@ -85,8 +90,11 @@ pub struct Node {
 impl Node {
     /// Opens the node's data and serves peers on `listener`.
     pub async fn start(options: NodeOptions, listener: TcpListener) -> std::io::Result<Node> {
-        let NodeOptions { id, directory, ledger, raft, tls, purge_interval, purge_keep } = options;
+        let NodeOptions { id, directory, ledger, raft, tls, peer_source_address, purge_interval, purge_keep } = options;
         let address = listener.local_addr()?.to_string();
+        if let Some(source) = peer_source_address {
+            check_source_address(source)?;
+        }
         let log = RaftLog::open(&directory.join("raft"))?;
         let failed = |error: ledger::LedgerError| std::io::Error::other(format!("the ledger: {error}"));
         // One open database, shared by the apply thread and the ledger's readers.
@@ -96,7 +104,7 @@ impl Node {
             Some((server, client)) => (Some(server), Some(client)),
             None => (None, None),
         };
-        let raft = Raft::new(id, raft, PeerNetwork::new(client_tls), log, machine.clone())
+        let raft = Raft::new(id, raft, PeerNetwork::new(client_tls, peer_source_address), log, machine.clone())
             .await
             .map_err(|error| std::io::Error::other(format!("starting raft: {error}")))?;
         let proposer = crate::proposer::RaftProposer::new(raft.clone(), tokio::runtime::Handle::current());
@@ -148,5 +156,18 @@ impl Node {
         let _ = self.stop_server.send(());
         let _ = self.server.await;
         (self.id, self.directory, self.address)
+    }
+}
+
+/// Fails at start, with the reason, when connections to peers could not leave from `source`
+/// (not an address of this host): otherwise every connection would fail later, and the node
+/// would only ever see its peers as unreachable.
+fn check_source_address(source: IpAddr) -> std::io::Result<()> {
+    match std::net::TcpListener::bind(SocketAddr::new(source, 0)) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(std::io::Error::new(
+            error.kind(),
+            format!("cluster.peer_source_address {source} cannot be bound (is it an address of this host?): {error}"),
+        )),
     }
 }

@@ -1,7 +1,7 @@
 //! Configuration: one TOML file (every option documented in `switch.example.toml`), embedded
 //! defaults that work out of the box, and command-line flags that override both.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -135,6 +135,11 @@ pub struct ClusterSection {
     /// them: every node certificate must carry it. The development CA's node certificates carry
     /// `localhost` and `127.0.0.1`.
     pub peer_server_name: String,
+    /// The address of this host that its connections to peers leave from. Unset: the system
+    /// chooses by its routing table. For a host with several interfaces whose replication must
+    /// use one of them, or firewalls that admit peers by source address. A node that cannot
+    /// bind it does not start.
+    pub peer_source_address: Option<IpAddr>,
     /// Entries between two snapshots of the state (RocksDB checkpoints), from which a node that
     /// is far behind, or new, catches up.
     pub snapshot_every_entries: u64,
@@ -160,6 +165,7 @@ impl Default for ClusterSection {
             node_certificate: None,
             node_key: None,
             peer_server_name: "localhost".into(),
+            peer_source_address: None,
             snapshot_every_entries: 50_000,
         }
     }
@@ -355,6 +361,16 @@ mod tests {
         assert_eq!(config.listen.port(), 6000);
         assert_eq!(config.limits.aliases_max, 5);
         assert_eq!(config.limits.participants_max, Limits::default().participants_max);
+    }
+
+    #[test]
+    fn the_peer_source_address_is_an_ip_address_without_a_port() {
+        let config = Config::parse("[cluster]\npeer_source_address = \"10.0.0.1\"\n").expect("an address");
+        assert_eq!(config.cluster.peer_source_address, Some(IpAddr::from([10, 0, 0, 1])));
+        for bad in ["\"10.0.0.1:50061\"", "\"node-1.example\"", "1"] {
+            let text = format!("[cluster]\npeer_source_address = {bad}\n");
+            assert!(matches!(Config::parse(&text), Err(ConfigError::Parse { .. })), "{bad} is refused");
+        }
     }
 }
 

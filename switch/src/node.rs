@@ -231,6 +231,7 @@ fn node_options(config: &Config, tls: &TlsFiles) -> anyhow::Result<cluster::node
     let raft = cluster::node::raft_config(cluster.snapshot_every_entries).context("Raft's configuration")?;
     let mut options = cluster::node::NodeOptions::new(cluster.node_id, &config.data_dir.join("node"), raft);
     options.ledger = config.ledger_config();
+    options.peer_source_address = cluster.peer_source_address;
     let (certificate, key) = match (&cluster.node_certificate, &cluster.node_key) {
         (Some(certificate), Some(key)) => (certificate.clone(), key.clone()),
         _ => {

@@ -3,4 +3,5 @@
 
 mod log_store;
 mod nodes;
+mod source_address;
 mod state_machine;

@@ -4,6 +4,9 @@
 
 pub mod chromium;
 pub mod cluster;
+pub mod payer;
+pub mod processes;
+pub mod proxy;
 pub mod served;
 
 use std::net::SocketAddr;
