@@ -19,51 +19,12 @@ cd "$(dirname "$0")/.."
 cargo build --release --workspace
 S=./target/release/switch
 dir=cluster-data
-rm -rf "$dir" && mkdir -p "$dir"
-$S certs init --data "$dir/ca" >/dev/null
-members=""
-for n in 1 2 3; do
-  members+=$'[[cluster.members]]\n'"id = $n"$'\n'"peer_address = \"127.0.0.1:5006$n\""$'\n'"psp_address = \"127.0.0.1:5005$n\""$'\n'
-done
-for n in 1 2 3; do
-  $S certs issue --data "$dir/ca" --node "$n" >/dev/null
-  cat >"$dir/node-$n.toml" <<TOML
-data_dir = "$dir/node-$n"
-listen = "127.0.0.1:5005$n"
-[tls]
-ca_certificate = "$dir/ca/certs/ca.pem"
-server_certificate = "$dir/ca/certs/server.pem"
-server_key = "$dir/ca/certs/server.key"
-[operator]
-http_listen = "127.0.0.1:946$n"
-health_listen = "127.0.0.1:5015$n"
-[cluster]
-node_id = $n
-peer_listen = "127.0.0.1:5006$n"
-node_certificate = "$dir/ca/certs/node-$n.pem"
-node_key = "$dir/ca/certs/node-$n.key"
-$members
-TOML
-done
-
-declare -A pid
-start() { $S serve --config "$dir/node-$1.toml" >"$dir/node-$1.log" 2>&1 & pid[$1]=$!; }
-stop_all() { for n in "${!pid[@]}"; do kill "${pid[$n]}" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap stop_all EXIT
-for n in 1 2 3; do start "$n"; done
-
+source scripts/cluster-nodes.sh
+cluster_configure "$dir" 3
+trap cluster_stop_all EXIT
+for n in 1 2 3; do cluster_start "$n"; done
 nodes=(--node 127.0.0.1:9461 --node 127.0.0.1:9462 --node 127.0.0.1:9463)
-# The node that leads, from `switch cluster status` (it exits non-zero until one does).
-leader() {
-  for _ in $(seq 100); do
-    if out=$($S cluster status "${nodes[@]}" 2>/dev/null); then
-      echo "$out" | awk '$3 == "leader" { print $2; exit }'
-      return
-    fi
-    sleep 0.2
-  done
-  echo "no leader" >&2; exit 1
-}
+leader() { cluster_leader || exit 1; }
 L=$(leader)
 $S cluster status "${nodes[@]}"
 echo "node $L leads"
@@ -101,7 +62,7 @@ unset "pid[$L]"
 old=$L
 
 echo "--- node $old restarted: it catches up"
-start "$old"
+cluster_start "$old"
 nodes=(--node 127.0.0.1:9461 --node 127.0.0.1:9462 --node 127.0.0.1:9463)
 caught_up=no
 for _ in $(seq 300); do
@@ -115,9 +76,7 @@ $S cluster status "${nodes[@]}" || true
 [ "$caught_up" = yes ] || { echo "run-cluster: node $old did not catch up" >&2; status=1; }
 
 echo "--- every node stopped (SIGTERM) and its ledger audited"
-for n in "${!pid[@]}"; do kill -TERM "${pid[$n]}"; done
-for n in "${!pid[@]}"; do wait "${pid[$n]}" 2>/dev/null || true; done
-pid=()
+cluster_stop_all
 heads=""
 for n in 1 2 3; do
   echo "node $n:"
