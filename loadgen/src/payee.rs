@@ -1,6 +1,9 @@
 //! Simulated PSP back offices: each PSP keeps its event stream open like a real one, answers credit
 //! requests (confirmed mode) and collect requests with a configurable decline rate and think time,
 //! acknowledges every event in batches, and remembers collect outcomes for the verification.
+//! Across reconnections (a restart, a failover to a new leader) each PSP resumes from what it
+//! acknowledged, processes each event once, and checks the stream's promises (events.proto): no
+//! gap in the sequence, nothing it acknowledged sent again; what broke them is for the verification.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +46,11 @@ pub struct PayeeStats {
     /// Decisions the switch refused (e.g. after the deadline).
     pub late_decisions: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Events sent again after a reconnection that this PSP had received but not acknowledged
+    /// (allowed: processed once, skipped the second time).
+    pub redelivered: AtomicU64,
+    /// Broken promises of the event streams, e.g. "lg-03: event 1,205 after 1,198 (a gap)".
+    pub stream_problems: Mutex<Vec<String>>,
     /// Why the last event stream ended, for the report.
     pub last_disconnect: Mutex<Option<String>>,
     /// Final states of collects, from PaymentOutcome events to the requesting PSP.
@@ -72,15 +80,17 @@ pub async fn start(psps: &[Psp], behaviour: Behaviour, seed: u64) -> anyhow::Res
         let (stats, id) = (stats.clone(), psp.id.clone());
         let mut rng = SmallRng::seed_from_u64(seed ^ (u64::from(psp.index) << 32));
         // The first connection is made here so that a refused subscription fails the run at once.
-        let first = subscribe(client.clone())
+        let first = subscribe(client.clone(), 0)
             .await
             .map_err(|status| anyhow::anyhow!("subscribing to {id}'s events: {}", crate::connect::describe(&status)))?;
         tokio::spawn(async move {
             let mut connection = Some(first);
+            let mut cursor =
+                Cursor { psp: id, started: false, processed: 0, acknowledged: 0, acknowledged_at_hello: 0 };
             while !stats.stop.load(Ordering::Acquire) {
                 let (sender, inbound) = match connection.take() {
                     Some(connection) => connection,
-                    None => match subscribe(client.clone()).await {
+                    None => match subscribe(client.clone(), cursor.acknowledged).await {
                         Ok(connection) => connection,
                         Err(_) => {
                             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -88,7 +98,8 @@ pub async fn start(psps: &[Psp], behaviour: Behaviour, seed: u64) -> anyhow::Res
                         }
                     },
                 };
-                serve(&stats, &mut rng, behaviour, sender, inbound).await;
+                cursor.acknowledged_at_hello = cursor.acknowledged;
+                serve(&stats, &mut rng, behaviour, &mut cursor, sender, inbound).await;
                 if !stats.stop.load(Ordering::Acquire) {
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -101,10 +112,54 @@ pub async fn start(psps: &[Psp], behaviour: Behaviour, seed: u64) -> anyhow::Res
 
 type Connection = (mpsc::Sender<proto::SubscribeRequest>, tonic::Streaming<proto::SubscribeResponse>);
 
-async fn subscribe(mut client: EventServiceClient<tonic::transport::Channel>) -> Result<Connection, tonic::Status> {
+/// Where one PSP's event stream stands, across its connections.
+struct Cursor {
+    psp: String,
+    /// Whether an event has come yet: the first one sets where the sequence starts (a PSP of an
+    /// earlier run against the same switch resumes where that run acknowledged).
+    started: bool,
+    /// The highest sequence processed (decided, recorded).
+    processed: u64,
+    /// The highest sequence acknowledged to the switch.
+    acknowledged: u64,
+    /// What the current connection's Hello said was acknowledged: nothing at or below it may come.
+    acknowledged_at_hello: u64,
+}
+
+impl Cursor {
+    /// Checks one event's sequence against the stream's promises; whether to process it (false:
+    /// seen before, sent again after a reconnection).
+    fn admit(&mut self, stats: &PayeeStats, sequence: u64) -> bool {
+        let problem = |text: String| {
+            stats.stream_problems.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(text);
+        };
+        if !self.started {
+            self.started = true;
+            self.processed = sequence.saturating_sub(1);
+        }
+        if sequence <= self.acknowledged_at_hello {
+            problem(format!("{}: event {sequence} came again after it was acknowledged", self.psp));
+            return false;
+        }
+        if sequence <= self.processed {
+            stats.redelivered.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if sequence != self.processed + 1 {
+            problem(format!("{}: event {sequence} after {} (a gap)", self.psp, self.processed));
+        }
+        self.processed = sequence;
+        true
+    }
+}
+
+/// Subscribes, resuming after `acknowledged` (0 the first time: "everything you have for me").
+async fn subscribe(
+    mut client: EventServiceClient<tonic::transport::Channel>,
+    acknowledged: u64,
+) -> Result<Connection, tonic::Status> {
     let (sender, receiver) = mpsc::channel(4_096);
-    let hello = proto::Hello { last_acknowledged_sequence: 0 };
-    // The switch resumes after its durable acknowledgement, so 0 means "what you have for me".
+    let hello = proto::Hello { last_acknowledged_sequence: acknowledged };
     let _ = sender.send(proto::SubscribeRequest { message: Some(Outgoing::Hello(hello)) }).await;
     let inbound = client.subscribe(ReceiverStream::new(receiver)).await?.into_inner();
     Ok((sender, inbound))
@@ -118,10 +173,11 @@ async fn serve(
     stats: &PayeeStats,
     rng: &mut SmallRng,
     behaviour: Behaviour,
+    cursor: &mut Cursor,
     sender: mpsc::Sender<proto::SubscribeRequest>,
     mut inbound: tonic::Streaming<proto::SubscribeResponse>,
 ) {
-    let (mut seen, mut acked) = (0u64, 0u64);
+    let (mut seen, mut acked) = (cursor.processed, cursor.acknowledged);
     let mut ticker = tokio::time::interval(ACK_INTERVAL);
     loop {
         if stats.stop.load(Ordering::Acquire) {
@@ -132,6 +188,7 @@ async fn serve(
             _ = ticker.tick() => {
                 if seen > acked && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await {
                     acked = seen;
+                    cursor.acknowledged = acked;
                 }
                 continue;
             }
@@ -144,6 +201,9 @@ async fn serve(
         match message.message {
             Some(Incoming::Event(event)) => {
                 stats.events.fetch_add(1, Ordering::Relaxed);
+                if !cursor.admit(stats, event.sequence) {
+                    continue;
+                }
                 seen = seen.max(event.sequence);
                 if let Some(decision) = decide(stats, rng, behaviour, event.kind) {
                     if behaviour.think_time.is_zero() {
@@ -160,6 +220,7 @@ async fn serve(
                     && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await
                 {
                     acked = seen;
+                    cursor.acknowledged = acked;
                 }
             }
             Some(Incoming::DecisionReceipt(receipt)) if receipt.status_code != 0 => {
@@ -216,5 +277,40 @@ fn decide(stats: &PayeeStats, rng: &mut SmallRng, behaviour: Behaviour, kind: Op
             None
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cursor() -> Cursor {
+        Cursor { psp: "lg-01".into(), started: false, processed: 0, acknowledged: 0, acknowledged_at_hello: 0 }
+    }
+
+    fn problems(stats: &PayeeStats) -> Vec<String> {
+        stats.stream_problems.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    #[test]
+    fn a_stream_resumed_after_a_failover_is_checked_for_gaps_and_acknowledged_repeats() {
+        let stats = PayeeStats::default();
+        let mut cursor = cursor();
+        // An earlier run acknowledged up to 40: this one starts at 41.
+        assert!(cursor.admit(&stats, 41) && cursor.admit(&stats, 42) && cursor.admit(&stats, 43));
+        cursor.acknowledged = 42;
+        // Reconnected (a new leader) saying 42 was acknowledged: 43 again is a redelivery, skipped.
+        cursor.acknowledged_at_hello = cursor.acknowledged;
+        assert!(!cursor.admit(&stats, 43));
+        assert!(cursor.admit(&stats, 44));
+        assert_eq!(stats.redelivered.load(Ordering::Relaxed), 1);
+        assert!(problems(&stats).is_empty(), "{:?}", problems(&stats));
+        // An acknowledged event again, and a gap: both are broken promises.
+        assert!(!cursor.admit(&stats, 42));
+        assert!(cursor.admit(&stats, 47));
+        assert_eq!(
+            problems(&stats),
+            vec!["lg-01: event 42 came again after it was acknowledged", "lg-01: event 47 after 44 (a gap)"]
+        );
     }
 }

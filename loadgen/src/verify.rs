@@ -246,6 +246,26 @@ pub struct Baseline {
     pub window: proto::SettlementReport,
 }
 
+/// The event streams' promises, as the simulated PSPs checked them on every event, across every
+/// reconnection (a restart or a failover): in sequence, no gap, nothing acknowledged sent again.
+fn event_streams(payees: &PayeeStats, verification: &mut Verification) {
+    let problems = payees.stream_problems.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    if problems.is_empty() {
+        verification.checks.push(format!(
+            "event streams: every PSP's events in sequence with no gap and none it acknowledged sent again ({} events, {} reconnections, {} unacknowledged events sent again and skipped)",
+            payees.events.load(std::sync::atomic::Ordering::Relaxed),
+            payees.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+            payees.redelivered.load(std::sync::atomic::Ordering::Relaxed)
+        ));
+    }
+    const SHOWN: usize = 20;
+    let count = problems.len();
+    verification.problems.extend(problems.into_iter().take(SHOWN));
+    if count > SHOWN {
+        verification.problems.push(format!("... and {} more event-stream problems", count - SHOWN));
+    }
+}
+
 /// The whole check against a running switch.
 pub async fn verify(
     operator: &mut OperatorServiceClient<Channel>,
@@ -258,6 +278,7 @@ pub async fn verify(
     let found = lookup(operator, sent).await?;
     let expected = compare(sent, &found, &|id| payees.collect_outcome(id), population, &mut verification);
 
+    event_streams(payees, &mut verification);
     let after = crate::setup::positions(operator).await?;
     let window = open_window(operator).await?;
     let same_window = window.window_id == before.window.window_id;
