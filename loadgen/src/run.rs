@@ -232,7 +232,7 @@ pub async fn run(args: Args, checked: Checked) -> anyhow::Result<Ending> {
         note(format!("  verifying {} records against the switch's ledger...", fmt_count(all_sent.len() as u64)));
         let checked_at = Instant::now();
         report.verification =
-            Some(match verify::verify(&mut operator, &before, &all_sent, &payees, &population).await {
+            Some(match verified(&connector, &mut operator, &before, &all_sent, &payees, &population).await {
                 Ok(verification) => verification,
                 Err(error) => model::Verification {
                     passed: false,
@@ -429,9 +429,12 @@ async fn watch(load: Arc<Load>, abort_ratio: f64, quiet: bool) -> Option<String>
                 abort_ratio * 100.0
             ));
         }
-        if load.in_flight() > 0 && now.duration_since(last_progress_at) > Duration::from_secs(15) {
+        // Following a replicated switch, operations wait out a failover (up to FAILOVER_WAIT) and a
+        // new leader may first wait for a restarted follower to catch up before it commits.
+        let silence_max = if load.leader.is_some() { crate::leader::FAILOVER_WAIT } else { Duration::from_secs(15) };
+        if load.in_flight() > 0 && now.duration_since(last_progress_at) > silence_max {
             load.stop();
-            return Some("no answer from the switch for 15 s".into());
+            return Some(format!("no answer from the switch for {} s", silence_max.as_secs()));
         }
     }
 }
@@ -481,6 +484,33 @@ async fn run_baseline(
         verification: result.checks,
     };
     Ok((baseline, result.server_version))
+}
+
+/// The verification (read-only, so it may be run again). Following a replicated switch, a leader
+/// lost while it runs (its reads refused: NO_LEADER, NOT_LEADER, a dead connection) is waited for
+/// and the whole check made again, a few times.
+async fn verified(
+    connector: &Connector,
+    operator: &mut switch::proto::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
+    before: &verify::Baseline,
+    sent: &[crate::stats::Sent],
+    payees: &payee::PayeeStats,
+    population: &Population,
+) -> anyhow::Result<model::Verification> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        let generation = connector.leader.as_ref().map(|leader| leader.generation());
+        let result = verify::verify(operator, before, sent, payees, population).await;
+        match (&result, &connector.leader, generation) {
+            (Err(error), Some(leader), Some(generation)) if attempt < ATTEMPTS => {
+                eprintln!("  the verification failed ({error:#}): waiting for a leader and checking again");
+                leader.lost(generation).await?;
+                attempt += 1;
+            }
+            _ => return result,
+        }
+    }
 }
 
 /// The failovers loadgen sat through, each with the silent stretch around it measured from the
