@@ -250,7 +250,7 @@ pub async fn add(
         Some(_) => tracing::info!(node = id, operator, "node is a learner already: waiting for it to catch up"),
         None => {
             bounded(wait, switch.leadership.raft().add_learner(id, node.clone(), false)).await?;
-            tracing::info!(node = id, operator, %node, "node added as a learner: catching up");
+            tracing::info!(node = id, operator, member = %node, "node added as a learner: catching up");
         }
     }
     wait_for_catch_up(switch, id, wait).await?;
@@ -325,7 +325,7 @@ pub async fn remove(switch: &Switch, operator: &str, node_id: u64) -> Result<pro
         ChangeMembers::RemoveNodes(BTreeSet::from([id]))
     };
     bounded(wait, switch.leadership.raft().change_membership(change, false)).await?;
-    tracing::warn!(node = id, operator, %node, "node removed from the cluster");
+    tracing::warn!(node = id, operator, member = %node, "node removed from the cluster");
     Ok(view(&current(switch)))
 }
 

@@ -4,6 +4,8 @@
 
 pub mod chromium;
 pub mod cluster;
+pub mod payer;
+pub mod processes;
 pub mod served;
 
 use std::net::SocketAddr;

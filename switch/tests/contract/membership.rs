@@ -2,13 +2,17 @@
 //! switch that is a cluster of one: every refusal with its reason and field, and that it changed
 //! nothing; a node that cannot catch up stays a learner (MEMBERSHIP_CHANGE_PENDING, and the same
 //! call again carries on); a removal is final (the id is never accepted again, and removing it
-//! again is answered, not refused). The catch-up and promotion of a real node are tested with
-//! `switch serve` processes in `tests/membership.rs`.
+//! again is answered, not refused). On three nodes: a removed node that still runs does not
+//! disturb the others. The catch-up and promotion of a real node are tested with `switch serve`
+//! processes in `tests/membership.rs`.
+
+use std::time::{Duration, Instant};
 
 use switch::proto::operator_service_client::OperatorServiceClient;
 use switch::proto::{self, Reason};
 use tonic::transport::Channel;
 
+use crate::common::cluster::TestCluster;
 use crate::common::{pay, TestSwitch};
 use crate::support::{assert_refusal, assert_refused, Unchanged};
 
@@ -105,4 +109,48 @@ async fn membership_changes_are_checked_and_a_removed_id_is_never_accepted_again
     bank_a.payments.pay(pay(2, "ana@bank-a", "bo@bank-b", 100)).await.expect("the cluster serves");
     assert_eq!(bank_a.position().await.balance_minor, 800);
     test.assert_money_conserved();
+}
+
+/// A removed node that is still running (its operator has not stopped it yet) takes no part:
+/// it may still believe itself a voter and time out waiting for the leader, but its elections
+/// are refused while the cluster has a leader (pre-vote, and the leader's lease), so the leader
+/// keeps its term and the cluster serves on; the removed node serves no PSP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_that_still_runs_does_not_disturb_the_cluster() {
+    let mut cluster = TestCluster::start(3).await;
+    let (leader, switch) = cluster.leader().await;
+    let leading = cluster.endpoint(leader);
+    let (mut bank_a, _bank_b) = leading.payer_and_payee(0, 1_000_000).await;
+    let removed = (0..3).find(|index| *index != leader).expect("a follower");
+    let removed_id = removed as u64 + 1;
+    let mut operator = leading.operator().await;
+    let answer = operator.remove_node(remove(removed_id)).await.expect("a running follower removed").into_inner();
+    let others: Vec<(u64, bool)> = (1..=3).filter(|id| *id != removed_id).map(|id| (id, true)).collect();
+    assert_eq!(members(&answer), others);
+
+    // Payments for several election timeouts of the removed node: time for it to try.
+    let term = switch.leadership.status().term;
+    let election_timeout = Duration::from_millis(switch.leadership.raft().config().election_timeout_max);
+    let started = Instant::now();
+    let mut payment = 1;
+    while started.elapsed() < election_timeout * 3 {
+        let paid = bank_a.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 100)).await;
+        assert_eq!(paid.expect("the cluster serves").into_inner().state, proto::PaymentState::Completed as i32);
+        payment += 1;
+    }
+    let status = switch.leadership.status();
+    assert_eq!((status.term, status.leader), (term, Some(leader as u64 + 1)), "the removed node caused an election");
+    assert!(!status.voters.contains(&removed_id) && !status.learners.contains(&removed_id), "{status:?}");
+    let mut at_removed = cluster.endpoint(removed).psp("bank-a").await;
+    let refused = at_removed.payments.pay(pay(payment, "ana@bank-a", "bo@bank-b", 100)).await.expect_err("removed");
+    assert!(
+        matches!(switch::reason::reason_of(&refused), Some(Reason::NotLeader | Reason::NoLeader)),
+        "a removed node serves nothing: {refused:?}"
+    );
+    assert_eq!(bank_a.position().await.balance_minor, 1_000_000 - (payment as i64 - 1) * 100);
+    let accounts = switch.ledger.store().expect("the store").all_accounts().expect("accounts");
+    let debits: u128 = accounts.iter().map(|account| account.debits_posted + account.debits_pending).sum();
+    let credits: u128 = accounts.iter().map(|account| account.credits_posted + account.credits_pending).sum();
+    assert_eq!(debits, credits, "money created or lost");
+    cluster.stop_all().await;
 }
