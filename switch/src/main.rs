@@ -90,6 +90,7 @@ struct ConnectionArgs {
     /// sent there.
     #[arg(long, default_value = "https://localhost:50051")]
     server: String,
+    /// The data directory whose development CA (`<data>/certs`) issued the certificates.
     #[arg(long, default_value = "data")]
     data: PathBuf,
     /// Act as this operator (e.g. `admin`) or PSP (e.g. `bank-a`) of the development CA in

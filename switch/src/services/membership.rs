@@ -363,7 +363,8 @@ mod tests {
         ] {
             assert_eq!(refused(bad), Err(Reason::AddressMalformed), "{bad:?}");
         }
-        assert_eq!(refused(&format!("{}:80", "a".repeat(252))), Err(Reason::AddressMalformed));
+        assert_eq!(refused(&format!("{}:80", "a".repeat(253))), Err(Reason::AddressMalformed));
+        assert_eq!(refused(&format!("{}:80", "a".repeat(252))), Ok(()), "255 bytes is the bound");
     }
 
     #[test]
