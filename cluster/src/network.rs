@@ -94,7 +94,9 @@ pub struct Peer {
 /// a deadline is a timeout, anything else is retried.
 fn rpc_error(status: &tonic::Status) -> RPCError<TypeConfig> {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown => {
+        // FAILED_PRECONDITION: another node answers at the address (the peer service's check):
+        // the node meant is not there.
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
             RPCError::Unreachable(Unreachable::from_string(format!("peer: {status}")))
         }
         _ => RPCError::Network(NetworkError::from_string(format!("peer: {status}"))),
@@ -111,7 +113,7 @@ impl Peer {
     }
 
     fn request(&self, body: Vec<u8>, option: &RPCOption) -> tonic::Request<Frame> {
-        let mut request = tonic::Request::new(Frame { body });
+        let mut request = self.addressed(Frame { body });
         request.set_timeout(option.hard_ttl());
         request
     }
@@ -122,8 +124,15 @@ impl Peer {
     /// that: it timed out, was sent again the same size, and the follower never caught up.
     fn append_request(&self, body: Vec<u8>, option: &RPCOption) -> tonic::Request<Frame> {
         let transfer = Duration::from_secs_f64(body.len() as f64 / APPEND_BYTES_PER_SECOND_MIN);
-        let mut request = tonic::Request::new(Frame { body });
+        let mut request = self.addressed(Frame { body });
         request.set_timeout(option.hard_ttl().max(APPEND_TIMEOUT_MIN) + transfer);
+        request
+    }
+
+    /// A request naming the node it is meant for (`service::TARGET_NODE_HEADER`).
+    fn addressed<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(crate::service::TARGET_NODE_HEADER, self.target.into());
         request
     }
 }
@@ -177,9 +186,10 @@ impl RaftNetworkV2<TypeConfig> for Peer {
             StreamingError::Network(NetworkError::from_string(format!("reading the snapshot: {error}")))
         })?;
         let target = self.target;
+        let request = self.addressed(frames);
         let send = async move {
             let mut client = client;
-            client.snapshot(frames).await
+            client.snapshot(request).await
         };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -191,7 +201,9 @@ impl RaftNetworkV2<TypeConfig> for Peer {
                         target,
                         timeout: Duration::ZERO,
                     }),
-                    tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::from_string(status.to_string())),
+                    tonic::Code::Unavailable | tonic::Code::FailedPrecondition => {
+                        StreamingError::Unreachable(Unreachable::from_string(status.to_string()))
+                    }
                     _ => StreamingError::Network(NetworkError::from_string(status.to_string())),
                 })?;
                 wire::decode_snapshot_reply(&reply.into_inner().body)

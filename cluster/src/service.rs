@@ -2,11 +2,17 @@
 //! local openraft node. A frame that does not decode is refused (INVALID_ARGUMENT) and changes
 //! nothing. A snapshot is written to a directory of its own as it arrives, installed only once
 //! its end frame confirms it is whole, and removed afterwards.
+//!
+//! Every call names the node it is meant for (`TARGET_NODE_HEADER`), and a node answers only
+//! calls meant for it. A node that rejoins under a new id on the machine and address of the one
+//! it replaces would otherwise answer the leader's calls to the old id too, and count twice
+//! towards a quorum while the old id is still a member.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::Raft;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
@@ -19,10 +25,15 @@ use crate::wire::{self, SnapshotFrame};
 
 pub type SwitchRaft = Raft<TypeConfig, LedgerMachine>;
 
+/// The request header naming the node id a call is meant for (decimal).
+pub const TARGET_NODE_HEADER: &str = "switch-target-node";
+
 /// The service of one node.
 #[derive(Clone)]
 pub struct PeerService {
     raft: SwitchRaft,
+    /// This node's id: calls meant for another are refused.
+    id: u64,
     /// Where snapshots being received are written.
     incoming: PathBuf,
     next_incoming: Arc<AtomicU64>,
@@ -33,7 +44,8 @@ pub struct PeerService {
 impl PeerService {
     /// A service that answers any caller: for plain-TCP tests on loopback only.
     pub fn new(raft: SwitchRaft, incoming: PathBuf) -> PeerService {
-        PeerService { raft, incoming, next_incoming: Arc::new(AtomicU64::new(0)), nodes_only: false }
+        let id = raft.metrics().borrow_watched().id;
+        PeerService { raft, id, incoming, next_incoming: Arc::new(AtomicU64::new(0)), nodes_only: false }
     }
 
     /// Answers only callers whose verified client certificate names a node
@@ -43,6 +55,17 @@ impl PeerService {
     }
 
     fn check_caller<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        // A call without the header comes from a node of an earlier release: answered as before.
+        if let Some(target) = request.metadata().get(TARGET_NODE_HEADER) {
+            let target = target.to_str().ok().and_then(|target| target.parse::<u64>().ok());
+            if target != Some(self.id) {
+                return Err(Status::failed_precondition(format!(
+                    "this is node {}, not node {}",
+                    self.id,
+                    target.map_or_else(|| "?".to_string(), |target| target.to_string())
+                )));
+            }
+        }
         if !self.nodes_only {
             return Ok(());
         }
@@ -104,8 +127,13 @@ impl RaftService for PeerService {
         let received = receive_snapshot(request.into_inner(), &directory).await;
         let installed = match received {
             Ok((vote, meta)) => {
+                let index = meta.last_log_id.map_or(0, |log_id| log_id.index);
                 let snapshot = openraft::Snapshot { meta, snapshot: directory.clone() };
-                self.raft.install_full_snapshot(vote, snapshot).await.map_err(raft_failed)
+                let installed = self.raft.install_full_snapshot(vote, snapshot).await.map_err(raft_failed);
+                if installed.is_ok() {
+                    tracing::info!(index, "installed a snapshot from the leader (the ledger up to that entry)");
+                }
+                installed
             }
             Err(status) => Err(status),
         };

@@ -124,7 +124,9 @@ pub struct ClusterSection {
     pub peer_listen: SocketAddr,
     /// The nodes of the cluster when it first starts (every node lists the same members). Empty:
     /// this node alone. Nodes added or removed later change the membership in the replicated log;
-    /// this list is read only by a node that has never started (docs/cluster.md).
+    /// this list is read only by a node that has never started (docs/cluster.md). A node joining
+    /// a running cluster lists the current members, not itself: it forms nothing and waits until
+    /// the leader adds it (`switch cluster add`).
     pub members: Vec<Member>,
     /// This node's certificate and key for the peer port (PEM, SAN URI
     /// `spiffe://switch/node/<node_id>`), issued by `tls.ca_certificate`'s CA. Empty: issued by
@@ -143,6 +145,10 @@ pub struct ClusterSection {
     /// Entries between two snapshots of the state (RocksDB checkpoints), from which a node that
     /// is far behind, or new, catches up.
     pub snapshot_every_entries: u64,
+    /// Longest the leader waits, in an AddNode call, for the new node to catch up before it
+    /// answers MEMBERSHIP_CHANGE_PENDING (the node stays a learner and keeps catching up; the
+    /// same call again carries on); also the longest a membership change waits to commit.
+    pub catch_up_wait_ms: u64,
 }
 
 /// One node of the cluster, as the others reach it.
@@ -167,6 +173,7 @@ impl Default for ClusterSection {
             peer_server_name: "localhost".into(),
             peer_source_address: None,
             snapshot_every_entries: 50_000,
+            catch_up_wait_ms: 30_000,
         }
     }
 }
@@ -304,8 +311,8 @@ impl Config {
         if ids.len() != cluster.members.len() || ids.contains(&0) {
             return invalid("cluster.members: ids must be positive and distinct".into());
         }
-        if !cluster.members.is_empty() && !ids.contains(&cluster.node_id) {
-            return invalid(format!("cluster.members does not list this node (node_id {})", cluster.node_id));
+        if cluster.catch_up_wait_ms == 0 {
+            return invalid("cluster.catch_up_wait_ms must be positive".into());
         }
         if cluster.members.len() > 1 && tls.ca_certificate.is_some() && cluster.node_certificate.is_none() {
             return invalid(

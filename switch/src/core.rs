@@ -32,6 +32,8 @@ pub mod tables {
     pub const COLLECTS: u8 = 7;
     /// Settlement windows: the open one and the reports of closed ones.
     pub const SETTLEMENT: u8 = 8;
+    /// Nodes removed from the cluster, by id: their ids are never accepted again.
+    pub const REMOVED_NODES: u8 = 9;
 }
 
 /// Ledger account codes (chart of accounts).
@@ -108,6 +110,9 @@ pub struct Switch {
     pub failed: tokio::sync::watch::Sender<bool>,
     /// Serialises operator changes (rare): a read-modify-write of a participant must not race.
     pub operator_lock: tokio::sync::Mutex<()>,
+    /// Serialises membership changes, apart from `operator_lock`: an AddNode may wait for a node
+    /// to catch up for many seconds, which must not hold up funding or participant changes.
+    pub membership_lock: tokio::sync::Mutex<()>,
     /// Counters for operators (`crate::metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -183,6 +188,7 @@ impl Switch {
             shutting_down: tokio::sync::watch::Sender::new(false),
             failed: tokio::sync::watch::Sender::new(false),
             operator_lock,
+            membership_lock: tokio::sync::Mutex::new(()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
         }))
     }

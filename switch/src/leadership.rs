@@ -40,8 +40,15 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     /// Highest index included in this node's last snapshot.
     pub snapshot_index: u64,
+    /// Highest index purged from this node's log (its log starts after it; a node that caught up
+    /// from a snapshot starts after the snapshot). 0: nothing purged.
+    #[serde(default)]
+    pub purged_index: u64,
     /// Members: voters' ids.
     pub voters: Vec<u64>,
+    /// Members that receive the log but do not vote: nodes being added (`switch cluster add`).
+    #[serde(default)]
+    pub learners: Vec<u64>,
     /// On the leader: per follower, the highest index it has (None: not yet known).
     pub replication: Vec<FollowerProgress>,
     /// Milliseconds since this node last heard of a quorum acknowledging it, on the leader.
@@ -183,7 +190,9 @@ fn status_of(metrics: &openraft::RaftMetrics<cluster::TypeConfig>, id: u64) -> C
         committed_index: metrics.cluster_committed.as_ref().map_or(0, |log_id| log_id.index),
         applied_index: metrics.last_applied.as_ref().map_or(0, |log_id| log_id.index),
         snapshot_index: metrics.snapshot.as_ref().map_or(0, |log_id| log_id.index),
+        purged_index: metrics.purged.as_ref().map_or(0, |log_id| log_id.index),
         voters: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
         replication,
         // A node alone is its own quorum: no acknowledgement to age.
         quorum_acked_ms_ago: metrics.last_quorum_acked.as_ref().filter(|_| membership.voter_ids().count() > 1).map(

@@ -5,7 +5,9 @@
 //! - `switch certs issue --psp ID` / `--operator NAME` / `--node N`: certificates from the
 //!   development CA (a node's is for the node-to-node port of a replicated switch).
 //! - `switch client --as NAME ...`: register, fund, alias, pay, status by hand (see `--help`).
-//! - `switch cluster status --node HOST:PORT ...`: every node's place in a replicated switch.
+//! - `switch cluster status --node HOST:PORT ...`: every node's place in a replicated switch;
+//!   `switch cluster add --id N --peer HOST:PORT --psp HOST:PORT` and `remove --id N`: change
+//!   its members (operator).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,40 +76,93 @@ enum Command {
     },
     /// Call a running switch with a certificate from the development CA.
     Client {
-        #[arg(long, default_value = "https://localhost:50051")]
-        server: String,
-        #[arg(long, default_value = "data")]
-        data: PathBuf,
-        /// Act as this operator (e.g. `admin`) or PSP (e.g. `bank-a`) of the development CA in
-        /// `<data>/certs`. Not needed with `--cert` and `--key`.
-        #[arg(long = "as", required_unless_present = "cert")]
-        caller: Option<String>,
-        /// The DNS name the server's certificate must carry (production certificates rarely
-        /// name `localhost`, e.g. when reaching the switch through a port-forward).
-        #[arg(long, default_value = "localhost")]
-        domain: String,
-        /// CA certificate (PEM) that issued the server's certificate; default: the development CA.
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Client certificate (PEM) to act with, instead of the development CA's (`--as`).
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        /// The client certificate's private key (PEM).
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        connection: ConnectionArgs,
         #[command(subcommand)]
         command: switch::client::ClientCommand,
     },
 }
 
+/// Where a client command connects, and as whom (mutual TLS).
+#[derive(clap::Args)]
+struct ConnectionArgs {
+    /// Any node of the switch: a node that does not lead names the leader, and the command is
+    /// sent there.
+    #[arg(long, default_value = "https://localhost:50051")]
+    server: String,
+    /// The data directory whose development CA (`<data>/certs`) issued the certificates.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Act as this operator (e.g. `admin`) or PSP (e.g. `bank-a`) of the development CA in
+    /// `<data>/certs`. Not needed with `--cert` and `--key`.
+    #[arg(long = "as", required_unless_present = "cert")]
+    caller: Option<String>,
+    /// The DNS name the server's certificate must carry (production certificates rarely
+    /// name `localhost`, e.g. when reaching the switch through a port-forward).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// CA certificate (PEM) that issued the server's certificate; default: the development CA.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) to act with, instead of the development CA's (`--as`).
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl ConnectionArgs {
+    fn connection(self) -> anyhow::Result<switch::client::Connection> {
+        let ConnectionArgs { server, data, caller, domain, ca, cert, key } = self;
+        switch::client::check_server(&server)?;
+        let identity = match (cert, key, caller) {
+            (Some(certificate), Some(key), _) => switch::client::Identity::Files { certificate, key },
+            (_, _, Some(name)) => switch::client::Identity::Development(name),
+            _ => anyhow::bail!("name the caller: --as NAME, or --cert and --key"),
+        };
+        Ok(switch::client::Connection { server, data, identity, domain, ca })
+    }
+}
+
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Every node's role, term, leader, log, commit and apply indexes and lag, read from each
-    /// node's operator port. Exits non-zero when no node answers or none leads.
+    /// node's operator port, and the members. Exits non-zero when no node answers or none leads.
     Status {
         /// A node's operator HTTP address (host:port); repeat for each node.
         #[arg(long = "node", required = true)]
         nodes: Vec<String>,
+    },
+    /// Add a node (operator): started beforehand with its new id and the current members in
+    /// `[cluster].members`, it catches up from a snapshot and the log as a learner, then becomes
+    /// a voter (docs/cluster.md).
+    Add {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// The new node's id: never used before in this cluster.
+        #[arg(long)]
+        id: u64,
+        /// host:port where the other nodes reach its peer port.
+        #[arg(long)]
+        peer: String,
+        /// host:port of its PSP port.
+        #[arg(long)]
+        psp: String,
+        /// How long to keep asking while the node catches up.
+        #[arg(long, default_value_t = 600)]
+        wait_seconds: u64,
+    },
+    /// Remove a node (operator): a dead machine, a wiped disk, or one being replaced. Its id is
+    /// never accepted again.
+    Remove {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[arg(long)]
+        id: u64,
+        /// How long to keep asking while the change commits.
+        #[arg(long, default_value_t = 120)]
+        wait_seconds: u64,
     },
 }
 
@@ -180,21 +235,12 @@ fn main() -> anyhow::Result<()> {
             config.check()?;
             run(config)
         }
-        Command::Client { server, data, caller, domain, ca, cert, key, command } => {
-            switch::client::check_server(&server)?;
-            let identity = match (cert, key, caller) {
-                (Some(certificate), Some(key), _) => switch::client::Identity::Files { certificate, key },
-                (_, _, Some(name)) => switch::client::Identity::Development(name),
-                _ => anyhow::bail!("name the caller: --as NAME, or --cert and --key"),
-            };
-            let connection = switch::client::Connection { server, data, identity, domain, ca };
+        Command::Client { connection, command } => {
+            let connection = connection.connection()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(switch::client::run_following_the_leader(connection, command))
         }
-        Command::Cluster { command: ClusterCommand::Status { nodes } } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(switch::client::cluster::status(&nodes))
-        }
+        Command::Cluster { command } => cluster(command),
         Command::Observability { deploy_dir } => {
             switch::observability::write(&deploy_dir)
                 .with_context(|| format!("writing to {}", deploy_dir.display()))?;
@@ -227,6 +273,25 @@ fn main() -> anyhow::Result<()> {
             };
             println!("certificate {}\nkey         {}", pair.certificate.display(), pair.key.display());
             Ok(())
+        }
+    }
+}
+
+fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    use switch::client::cluster::{change, status, Change};
+    use switch::proto::{AddNodeRequest, RemoveNodeRequest};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match command {
+        ClusterCommand::Status { nodes } => runtime.block_on(status(&nodes)),
+        ClusterCommand::Add { connection, id, peer, psp, wait_seconds } => {
+            let request = AddNodeRequest { node_id: id, peer_address: peer, psp_address: psp };
+            let wait = std::time::Duration::from_secs(wait_seconds);
+            runtime.block_on(change(connection.connection()?, Change::Add(request), wait))
+        }
+        ClusterCommand::Remove { connection, id, wait_seconds } => {
+            let request = RemoveNodeRequest { node_id: id };
+            let wait = std::time::Duration::from_secs(wait_seconds);
+            runtime.block_on(change(connection.connection()?, Change::Remove(request), wait))
         }
     }
 }

@@ -57,12 +57,22 @@ pub async fn run(
     // A node that has never started forms the cluster from the configured members (every member
     // may: openraft elects one leader among identical initial memberships). One that has
     // started, or was added to a running cluster, keeps what its log says.
-    if !node.raft.is_initialized().await.context("reading the node's state")? && members.contains_key(&id) {
-        match node.raft.initialize(members).await {
-            Ok(()) => tracing::info!(node = id, "cluster formed from the configured members"),
-            Err(error) => tracing::info!(node = id, %error, "not forming the cluster (another member did)"),
+    // A node not among them joins a running cluster: it waits, forming nothing, until the
+    // leader adds it (`switch cluster add`).
+    if !node.raft.is_initialized().await.context("reading the node's state")? {
+        if members.contains_key(&id) {
+            match node.raft.initialize(members).await {
+                Ok(()) => tracing::info!(node = id, "cluster formed from the configured members"),
+                Err(error) => tracing::info!(node = id, %error, "not forming the cluster (another member did)"),
+            }
+        } else {
+            tracing::info!(
+                node = id,
+                "not a configured member: waiting for the leader to add this node (switch cluster add)"
+            );
         }
     }
+    tokio::spawn(tell_membership(node.raft.clone(), id));
     let leadership = Leadership::start(node.raft.clone(), id);
 
     let (stop, stopping) = watch::channel(false);
@@ -106,6 +116,29 @@ pub async fn run(
     health_served?;
     operator_served?;
     Ok(())
+}
+
+/// Logs when this node becomes a member (added by the leader) and when it stops being one
+/// (removed: it then takes no part, and should be stopped), until Raft stops.
+async fn tell_membership(raft: cluster::service::SwitchRaft, id: u64) {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let mut metrics = raft.metrics();
+    let member_now = |metrics: &openraft::RaftMetrics<cluster::TypeConfig>| {
+        metrics.membership_config.membership().get_node(&id).is_some()
+    };
+    let mut member = member_now(&metrics.borrow_watched());
+    while metrics.changed().await.is_ok() {
+        let now = member_now(&metrics.borrow_watched());
+        match (member, now) {
+            (false, true) => tracing::info!(node = id, "this node is a member of the cluster"),
+            (true, false) => tracing::warn!(
+                node = id,
+                "this node was removed from the cluster: it takes no part any more; stop it (its id is never reused)"
+            ),
+            _ => {}
+        }
+        member = now;
+    }
 }
 
 /// Serves the PSP port in whichever role the node has, until `stopping`.

@@ -78,7 +78,8 @@ pub fn code_of(reason: Reason) -> Code {
         | R::DeadlineTooFar
         | R::BatchSizeOutOfRange
         | R::PageInvalid
-        | R::RequestMalformed => Code::InvalidArgument,
+        | R::RequestMalformed
+        | R::AddressMalformed => Code::InvalidArgument,
         R::NotAuthenticated => Code::Unauthenticated,
         R::NotAuthorized | R::CallerNotRegistered | R::AliasOwnedByOtherPsp | R::RefundNotByPayee => {
             Code::PermissionDenied
@@ -87,8 +88,11 @@ pub fn code_of(reason: Reason) -> Code {
         | R::OwnAliasNotRegistered
         | R::PaymentNotFound
         | R::ParticipantNotFound
-        | R::SettlementWindowNotFound => Code::NotFound,
-        R::PaymentIdConflict | R::AliasAlreadyRegistered | R::ParticipantAlreadyRegistered => Code::AlreadyExists,
+        | R::SettlementWindowNotFound
+        | R::NodeNotFound => Code::NotFound,
+        R::PaymentIdConflict | R::AliasAlreadyRegistered | R::ParticipantAlreadyRegistered | R::NodeIdTaken => {
+            Code::AlreadyExists
+        }
         R::ParticipantSuspended
         | R::CounterpartySuspended
         | R::InsufficientLiquidity
@@ -105,14 +109,17 @@ pub fn code_of(reason: Reason) -> Code {
         | R::PayeeDeclined
         | R::PayeeTimeout
         | R::PayerDeclined
-        | R::CollectExpired => Code::FailedPrecondition,
+        | R::CollectExpired
+        | R::NodeRemovalUnsafe => Code::FailedPrecondition,
         R::RateLimited
         | R::SwitchBusy
         | R::EventBacklogFull
         | R::DirectoryFull
         | R::CollectsPendingLimit
         | R::ParticipantsLimit => Code::ResourceExhausted,
-        R::ShuttingDown | R::LedgerUnavailable | R::NotLeader | R::NoLeader => Code::Unavailable,
+        R::ShuttingDown | R::LedgerUnavailable | R::NotLeader | R::NoLeader | R::MembershipChangePending => {
+            Code::Unavailable
+        }
         R::StreamProtocolViolation => Code::InvalidArgument,
         R::SequenceOutOfRange => Code::OutOfRange,
         R::SubscriptionReplaced => Code::Aborted,
@@ -137,6 +144,8 @@ pub fn retry_after_ms(reason: Reason) -> Option<u64> {
         // The leader is known: go there at once. None is: an election takes about a second.
         R::NotLeader => 0,
         R::NoLeader => 500,
+        // A node catching up, or a change committing: seconds.
+        R::MembershipChangePending => 5_000,
         R::DirectoryFull | R::ParticipantsLimit => 60_000,
         _ => 1_000,
     })

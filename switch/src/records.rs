@@ -56,6 +56,7 @@ stored_messages! {
     crate::services::settlement::OpenWindow => "open settlement window",
     crate::proto::SettlementReport => "settlement report",
     crate::proto::Event => "event",
+    crate::services::membership::RemovedNode => "removed node",
 }
 
 impl Stored for crate::participants::Participant {

@@ -477,7 +477,7 @@ fn leader_node_last_applied(nodes: &[Node], leader: u64) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_frames_and_incomplete_snapshots_are_refused_and_change_nothing() {
+async fn malformed_frames_calls_for_another_node_and_incomplete_snapshots_are_refused_and_change_nothing() {
     use cluster::proto::raft_client::RaftClient;
     use cluster::proto::Frame;
     use cluster::wire::{encode_snapshot_frame, SnapshotFrame};
@@ -508,6 +508,20 @@ async fn malformed_frames_and_incomplete_snapshots_are_refused_and_change_nothin
         let vote = client.vote(frame(body.clone())).await.expect_err("a garbage vote frame");
         assert_eq!(vote.code(), tonic::Code::InvalidArgument, "{vote:?}");
     }
+    // A call meant for another node is refused before it is read (a node that rejoined under a
+    // new id on the old one's address must not answer for it); one meant for this node is read.
+    let addressed = |target: &str| {
+        let mut request = tonic::Request::new(frame(vec![1; 40]));
+        let value = target.parse().expect("a header value");
+        request.metadata_mut().insert(cluster::service::TARGET_NODE_HEADER, value);
+        request
+    };
+    for other in ["99", "node-2"] {
+        let refused = client.append(addressed(other)).await.expect_err("a call for another node");
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    }
+    let read = client.append(addressed(&target.id.to_string())).await.expect_err("garbage for this node");
+    assert_eq!(read.code(), tonic::Code::InvalidArgument, "{read:?}");
     // A snapshot stream without its end frame, one whose file name leaves the directory, and one
     // that does not start with its header: none is installed.
     let vote = target.raft.metrics().borrow_watched().vote;

@@ -1,12 +1,74 @@
 //! `switch cluster status`: every node's place in the replicated switch, read from each node's
 //! operator port (`GET /cluster`, `leadership::ClusterStatus`) and shown as one table: role,
 //! term, the leader it knows, its log, commit and apply indexes, and how far behind the leader
-//! it is (from the leader's own view of each follower).
+//! it is (from the leader's own view of each follower); then the members as the leader knows
+//! them.
+//!
+//! `switch cluster add` and `remove`: OperatorService.AddNode and RemoveNode over the operator's
+//! mutual TLS, sent to the leader (following NOT_LEADER), and sent again while the switch answers
+//! MEMBERSHIP_CHANGE_PENDING (a new node still catching up), up to `--wait-seconds`: both calls
+//! carry on from where the change stands.
+
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::{describe, following_the_leader, Connection, Refused};
 use crate::leadership::ClusterStatus;
+use crate::proto::operator_service_client::OperatorServiceClient;
+use crate::proto::{self, Reason};
+
+/// A membership change to ask the leader for.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Add(proto::AddNodeRequest),
+    Remove(proto::RemoveNodeRequest),
+}
+
+/// Asks the leader for `change`, again while it is pending, until `wait` has passed; prints the
+/// membership the leader answers.
+pub async fn change(connection: Connection, change: Change, wait: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let attempt = following_the_leader(connection.clone(), |connection| {
+            let change = change.clone();
+            async move {
+                let mut operator = OperatorServiceClient::new(connection.channel().await?);
+                let membership = match change {
+                    Change::Add(request) => operator.add_node(request).await,
+                    Change::Remove(request) => operator.remove_node(request).await,
+                };
+                print!("{}", members(&membership.map_err(describe)?.into_inner()));
+                Ok(())
+            }
+        })
+        .await;
+        let Err(error) = attempt else { return Ok(()) };
+        let pending =
+            error.downcast_ref::<Refused>().filter(|refused| refused.reason == Some(Reason::MembershipChangePending));
+        match pending {
+            Some(refused) if tokio::time::Instant::now() < deadline => {
+                eprintln!("{}; asking again", refused.message);
+                let pause = Duration::from_millis(refused.retry_after_ms.unwrap_or(1_000).clamp(100, 10_000));
+                tokio::time::sleep(pause).await;
+            }
+            _ => return Err(error),
+        }
+    }
+}
+
+/// The membership, one node a line.
+fn members(membership: &proto::ClusterMembership) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for node in &membership.nodes {
+        let role = if node.voter { "voter" } else { "learner" };
+        let _ =
+            writeln!(out, "node {:<4} {role:<8} peer {:<22} psp {}", node.node_id, node.peer_address, node.psp_address);
+    }
+    out
+}
 
 /// Longest a node may take to answer.
 const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -92,6 +154,22 @@ fn table(answers: &[(&str, anyhow::Result<ClusterStatus>)]) -> String {
             }
         }
     }
+    if let Some(leader) = leader {
+        let list = |ids: &[u64]| {
+            if ids.is_empty() {
+                "none".to_string()
+            } else {
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "members (node {}): voters {}; learners {}",
+            leader.node_id,
+            list(&leader.voters),
+            list(&leader.learners)
+        );
+    }
     out
 }
 
@@ -117,6 +195,8 @@ mod tests {
     fn the_table_shows_each_node_and_the_lag_the_leader_sees() {
         let mut leader = node(1, "leader");
         leader.replication = vec![FollowerProgress { node_id: 2, matched_index: Some(42), lag: Some(8) }];
+        leader.voters = vec![1, 2, 3];
+        leader.learners = vec![4];
         let answers = vec![
             ("127.0.0.1:9464", Ok(leader)),
             ("127.0.0.1:9465", Ok(node(2, "follower"))),
@@ -124,7 +204,8 @@ mod tests {
         ];
         let table = table(&answers);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 4, "{table}");
+        assert_eq!(lines.len(), 5, "{table}");
+        assert_eq!(lines[4], "members (node 1): voters 1, 2, 3; learners 4", "{table}");
         assert!(lines[1].contains("leader") && lines[1].trim_end().ends_with('-'), "{table}");
         assert!(lines[2].contains("follower") && lines[2].trim_end().ends_with(" 8"), "{table}");
         assert!(lines[3].contains("unreachable: connection refused"), "{table}");

@@ -1,6 +1,7 @@
 //! `switch client`: a command-line client for operators and for trying the switch by hand:
 //! register and fund participants, register aliases, pay, and read a payment's status, each call
 //! made over mutual TLS with a certificate from the development CA or from given PEM files.
+//! `cluster`: `switch cluster status`, `add` and `remove` (the same connection, for the latter).
 
 pub mod cluster;
 mod show;
@@ -138,9 +139,18 @@ const REDIRECTS_MAX: usize = 3;
 
 /// Runs `command`, following NOT_LEADER's `switch-leader` trailer to the leader: the refusing
 /// node recorded nothing, so the command is sent again there.
-pub async fn run_following_the_leader(mut connection: Connection, command: ClientCommand) -> anyhow::Result<()> {
+pub async fn run_following_the_leader(connection: Connection, command: ClientCommand) -> anyhow::Result<()> {
+    following_the_leader(connection, |connection| run(connection, command.clone())).await
+}
+
+/// Makes `call` on `connection`'s server and again on the leader each NOT_LEADER names.
+pub async fn following_the_leader<F, Call>(mut connection: Connection, call: F) -> anyhow::Result<()>
+where
+    F: Fn(Connection) -> Call,
+    Call: std::future::Future<Output = anyhow::Result<()>>,
+{
     for _ in 0..REDIRECTS_MAX {
-        match run(connection.clone(), command.clone()).await {
+        match call(connection.clone()).await {
             Err(error) => match error.downcast_ref::<NotLeaderAt>() {
                 Some(NotLeaderAt(leader)) => {
                     eprintln!("{} is not the leader: sending to {leader}", connection.server);
@@ -151,18 +161,30 @@ pub async fn run_following_the_leader(mut connection: Connection, command: Clien
             done => return done,
         }
     }
-    run(connection, command).await
+    call(connection).await
+}
+
+/// A call the switch refused, with its reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{code:?} {}: {message}", reason.map_or("-", |reason| reason.as_str_name()))]
+pub struct Refused {
+    pub code: tonic::Code,
+    pub reason: Option<crate::proto::Reason>,
+    pub message: String,
+    /// `switch-retry-after-ms`, when the refusal carries it.
+    pub retry_after_ms: Option<u64>,
 }
 
 fn describe(status: tonic::Status) -> anyhow::Error {
     let reason = crate::reason::reason_of(&status);
+    let trailer = |name: &str| status.metadata().get(name).and_then(|value| value.to_str().ok());
     if reason == Some(crate::proto::Reason::NotLeader) {
-        if let Some(leader) = status.metadata().get("switch-leader").and_then(|value| value.to_str().ok()) {
+        if let Some(leader) = trailer("switch-leader") {
             return anyhow::Error::new(NotLeaderAt(leader.to_string()));
         }
     }
-    let reason = reason.map_or("-", |reason| reason.as_str_name());
-    anyhow::anyhow!("{:?} {reason}: {}", status.code(), status.message())
+    let retry_after_ms = trailer("switch-retry-after-ms").and_then(|value| value.parse().ok());
+    anyhow::Error::new(Refused { code: status.code(), reason, message: status.message().to_string(), retry_after_ms })
 }
 
 pub async fn run(connection: Connection, command: ClientCommand) -> anyhow::Result<()> {

@@ -125,6 +125,12 @@ pub fn render_cluster(status: &crate::leadership::ClusterStatus, leader_changes:
         u64::from(status.leader.is_some()),
     );
     gauge(&mut page, "switch_raft_voters", "Voting members of the cluster.", status.voters.len() as u64);
+    gauge(
+        &mut page,
+        "switch_raft_learners",
+        "Members receiving the log without a vote (nodes being added).",
+        status.learners.len() as u64,
+    );
     page.family(
         "switch_raft_leader_changes_total",
         "counter",

@@ -56,6 +56,8 @@ pub const METHODS: &[&str] = &[
     "/paymentswitch.v1.OperatorService/GetSettlementReport",
     "/paymentswitch.v1.OperatorService/GetPayment",
     "/paymentswitch.v1.OperatorService/GetPayments",
+    "/paymentswitch.v1.OperatorService/AddNode",
+    "/paymentswitch.v1.OperatorService/RemoveNode",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

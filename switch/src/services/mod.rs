@@ -4,6 +4,7 @@ pub mod collect;
 pub mod directory;
 pub mod events;
 pub mod funding;
+pub mod membership;
 pub mod operator;
 mod pay_stream;
 pub mod payments;

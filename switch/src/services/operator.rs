@@ -1,4 +1,5 @@
 //! `OperatorService`: participants, funding, net debit caps, suspension. Operator certificate only.
+//! Settlement, funding and cluster membership have modules of their own.
 //!
 //! Every change is one ledger submission, so it is durable and atomic with its money movement:
 //! registration is `[participant record, create account]`; a cap change is `[record, set debit
@@ -351,5 +352,21 @@ impl OperatorService for Operator {
             payments.push(lookup);
         }
         Ok(Response::new(proto::GetPaymentsResponse { payments }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::ClusterMembership>, Status> {
+        let operator = auth::operator(&request)?;
+        Ok(Response::new(super::membership::add(&self.switch, &operator, request.into_inner()).await?))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::ClusterMembership>, Status> {
+        let operator = auth::operator(&request)?;
+        Ok(Response::new(super::membership::remove(&self.switch, &operator, request.get_ref().node_id).await?))
     }
 }

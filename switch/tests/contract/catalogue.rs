@@ -16,6 +16,7 @@ const AREAS: &[(&str, &str)] = &[
     ("directory.rs", include_str!("directory.rs")),
     ("events.rs", include_str!("events.rs")),
     ("fuzz.rs", include_str!("fuzz.rs")),
+    ("membership.rs", include_str!("membership.rs")),
     ("operator.rs", include_str!("operator.rs")),
     ("overload.rs", include_str!("overload.rs")),
     ("payments.rs", include_str!("payments.rs")),

@@ -95,6 +95,8 @@ pub const METHODS: &[(&str, Shape)] = &[
     ("/paymentswitch.v1.OperatorService/GetSettlementReport", Shape::Unary),
     ("/paymentswitch.v1.OperatorService/GetPayment", Shape::Unary),
     ("/paymentswitch.v1.OperatorService/GetPayments", Shape::Unary),
+    ("/paymentswitch.v1.OperatorService/AddNode", Shape::Unary),
+    ("/paymentswitch.v1.OperatorService/RemoveNode", Shape::Unary),
 ];
 
 /// Bytes no request message decodes: a truncated tag.

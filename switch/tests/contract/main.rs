@@ -16,6 +16,7 @@ mod cluster;
 mod directory;
 mod events;
 mod fuzz;
+mod membership;
 mod operator;
 mod overload;
 mod payments;
