@@ -1,6 +1,6 @@
 //! Replacing a node of a running replicated switch, with real `switch serve` processes on
 //! loopback and the operator's own commands (`switch cluster add` and `remove`), while a PSP pays
-//! without pause (`membership/payer.rs`).
+//! without pause (`common::payer`).
 //!
 //! A follower's machine loses its disk: the node is killed and its data wiped, and it comes back
 //! on the same machine and addresses under a new id, configured with the current members (not
@@ -14,19 +14,13 @@
 //! ledgers have the same head and accounts.
 
 mod common;
-// This test's own process cluster (ids that change, wiped nodes) and payer; the failover and
-// partition tests share `common::processes`/`common::payer`, written at the same time for a fixed
-// membership. Unifying the two is a known follow-up.
-#[path = "membership/payer.rs"]
-mod payer;
-#[path = "membership/processes.rs"]
-mod processes;
 
 use std::time::Duration;
 
 use common::pay;
-use payer::{ClusterView, Payer};
-use processes::{ProcessCluster, AMOUNT, FUNDS, WAIT};
+use common::payer::Payer;
+use common::processes::{ProcessCluster, Setup, WAIT};
+use switch::tls::DevelopmentCa;
 
 /// Payments acknowledged after each step: the cluster serves throughout.
 const ACKED_PER_STEP: usize = 30;
@@ -35,17 +29,21 @@ const ACKED_PER_STEP: usize = 30;
 const SNAPSHOT_EVERY_ENTRIES: u64 = 64;
 /// The id the wiped node rejoins under.
 const NEW_ID: u64 = 4;
+const FUNDS: u64 = 1_000_000_000;
+const AMOUNT: u64 = 7;
 
-/// Runs `switch cluster <args>` as the development CA's `admin` operator, against `server`:
-/// (succeeded, stdout, stderr).
+/// Runs `switch cluster <args>` with the development CA's `admin` operator certificate (given
+/// as files, as a deployment's own would be), against `server`: (succeeded, stdout, stderr).
 async fn cluster_command(
     cluster: &ProcessCluster,
     server: std::net::SocketAddr,
     args: &[String],
 ) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switch"));
-    command.arg("cluster").args(args).args(["--server", &format!("https://{server}"), "--as", "admin"]);
-    command.arg("--data").arg(cluster.dir.path());
+    let ca = DevelopmentCa::new(cluster.dir.path().join("ca"));
+    let admin = ca.operator("admin");
+    command.arg("cluster").args(args).args(["--server", &format!("https://{server}")]);
+    command.arg("--cert").arg(admin.certificate).arg("--key").arg(admin.key).arg("--ca").arg(ca.ca_certificate());
     let output = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || command.output()))
         .await
         .expect("the command ends in time")
@@ -82,12 +80,12 @@ fn ids(value: &serde_json::Value) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_follower_rejoins_under_a_new_id_from_a_snapshot_while_the_cluster_serves() {
     let options = format!("snapshot_every_entries = {SNAPSHOT_EVERY_ENTRIES}\n");
-    let mut cluster = ProcessCluster::start(3, &options);
+    let mut cluster = ProcessCluster::start_configured(Setup::direct(3), &options);
     let first = cluster.leader().await;
     let (mut bank_a, _bank_b) = cluster.endpoint(first).payer_and_payee(0, FUNDS).await;
     bank_a.payments.pay(pay(1, "ana@bank-a", "bo@bank-b", AMOUNT)).await.expect("a first payment");
-    let view = ClusterView { ports: cluster.ports.iter().map(|node| node.psp).collect(), ca: cluster.ca().dir.clone() };
-    let payer = Payer::start(view, first, 2, vec![1]);
+    let payer = Payer::start(cluster.view(), first, 2, AMOUNT);
+    let served = |what: &'static str| payer.served(payer.count(), ACKED_PER_STEP, |_| true, what);
 
     // The leader has snapshotted and purged the start of its log: a new node cannot be sent
     // the log from its first entry, only a snapshot.
@@ -98,14 +96,14 @@ async fn a_wiped_follower_rejoins_under_a_new_id_from_a_snapshot_while_the_clust
     let victim = (0..3).find(|slot| *slot != leader).expect("a follower");
     let old_id = cluster.ids[victim];
     cluster.kill(victim);
-    payer.served(ACKED_PER_STEP, "with a follower down").await;
+    served("with a follower down").await;
     cluster.rejoin_wiped(victim, NEW_ID);
     // Configured with the members, not itself, it forms nothing and waits to be added (the
     // leader's calls to the old id at this address are refused: it is another node).
     let waiting = cluster.status_when_up(victim).await;
     assert_eq!(waiting["node_id"], NEW_ID);
     assert_eq!((ids(&waiting["voters"]), waiting["leader"].clone()), (vec![], serde_json::Value::Null), "{waiting}");
-    payer.served(ACKED_PER_STEP, "with the new node waiting").await;
+    served("with the new node waiting").await;
 
     // Added through a follower: the command follows NOT_LEADER to the leader.
     let leader = cluster.leader().await;
@@ -121,7 +119,7 @@ async fn a_wiped_follower_rejoins_under_a_new_id_from_a_snapshot_while_the_clust
     let joined = cluster.status(victim).await.expect("the new node answers");
     assert!(joined["purged_index"].as_u64() > Some(0), "its log starts after a snapshot: {joined}");
     assert!(ids(&joined["voters"]).contains(&NEW_ID), "{joined}");
-    payer.served(ACKED_PER_STEP, "after the add").await;
+    served("after the add").await;
 
     // The dead node's id leaves the cluster, and is never accepted again.
     let remove = ["remove", "--id", &old_id.to_string()].map(String::from);
@@ -138,7 +136,7 @@ async fn a_wiped_follower_rejoins_under_a_new_id_from_a_snapshot_while_the_clust
     let again = ["add", "--id", &old_id.to_string(), "--peer", &peer, "--psp", &psp].map(String::from);
     let (reused, stdout, stderr) = cluster_command(&cluster, cluster.ports[other].psp, &again).await;
     assert!(!reused && stderr.contains("REASON_NODE_ID_TAKEN"), "a removed id was accepted:\n{stdout}\n{stderr}");
-    payer.served(ACKED_PER_STEP, "after the remove").await;
+    served("after the remove").await;
 
     // The new node votes: without the leader, the other old node and the new one are the only
     // quorum of the three, so a leader elected and payments served again need its vote and its
@@ -147,10 +145,13 @@ async fn a_wiped_follower_rejoins_under_a_new_id_from_a_snapshot_while_the_clust
     cluster.kill(leader);
     let elected = cluster.leader().await;
     assert_ne!(elected, leader, "a stopped node leads");
-    payer.served(ACKED_PER_STEP, "after the leader was killed").await;
+    served("after the leader was killed").await;
     cluster.restart(leader);
 
-    let acked = payer.stop().await;
+    let mut acked = payer.stop().await;
+    acked.push(1);
     println!("{} payments acknowledged across the replacement", acked.len());
-    cluster.verify(&acked).await;
+    cluster.converged().await;
+    cluster.assert_acknowledged_paid_once(&acked, AMOUNT, FUNDS).await;
+    cluster.stop_and_assert_same_ledgers();
 }

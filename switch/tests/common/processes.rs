@@ -2,8 +2,10 @@
 //! its own data directory, configuration file and log under one temporary directory, and one
 //! development CA that issues every certificate. A test may have the members advertise other
 //! peer addresses than the nodes' own (a proxy in front of each) and give each node the address
-//! its connections to peers leave from (`cluster.peer_source_address`). Afterwards: every
-//! acknowledged payment completed once, and every node's ledger the same.
+//! its connections to peers leave from (`cluster.peer_source_address`). A node is known by its
+//! index (its machine: its ports stay); the node id running there may change (a machine whose
+//! disk was wiped rejoins under a new id). Afterwards: every acknowledged payment completed once,
+//! and every node's ledger the same.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,8 @@ use super::{id, Endpoint};
 
 /// Generous bound for a shared 2-core machine; the tests wait for conditions, never for time.
 pub const WAIT: Duration = Duration::from_secs(90);
+/// Most ids in one GetPayments call (operator.proto).
+const LOOKUP_IDS_MAX: usize = 8_190;
 
 pub struct NodePorts {
     pub psp: SocketAddr,
@@ -70,7 +74,13 @@ impl Drop for Process {
 pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
     pub ports: Vec<NodePorts>,
+    /// The node id running at each index.
+    pub ids: Vec<u64>,
     processes: Vec<Option<Process>>,
+    peer_addresses: Vec<SocketAddr>,
+    peer_source_addresses: Vec<Option<IpAddr>>,
+    /// TOML lines added to every node's `[cluster]` section.
+    cluster_options: String,
 }
 
 impl ProcessCluster {
@@ -80,52 +90,92 @@ impl ProcessCluster {
     }
 
     pub fn start_with(setup: Setup) -> ProcessCluster {
+        ProcessCluster::start_configured(setup, "")
+    }
+
+    /// Starts the nodes of `setup`, ids 1 to its size, with `cluster_options` (TOML lines, e.g.
+    /// `snapshot_every_entries = 64`) in each node's `[cluster]` section.
+    pub fn start_configured(setup: Setup, cluster_options: &str) -> ProcessCluster {
         let Setup { ports, peer_addresses, peer_source_addresses } = setup;
         assert!(ports.len() == peer_addresses.len() && ports.len() == peer_source_addresses.len(), "one per node");
         let dir = tempfile::tempdir().expect("temporary directory");
-        let ca = DevelopmentCa::new(dir.path().join("ca"));
-        ca.ensure().expect("the development CA");
-        let members: String = ports
+        DevelopmentCa::new(dir.path().join("ca")).ensure().expect("the development CA");
+        let size = ports.len();
+        let mut cluster = ProcessCluster {
+            dir,
+            ports,
+            ids: (1..=size as u64).collect(),
+            processes: Vec::new(),
+            peer_addresses,
+            peer_source_addresses,
+            cluster_options: cluster_options.to_string(),
+        };
+        let members = cluster.ids.clone();
+        for index in 0..size {
+            cluster.write_config(index, &members);
+            let process = cluster.spawn(index);
+            cluster.processes.push(Some(process));
+        }
+        cluster
+    }
+
+    /// Writes the configuration of the node at `index` (`node-<id>.toml`): its ports, its
+    /// certificate, and as members the node ids `members`, index for index, at their addresses.
+    fn write_config(&self, index: usize, members: &[u64]) {
+        let ca = DevelopmentCa::new(self.dir.path().join("ca"));
+        let listed: String = members
             .iter()
-            .zip(&peer_addresses)
-            .enumerate()
-            .map(|(index, (node, peer))| {
+            .zip(self.peer_addresses.iter().zip(&self.ports))
+            .map(|(member, (peer, node))| {
                 format!(
-                    "[[cluster.members]]\nid = {}\npeer_address = \"{peer}\"\npsp_address = \"{}\"\n",
-                    index + 1,
+                    "[[cluster.members]]\nid = {member}\npeer_address = \"{peer}\"\npsp_address = \"{}\"\n",
                     node.psp
                 )
             })
             .collect();
         let path = |path: PathBuf| path.display().to_string();
-        for (index, node) in ports.iter().enumerate() {
-            let id = index + 1;
-            let pair = ca.issue_node(id as u64, &["localhost", "127.0.0.1"]).expect("node certificate");
-            let server = ca.server();
-            let source = peer_source_addresses[index]
-                .map(|address| format!("peer_source_address = \"{address}\"\n"))
-                .unwrap_or_default();
-            let config = format!(
-                "data_dir = \"{data}\"\nlisten = \"{psp}\"\n[tls]\nca_certificate = \"{ca_pem}\"\nserver_certificate = \"{server}\"\nserver_key = \"{server_key}\"\n[operator]\nhttp_listen = \"{operator}\"\nhealth_listen = \"{health}\"\n[cluster]\nnode_id = {id}\npeer_listen = \"{peer}\"\n{source}node_certificate = \"{node}\"\nnode_key = \"{node_key}\"\n{members}",
-                data = path(dir.path().join(format!("node-{id}"))),
-                psp = node.psp,
-                ca_pem = path(ca.ca_certificate()),
-                server = path(server.certificate),
-                server_key = path(server.key),
-                operator = node.operator,
-                health = node.health,
-                peer = node.peer,
-                node = path(pair.certificate),
-                node_key = path(pair.key),
-            );
-            std::fs::write(dir.path().join(format!("node-{id}.toml")), config).expect("write the configuration");
-        }
-        let mut cluster = ProcessCluster { dir, ports, processes: Vec::new() };
-        for index in 0..cluster.ports.len() {
-            let process = cluster.spawn(index);
-            cluster.processes.push(Some(process));
-        }
-        cluster
+        let (id, node) = (self.ids[index], &self.ports[index]);
+        let pair = ca.issue_node(id, &["localhost", "127.0.0.1"]).expect("node certificate");
+        let server = ca.server();
+        let source = self.peer_source_addresses[index]
+            .map(|address| format!("peer_source_address = \"{address}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "data_dir = \"{data}\"\nlisten = \"{psp}\"\n[tls]\nca_certificate = \"{ca_pem}\"\nserver_certificate = \"{server}\"\nserver_key = \"{server_key}\"\n[operator]\nhttp_listen = \"{operator}\"\nhealth_listen = \"{health}\"\n[cluster]\nnode_id = {id}\npeer_listen = \"{peer}\"\n{source}node_certificate = \"{node_pem}\"\nnode_key = \"{node_key}\"\n{options}{listed}",
+            data = path(self.data_dir(id)),
+            psp = node.psp,
+            ca_pem = path(ca.ca_certificate()),
+            server = path(server.certificate),
+            server_key = path(server.key),
+            operator = node.operator,
+            health = node.health,
+            peer = node.peer,
+            node_pem = path(pair.certificate),
+            node_key = path(pair.key),
+            options = self.cluster_options,
+        );
+        std::fs::write(self.dir.path().join(format!("node-{id}.toml")), config).expect("write the configuration");
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node-{id}"))
+    }
+
+    /// Where the node at `index` logs.
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{}.log", self.ids[index]))
+    }
+
+    /// The machine of stopped node `index` comes back with an empty disk, as node `new_id` (a
+    /// node never rejoins under its old id): its data directory is wiped, and it starts with its
+    /// own configuration listing the current members, not itself, so it waits to be added.
+    pub fn rejoin_wiped(&mut self, index: usize, new_id: u64) {
+        assert!(self.processes[index].is_none(), "node {index} is running");
+        std::fs::remove_dir_all(self.data_dir(self.ids[index])).expect("wipe the data directory");
+        let members = self.ids.clone();
+        self.ids[index] = new_id;
+        self.write_config(index, &members);
+        self.processes[index] = Some(self.spawn(index));
     }
 
     pub fn size(&self) -> usize {
@@ -133,12 +183,8 @@ impl ProcessCluster {
     }
 
     fn spawn(&self, index: usize) -> Process {
-        let id = index + 1;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("node-{id}.log")))
-            .expect("log file");
+        let id = self.ids[index];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(index)).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_switch"))
             .args(["serve", "--config"])
             .arg(self.dir.path().join(format!("node-{id}.toml")))
@@ -165,7 +211,7 @@ impl ProcessCluster {
             let sent = Command::new("sh").args(["-c", &format!("kill -TERM {pid}")]).status().expect("kill -TERM");
             assert!(sent.success(), "SIGTERM to node {index}");
             let status = process.child.wait().expect("reaped");
-            assert!(status.success(), "node {} stopped with {status}: {}", index + 1, self.logs());
+            assert!(status.success(), "node {} stopped with {status}: {}", self.ids[index], self.logs());
         }
     }
 
@@ -190,6 +236,18 @@ impl ProcessCluster {
     pub async fn status(&self, index: usize) -> Option<serde_json::Value> {
         let (code, body) = super::try_http_get(self.ports[index].operator, "/cluster").await?;
         (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// Waits until node `index` answers `GET /cluster`; that answer.
+    pub async fn status_when_up(&self, index: usize) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.status(index).await {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {index} never answered: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until a running node says it leads; its index.
@@ -239,7 +297,8 @@ impl ProcessCluster {
 
     /// The last lines of every node's log, for a failure's message.
     pub fn logs(&self) -> String {
-        (1..=self.size())
+        self.ids
+            .iter()
             .map(|id| {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("node-{id}.log"))).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(15).collect();
@@ -250,7 +309,7 @@ impl ProcessCluster {
     }
 
     fn ledger_path(&self, index: usize) -> PathBuf {
-        self.dir.path().join(format!("node-{}", index + 1)).join("ledger")
+        self.data_dir(self.ids[index]).join("ledger")
     }
 
     /// On the leader: every acknowledged payment of `ana@bank-a` to `bo@bank-b` is completed,
@@ -258,16 +317,20 @@ impl ProcessCluster {
     /// the two positions sum to the payer's funds).
     pub async fn assert_acknowledged_paid_once(&self, acknowledged: &[u128], amount: u64, funds: u64) {
         let leading = self.endpoint(self.leader().await);
-        let bank_a = leading.psp("bank-a").await;
-        let mut payments = bank_a.payments.clone();
-        for payment in acknowledged {
-            let status = payments
-                .get_payment_status(proto::GetPaymentStatusRequest { payment_id: id(*payment) })
-                .await
-                .expect("an acknowledged payment is found")
-                .into_inner();
-            assert_eq!(status.state, PaymentState::Completed as i32, "payment {payment}");
+        // The operator's batched lookup: a PSP's status queries are rate limited, and a test
+        // may have acknowledged thousands.
+        let mut operator = leading.operator().await;
+        for chunk in acknowledged.chunks(LOOKUP_IDS_MAX) {
+            let payment_ids = chunk.iter().map(|payment| id(*payment)).collect();
+            let found = operator.get_payments(proto::GetPaymentsRequest { payment_ids }).await.expect("a lookup");
+            let found = found.into_inner().payments;
+            assert_eq!(found.len(), chunk.len(), "one answer per id");
+            for (payment, lookup) in chunk.iter().zip(found) {
+                let state = lookup.payment.filter(|_| lookup.found).map(|payment| payment.state);
+                assert_eq!(state, Some(PaymentState::Completed as i32), "acknowledged payment {payment}");
+            }
         }
+        let bank_a = leading.psp("bank-a").await;
         let bank_b = leading.psp("bank-b").await;
         let (payer, payee) = (bank_a.position().await, bank_b.position().await);
         assert_eq!(payee.balance_minor, (acknowledged.len() as u64 * amount) as i64, "the payee's position");
@@ -282,8 +345,9 @@ impl ProcessCluster {
         }
         let ledgers: Vec<_> = (0..self.size()).map(|index| ledger_of(&self.ledger_path(index))).collect();
         for (index, ledger) in ledgers.iter().enumerate().skip(1) {
-            assert_eq!(ledger.0, ledgers[0].0, "node {} has another head than node 1", index + 1);
-            assert_eq!(ledger.1, ledgers[0].1, "node {} has other accounts than node 1", index + 1);
+            let (node, first) = (self.ids[index], self.ids[0]);
+            assert_eq!(ledger.0, ledgers[0].0, "node {node} has another head than node {first}");
+            assert_eq!(ledger.1, ledgers[0].1, "node {node} has other accounts than node {first}");
         }
         let (debits, credits) = ledgers[0].1.iter().fold((0u128, 0u128), |(debits, credits), account| {
             (
