@@ -223,31 +223,32 @@ impl Load {
     async fn unary<Q: Clone, T, Fut>(
         &self,
         psp: u32,
-        request: &Q,
+        request: Q,
         call: impl Fn(PaymentServiceClient<Channel>, Q) -> Fut,
     ) -> Result<T, tonic::Status>
     where
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let clients = &self.clients[psp as usize];
-        self.answered(|| self.timed(call(clients.client(), request.clone()))).await
+        self.answered(request, |request| self.timed(call(clients.client(), request))).await
     }
 
-    /// Makes `call` until it has a final answer. With one node, the first answer is final. Following
-    /// a replicated switch's leader, an answer in doubt (`leader::in_doubt`: no leader, a dead
-    /// connection, outcome unknown) waits for a leader to answer and the same call, with the same
-    /// ids, is made again, for up to `FAILOVER_WAIT`: the switch never executes an id twice, and
-    /// the operation's latency includes the failover it sat through.
-    async fn answered<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    /// Makes `call` with `request` until it has a final answer. With one node, the first answer is
+    /// final and the request is sent as it is. Following a replicated switch's leader, an answer in
+    /// doubt (`leader::in_doubt`: no leader, a dead connection, outcome unknown) waits for a leader
+    /// to answer and a copy of the same request, with the same ids, is sent again, for up to
+    /// `FAILOVER_WAIT`: the switch never executes an id twice, and the operation's latency
+    /// includes the failover it sat through.
+    async fn answered<Q: Clone, T, F, Fut>(&self, request: Q, call: F) -> Result<T, tonic::Status>
     where
-        F: FnMut() -> Fut,
+        F: Fn(Q) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
-        let Some(leader) = &self.leader else { return call().await };
+        let Some(leader) = &self.leader else { return call(request).await };
         let give_up = Instant::now() + FAILOVER_WAIT;
         loop {
             let generation = leader.generation();
-            let answer = call().await;
+            let answer = call(request.clone()).await;
             match &answer {
                 Err(status) if in_doubt(status) && Instant::now() < give_up => {
                     if leader.lost(generation).await.is_err() {
@@ -277,12 +278,11 @@ impl Load {
                 let request = self.pay_request(id, &parties);
                 let clients = &self.clients[parties.payer_psp as usize];
                 let answer = self
-                    .answered(|| async {
+                    .answered(request, |request| async move {
                         if clients.streams() {
-                            clients.pay_streamed(request.clone(), self.call_timeout).await
+                            clients.pay_streamed(request, self.call_timeout).await
                         } else {
-                            let mut client = clients.client();
-                            self.timed(client.pay(request.clone())).await
+                            self.timed(clients.client().pay(request)).await
                         }
                     })
                     .await;
@@ -305,7 +305,7 @@ impl Load {
                     expiry_unix_ms: 0,
                 };
                 let answer = self
-                    .unary(parties.payee_psp, &request, |mut client, request| async move {
+                    .unary(parties.payee_psp, request, |mut client, request| async move {
                         client.request_collect(request).await
                     })
                     .await;
@@ -323,7 +323,7 @@ impl Load {
                     note: String::new(),
                 };
                 let answer =
-                    self.unary(original.payee_psp, &request, |mut client, request| async move {
+                    self.unary(original.payee_psp, request, |mut client, request| async move {
                         client.refund(request).await
                     })
                     .await;
@@ -335,7 +335,7 @@ impl Load {
             Op::Status(payment) => {
                 let request = proto::GetPaymentStatusRequest { payment_id: payment.id.to_be_bytes().to_vec() };
                 let answer = self
-                    .unary(payment.payer_psp, &request, |mut client, request| async move {
+                    .unary(payment.payer_psp, request, |mut client, request| async move {
                         client.get_payment_status(request).await
                     })
                     .await;
@@ -350,12 +350,10 @@ impl Load {
 
     /// One PayBatch of a single payer PSP; every item keeps its own due time.
     async fn execute_batch(&self, psp: u32, items: Vec<(Instant, u128, Parties)>) {
-        let payments: Vec<_> = items.iter().map(|(_, id, parties)| self.pay_request(*id, parties)).collect();
-        let clients = &self.clients[psp as usize];
+        let payments = items.iter().map(|(_, id, parties)| self.pay_request(*id, parties)).collect();
         let answer = self
-            .answered(|| {
-                let (mut client, payments) = (clients.client(), payments.clone());
-                async move { self.timed(client.pay_batch(proto::PayBatchRequest { payments })).await }
+            .unary(psp, proto::PayBatchRequest { payments }, |mut client, request| async move {
+                client.pay_batch(request).await
             })
             .await;
         let outcomes: Vec<Outcome> = match &answer {

@@ -88,7 +88,7 @@ impl PspClients {
     }
 
     /// Sends one payment on one of the PSP's streams (round-robin), opening it again first if
-    /// it has ended.
+    /// it has ended; `timeout` bounds the opening and the answer, each.
     pub async fn pay_streamed(&self, payment: proto::PayRequest, timeout: Duration) -> Answer {
         let slot = &self.streams[self.pick() % self.streams.len()];
         let mut stream = slot.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
@@ -96,7 +96,11 @@ impl PspClients {
             let _reopening = slot.reopening.lock().await;
             stream = slot.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
             if stream.closed.load(Ordering::Acquire) {
-                stream = PayStream::open(slot.client.clone()).await?;
+                // A node that accepts the connection but never answers (cut off, frozen) must not
+                // hold every payment of this connection for ever.
+                stream = tokio::time::timeout(timeout, PayStream::open(slot.client.clone()))
+                    .await
+                    .map_err(|_| tonic::Status::deadline_exceeded("the PayStream did not open in time"))??;
                 *slot.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = stream.clone();
             }
         }
