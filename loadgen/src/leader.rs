@@ -234,7 +234,15 @@ pub fn following_channel(
         // Ends when the leader is dropped (the run is over) or the channel is (nobody uses it).
         while changes.changed().await.is_ok() {
             let next = changes.borrow_and_update().clone();
-            let Ok(made) = endpoint(&next) else { continue };
+            let made = match endpoint(&next) {
+                Ok(made) => made,
+                Err(error) => {
+                    // This connection stays on the old leader; its calls fail in doubt and are
+                    // resent until FAILOVER_WAIT: say why rather than wait in silence.
+                    eprintln!("loadgen: cannot connect to the new leader {next}: {error:#}");
+                    continue;
+                }
+            };
             if sender.send(Change::Remove(serving.clone())).await.is_err() {
                 return;
             }
@@ -250,32 +258,26 @@ pub fn following_channel(
 /// The longest stretch without a completion that overlaps each failover, from the per-second
 /// completions of the run (`completed[t]` for second t of the measured phase).
 pub fn fill_gaps(failovers: &mut [Failover], completed: &[(u32, u64)]) {
-    for failover in failovers.iter_mut() {
-        let lost = failover.lost_at_s;
-        let found = lost + failover.found_after_s;
-        // Seconds with no completion, in runs; the run that overlaps [lost, found] is the gap.
-        let mut longest: f64 = 0.0;
-        let mut run_start: Option<u32> = None;
-        let mut seconds: Vec<(u32, u64)> = completed.to_vec();
-        seconds.sort_by_key(|(second, _)| *second);
-        for (second, count) in seconds.iter().copied().chain(std::iter::once((u32::MAX, 1))) {
-            match (count, run_start) {
-                (0, None) => run_start = Some(second),
-                (0, Some(_)) => {}
-                (_, Some(start)) => {
-                    let end = if second == u32::MAX { start + 1 } else { second };
-                    let overlaps = f64::from(start) <= found + 1.0 && f64::from(end) >= lost - 1.0;
-                    if overlaps {
-                        longest = longest.max(f64::from(end - start));
-                    }
-                    run_start = None;
-                }
-                (_, None) => {}
-            }
+    // Runs of whole seconds without a completion, [start, end), found once for all failovers.
+    let mut seconds = completed.to_vec();
+    seconds.sort_by_key(|(second, _)| *second);
+    let mut silent: Vec<(u32, u32)> = Vec::new();
+    for (second, _) in seconds.into_iter().filter(|(_, count)| *count == 0) {
+        match silent.last_mut() {
+            Some((_, end)) if *end == second => *end = second + 1,
+            _ => silent.push((second, second + 1)),
         }
+    }
+    for failover in failovers.iter_mut() {
+        let (lost, found) = (failover.lost_at_s, failover.lost_at_s + failover.found_after_s);
+        let longest = silent
+            .iter()
+            .filter(|(start, end)| f64::from(*start) <= found + 1.0 && f64::from(*end) >= lost - 1.0)
+            .map(|(start, end)| f64::from(end - start))
+            .fold(0.0, f64::max);
         // Whole seconds without a completion bound the gap from above; the search's own time
         // (from the first failed call to a leader answering) bounds it from below.
-        failover.gap_s = if longest > 0.0 { longest.max(failover.found_after_s) } else { failover.found_after_s };
+        failover.gap_s = longest.max(failover.found_after_s);
     }
 }
 
@@ -296,6 +298,15 @@ mod tests {
         assert_eq!(failovers[0].gap_s, 3.0, "three silent seconds");
         // No silent second near the second failover: the search's own time is the gap.
         assert_eq!(failovers[1].gap_s, 0.3);
+    }
+
+    #[test]
+    fn a_silence_that_lasts_to_the_end_of_the_run_counts_whole() {
+        // Nothing completed from second 17 to the end (19): three seconds.
+        let completed: Vec<(u32, u64)> = (0..20).map(|s| (s, if s >= 17 { 0 } else { 100 })).collect();
+        let mut failovers = vec![failover(17.1, 1.0)];
+        fill_gaps(&mut failovers, &completed);
+        assert_eq!(failovers[0].gap_s, 3.0);
     }
 
     #[test]
