@@ -177,7 +177,6 @@ async fn serve(
     sender: mpsc::Sender<proto::SubscribeRequest>,
     mut inbound: tonic::Streaming<proto::SubscribeResponse>,
 ) {
-    let (mut seen, mut acked) = (cursor.processed, cursor.acknowledged);
     let mut ticker = tokio::time::interval(ACK_INTERVAL);
     loop {
         if stats.stop.load(Ordering::Acquire) {
@@ -186,10 +185,7 @@ async fn serve(
         let message = tokio::select! {
             message = inbound.message() => message,
             _ = ticker.tick() => {
-                if seen > acked && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await {
-                    acked = seen;
-                    cursor.acknowledged = acked;
-                }
+                acknowledge(cursor, &sender).await;
                 continue;
             }
         };
@@ -204,7 +200,6 @@ async fn serve(
                 if !cursor.admit(stats, event.sequence) {
                     continue;
                 }
-                seen = seen.max(event.sequence);
                 if let Some(decision) = decide(stats, rng, behaviour, event.kind) {
                     if behaviour.think_time.is_zero() {
                         send(&sender, decision).await;
@@ -216,11 +211,8 @@ async fn serve(
                         });
                     }
                 }
-                if seen >= acked + behaviour.ack_every
-                    && send(&sender, Outgoing::Ack(proto::Ack { sequence: seen })).await
-                {
-                    acked = seen;
-                    cursor.acknowledged = acked;
+                if cursor.processed >= cursor.acknowledged + behaviour.ack_every {
+                    acknowledge(cursor, &sender).await;
                 }
             }
             Some(Incoming::DecisionReceipt(receipt)) if receipt.status_code != 0 => {
@@ -228,6 +220,15 @@ async fn serve(
             }
             _ => {}
         }
+    }
+}
+
+/// Acknowledges everything processed, if anything is new since the last acknowledgement.
+async fn acknowledge(cursor: &mut Cursor, sender: &mpsc::Sender<proto::SubscribeRequest>) {
+    if cursor.processed > cursor.acknowledged
+        && send(sender, Outgoing::Ack(proto::Ack { sequence: cursor.processed })).await
+    {
+        cursor.acknowledged = cursor.processed;
     }
 }
 
