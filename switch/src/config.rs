@@ -311,6 +311,17 @@ impl Config {
         if ids.len() != cluster.members.len() || ids.contains(&0) {
             return invalid("cluster.members: ids must be positive and distinct".into());
         }
+        // The same check an AddNode's addresses pass: these become the membership in the log.
+        for member in &cluster.members {
+            for (address, field) in [(&member.peer_address, "peer_address"), (&member.psp_address, "psp_address")] {
+                if let Err(refusal) = crate::services::membership::check_address(address, field) {
+                    return invalid(format!(
+                        "cluster.members, node {}: {}, got {address:?}",
+                        member.id, refusal.message
+                    ));
+                }
+            }
+        }
         if cluster.catch_up_wait_ms == 0 {
             return invalid("cluster.catch_up_wait_ms must be positive".into());
         }
@@ -368,6 +379,18 @@ mod tests {
         assert_eq!(config.listen.port(), 6000);
         assert_eq!(config.limits.aliases_max, 5);
         assert_eq!(config.limits.participants_max, Limits::default().participants_max);
+    }
+
+    #[test]
+    fn members_addresses_are_host_and_port() {
+        let member = |peer: &str| {
+            format!("[[cluster.members]]\nid = 1\npeer_address = \"{peer}\"\npsp_address = \"127.0.0.1:50051\"\n")
+        };
+        assert!(Config::parse(&member("node-1.example:50061")).is_ok());
+        assert!(Config::parse(&member("[::1]:50061")).is_ok());
+        for bad in ["node-1.example", "127.0.0.1:0", "", "a b:1"] {
+            assert!(matches!(Config::parse(&member(bad)), Err(ConfigError::Invalid(_))), "{bad:?} is refused");
+        }
     }
 
     #[test]
