@@ -3,6 +3,8 @@
 #   cluster_configure DIR COUNT   a development CA, a node certificate and DIR/node-n.toml each
 #   cluster_start N               starts node N (its pid in pid[N], its log in DIR/node-N.log)
 #   cluster_leader                waits for a leader among the running nodes and prints its id
+#   cluster_caught_up LAG SECONDS waits until every running node serves and no follower is more
+#                                 than LAG entries behind the leader; fails after SECONDS
 #   cluster_stop_all              SIGTERM to every node started, and waits for them
 # Needs S (the switch binary) and dir set by the caller.
 declare -A pid
@@ -60,5 +62,19 @@ cluster_leader() {
     sleep 0.2
   done
   echo "no leader" >&2
+  return 1
+}
+
+cluster_caught_up() {
+  local max_lag=$1 seconds=$2 out serving behind
+  for _ in $(seq $(( seconds * 5 ))); do
+    # shellcheck disable=SC2046
+    out=$($S cluster status $(cluster_nodes) 2>/dev/null || true)
+    serving=$(echo "$out" | awk 'NR > 1 && ($3 == "leader" || $3 == "follower")' | wc -l)
+    # The lag column is the leader's view of each follower ("-": not known yet).
+    behind=$(echo "$out" | awk -v max="$max_lag" 'NR > 1 && $3 == "follower" && ($10 == "-" || $10 > max)' | wc -l)
+    if [ "$serving" = "${#pid[@]}" ] && [ "$behind" = 0 ]; then return 0; fi
+    sleep 0.2
+  done
   return 1
 }

@@ -65,13 +65,7 @@ echo "--- node $old restarted: it catches up"
 cluster_start "$old"
 nodes=(--node 127.0.0.1:9461 --node 127.0.0.1:9462 --node 127.0.0.1:9463)
 caught_up=no
-for _ in $(seq 300); do
-  out=$($S cluster status "${nodes[@]}" 2>/dev/null || true)
-  applied=$(echo "$out" | awk 'NR > 1 && $3 != "" { print $8 }' | sort -u | wc -l)
-  serving=$(echo "$out" | awk 'NR > 1 && ($3 == "leader" || $3 == "follower")' | wc -l)
-  if [ "$serving" = 3 ] && [ "$applied" = 1 ]; then caught_up=yes; break; fi
-  sleep 0.2
-done
+cluster_caught_up 0 60 && caught_up=yes
 $S cluster status "${nodes[@]}" || true
 [ "$caught_up" = yes ] || { echo "run-cluster: node $old did not catch up" >&2; status=1; }
 
